@@ -1,0 +1,257 @@
+"""The public face of the graph: trace once, list groups, mask or prune them by plan."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_prune.graph.groups import Group, build_groups
+from lightning_prune.graph.records import Role
+from lightning_prune.graph.tracer import TraceResult, call_model, trace_channels
+from lightning_prune.surgery import ParamChange, Surgery
+
+__all__ = ["DependencyGraph", "PruneResult", "Plan"]
+
+Plan = Mapping[str, Sequence[int]]
+
+
+@dataclass
+class PruneResult:
+    """What :meth:`DependencyGraph.prune` did.
+
+    Attributes:
+        removed: channels removed per group name (group-local indices, sorted).
+        changes: every sliced tensor and the indices it kept, per dim; use :meth:`ParamChange.slice` to bring
+            optimizer state or other per-parameter tensors along.
+    """
+
+    removed: dict[str, list[int]]
+    changes: list[ParamChange]
+
+
+class DependencyGraph:
+    """Concat-aware channel dependency graph of a model, built from one real forward pass.
+
+    Args:
+        model: any ``nn.Module``; it is run once, in eval mode and without gradients, and left as it was.
+        example_inputs: what ``model`` is called with: a tensor, a tuple of positional inputs, or a dict of
+            keyword inputs.
+        output_filter: maps the model's output to the part whose channels must keep their shape (default:
+            everything, except the feature maps ultralytics heads pass through under ``"feats"``).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_prune import DependencyGraph
+        >>> net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1))
+        >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
+        >>> [(g.name, g.size, g.prunable) for g in graph.groups]  # doctest: +NORMALIZE_WHITESPACE
+        [('input:0', 3, False), ('0', 16, True), ('3', 8, False)]
+        >>> _ = graph.prune({"0": [0, 1, 2, 3]})
+        >>> net[0].out_channels, net[1].num_features, net[3].in_channels
+        (12, 12, 12)
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any,
+                 output_filter: Callable[[Any], Any] | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"DependencyGraph needs an nn.Module, got {type(model).__name__}")
+        if example_inputs is None:
+            raise ValueError("DependencyGraph needs an example input: pass the tensor(s) the model's forward takes")
+        self.model = model
+        self.example_inputs = example_inputs
+        self.output_filter = output_filter
+        self.groups: list[Group] = []
+        self.build_seconds = 0.0
+        self._apply_trace(self._trace())
+
+    # -- building -------------------------------------------------------------------------------------------------
+    def _trace(self) -> TraceResult:
+        start = time.perf_counter()
+        result = trace_channels(self.model, self.example_inputs, self.output_filter)
+        result.build_seconds = time.perf_counter() - start
+        return result
+
+    def _apply_trace(self, result: TraceResult) -> None:
+        start = time.perf_counter()
+        groups = build_groups(result)
+        self._result = result
+        self.groups = groups
+        self._by_name = {group.name: group for group in groups}
+        self.build_seconds = result.build_seconds + time.perf_counter() - start
+
+    def rebuild(self) -> None:
+        """Trace the model again (after changing it outside this graph)."""
+        self._apply_trace(self._trace())
+
+    # -- queries ----------------------------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Group:
+        return self.group(name)
+
+    def __iter__(self) -> Iterator[Group]:
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def group(self, name: str) -> Group:
+        """The group called ``name``; ``KeyError`` with close matches otherwise."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(_unknown_group(name, self._by_name)) from None
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [group for group in self.groups if group.prunable]
+
+    # -- plans ------------------------------------------------------------------------------------------------------
+    def _resolve(self, plan: Plan) -> dict[str, np.ndarray]:
+        """Validate ``plan`` and return sorted channel indices per group; ``ValueError`` naming the cause."""
+        if not isinstance(plan, Mapping):
+            raise ValueError(f"a pruning plan maps group names to channel indices, got {type(plan).__name__}")
+        resolved: dict[str, np.ndarray] = {}
+        for name, indices in plan.items():
+            if name not in self._by_name:
+                raise ValueError(_unknown_group(name, self._by_name))
+            group = self._by_name[name]
+            if isinstance(indices, (torch.Tensor, np.ndarray)):
+                indices = indices.tolist()
+            if isinstance(indices, (str, bytes)) or not isinstance(indices, (Sequence, set, frozenset)):
+                raise ValueError(f"plan for group '{name}' must be a list of channel indices, got {indices!r}")
+            values = list(indices)
+            bad = [i for i in values if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+            if bad:
+                raise ValueError(f"plan for group '{name}' has a non-integer channel index {bad[0]!r}")
+            if not values:
+                continue
+            if not group.prunable:
+                raise ValueError(f"group '{name}' is pinned: {group.reason}")
+            out_of_range = [i for i in values if not 0 <= i < group.size]
+            if out_of_range:
+                raise ValueError(f"plan for group '{name}' has channel {out_of_range[0]} out of range 0..{group.size - 1}")
+            if len(set(values)) != len(values):
+                duplicate = next(i for i in values if values.count(i) > 1)
+                raise ValueError(f"plan for group '{name}' repeats channel {duplicate}")
+            if len(values) >= group.size:
+                raise ValueError(f"plan for group '{name}' removes all {group.size} channels; keep at least one")
+            resolved[name] = np.asarray(sorted(int(i) for i in values), dtype=np.int64)
+        return resolved
+
+    def _removed_labels(self, resolved: Mapping[str, np.ndarray]) -> np.ndarray:
+        forest = self._result.forest
+        removed_roots = np.zeros(len(forest), dtype=bool)
+        for name, indices in resolved.items():
+            removed_roots[self._by_name[name].roots[indices]] = True
+        roots = np.fromiter((forest.find(i) for i in range(len(forest))), dtype=np.int64, count=len(forest))
+        return removed_roots[roots]
+
+    @contextlib.contextmanager
+    def masked(self, plan: Plan) -> Iterator[None]:
+        """Zero the planned channels' producers (filters, biases, norm γ/β) inside the block; restore on exit.
+
+        A cheap stand-in for pruning while probing sensitivity: for groups with :attr:`Group.exact` the model's
+        eval-mode output inside the block equals the output after :meth:`prune` of the same plan.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+            >>> graph = DependencyGraph(net, torch.randn(1, 3, 8, 8))
+            >>> with graph.masked({"0": [1]}):
+            ...     float(net[0].weight[1].abs().sum())
+            0.0
+            >>> float(net[0].weight[1].abs().sum()) > 0
+            True
+        """
+        removed = self._removed_labels(self._resolve(plan))
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            with torch.no_grad():
+                for binding in self._result.bindings.values():
+                    if binding.role != Role.PRODUCER:
+                        continue
+                    hit = np.nonzero(removed[binding.labels])[0]
+                    if len(hit):
+                        tensor = binding.tensor
+                        saved.append((tensor, tensor.detach().clone()))
+                        tensor.data.index_fill_(binding.dim, torch.from_numpy(hit).to(tensor.device), 0)
+            yield
+        finally:
+            with torch.no_grad():
+                for tensor, original in reversed(saved):
+                    tensor.data.copy_(original)
+
+    def prune(self, plan: Plan) -> PruneResult:
+        """Physically remove the planned channels everywhere they live; atomic.
+
+        Producers, norms (with running statistics), consumers' input slices at their concat offsets, equal splits,
+        and module attributes are all updated, then the model is traced again so the graph stays valid for the next
+        prune. A bad plan raises ``ValueError`` before anything changes; a prune that would break the forward or
+        change the output's shape is rolled back and raises ``ValueError``.
+        """
+        resolved = self._resolve(plan)
+        if not resolved:
+            return PruneResult({}, [])
+        surgery = Surgery(self._result.bindings.values(), self._result.splits, self._removed_labels(resolved))
+        changes = surgery.apply()
+        try:
+            result = self._trace()
+            if result.output_shapes != self._result.output_shapes:
+                raise ValueError(
+                    f"the model's output shapes change from {self._result.output_shapes} to {result.output_shapes}"
+                )
+        except Exception as err:
+            surgery.rollback()
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"pruning {sorted(resolved)} breaks the model, left unchanged: {message}") from err
+        self._apply_trace(result)
+        return PruneResult({name: idx.tolist() for name, idx in resolved.items()}, changes)
+
+    # -- reporting --------------------------------------------------------------------------------------------------
+    def summary(self, max_rows: int | None = None) -> str:
+        """A table of groups: name, size, prunable, FLOPs share and why a group is pinned or inexact."""
+        prunable = self.prunable_groups
+        params = sum(p.numel() for p in self.model.parameters())
+        lines = [
+            f"DependencyGraph of {type(self.model).__name__}: {len(self.groups)} groups, {len(prunable)} prunable "
+            f"({sum(g.size for g in prunable)} of {sum(g.size for g in self.groups)} channels), "
+            f"{params:,} parameters, built in {self.build_seconds * 1000:.0f} ms",
+        ]
+        name_width = min(48, max([len(g.name) for g in self.groups] + [5]))
+        lines.append(f"{'group':<{name_width}}  {'size':>5}  {'prunable':<8}  {'FLOPs':>6}  reason")
+        rows = self.groups if max_rows is None else self.groups[:max_rows]
+        for group in rows:
+            reason = group.reason or ("" if group.exact else f"(inexact mask: {group.note})")
+            name = group.name if len(group.name) <= name_width else "…" + group.name[-name_width + 1:]
+            lines.append(f"{name:<{name_width}}  {group.size:>5}  {'yes' if group.prunable else 'no':<8}  "
+                         f"{group.flops_share:>6.1%}  {reason}")
+        if max_rows is not None and len(self.groups) > max_rows:
+            lines.append(f"... {len(self.groups) - max_rows} more groups")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return (f"DependencyGraph({type(self.model).__name__}, groups={len(self.groups)}, "
+                f"prunable={len(self.prunable_groups)})")
+
+    def run(self) -> Any:
+        """Run the model on its example input (handy for checks after pruning)."""
+        return call_model(self.model, self.example_inputs)
+
+
+def _unknown_group(name: Any, known: Mapping[str, Group]) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; see graph.groups"
+    return f"unknown group {name!r}{hint}"
+
