@@ -137,7 +137,9 @@ class DependencyGraph:
                 raise ValueError(f"group '{name}' is pinned: {group.reason}")
             out_of_range = [i for i in values if not 0 <= i < group.size]
             if out_of_range:
-                raise ValueError(f"plan for group '{name}' has channel {out_of_range[0]} out of range 0..{group.size - 1}")
+                raise ValueError(
+                    f"plan for group '{name}' has channel {out_of_range[0]} out of range 0..{group.size - 1}"
+                )
             if len(set(values)) != len(values):
                 duplicate = next(i for i in values if values.count(i) > 1)
                 raise ValueError(f"plan for group '{name}' repeats channel {duplicate}")
