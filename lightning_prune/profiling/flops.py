@@ -20,7 +20,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     Example:
         >>> import torch
         >>> count_flops(torch.nn.Conv2d(3, 8, 3, bias=False), torch.randn(1, 3, 10, 10))
-        20736
+        27648
     """
     modes = {name: module.training for name, module in model.named_modules()}
     model.eval()
