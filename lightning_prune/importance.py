@@ -20,7 +20,6 @@ A callable ``(group, model) -> sequence of floats`` works wherever a name does.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from lightning_prune.graph.groups import Group, Member
 __all__ = ["CRITERIA", "Criterion", "channel_scores", "lowest_channels"]
 
 CRITERIA = ("l2", "l2_largest", "l1", "l1_largest", "bn_scale", "bn_scale_l1", "random", "taylor")
-Criterion = Union[str, Callable[[Group, nn.Module], Sequence[float]]]
+Criterion = str | Callable[[Group, nn.Module], Sequence[float]]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
 

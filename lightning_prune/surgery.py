@@ -28,6 +28,7 @@ class ParamChange:
     module_name: str
     name: str
     tensor: torch.Tensor
+    old_shape: tuple[int, ...]
     keep: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def slice(self, value: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,9 @@ class Surgery:
             if not gone.any():
                 continue
             tensor = binding.tensor
-            change = changes.setdefault(id(tensor), ParamChange(binding.module_name, binding.name, tensor))
+            change = changes.setdefault(
+                id(tensor), ParamChange(binding.module_name, binding.name, tensor, tuple(tensor.shape))
+            )
             change.keep[binding.dim] = torch.from_numpy(np.nonzero(~gone)[0])
         return list(changes.values())
 

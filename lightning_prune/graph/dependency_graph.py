@@ -83,6 +83,8 @@ class DependencyGraph:
     def _apply_trace(self, result: TraceResult) -> None:
         start = time.perf_counter()
         groups = build_groups(result)
+        forest = result.forest
+        self._roots = np.fromiter((forest.find(i) for i in range(len(forest))), dtype=np.int64, count=len(forest))
         self._result = result
         self.groups = groups
         self._by_name = {group.name: group for group in groups}
@@ -149,12 +151,45 @@ class DependencyGraph:
         return resolved
 
     def _removed_labels(self, resolved: Mapping[str, np.ndarray]) -> np.ndarray:
-        forest = self._result.forest
-        removed_roots = np.zeros(len(forest), dtype=bool)
+        removed_roots = np.zeros(len(self._roots), dtype=bool)
         for name, indices in resolved.items():
             removed_roots[self._by_name[name].roots[indices]] = True
-        roots = np.fromiter((forest.find(i) for i in range(len(forest))), dtype=np.int64, count=len(forest))
-        return removed_roots[roots]
+        return removed_roots[self._roots]
+
+    def estimate_removal(self, plan: Plan) -> tuple[float, float]:
+        """(FLOPs, parameters) that ``plan`` would remove, predicted from the trace; nothing is changed.
+
+        FLOPs are those of the traced conv/linear layers at the example input (a layer keeping a fraction ``a`` of
+        its inputs and ``b`` of its outputs keeps ``a·b`` of its FLOPs); parameters are counted exactly.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 2, 1, bias=False))
+            >>> graph = DependencyGraph(net, torch.randn(1, 3, 4, 4))
+            >>> graph.estimate_removal({"0": [0, 1, 2, 3]})
+            (640.0, 20.0)
+        """
+        removed = self._removed_labels(self._resolve(plan))
+        flops = 0.0
+        for call in self._result.layer_calls:
+            has_in = call.in_labels is not None and len(call.in_labels) > 0
+            kept_in = 1.0 - removed[call.in_labels].mean() if has_in else 1.0
+            kept_out = 1.0 - removed[call.out_labels].mean() if call.out_labels is not None else 1.0
+            flops += call.flops * (1.0 - kept_in * kept_out)
+        kept: dict[int, list] = {}
+        for binding in self._result.bindings.values():
+            tensor = binding.tensor
+            if isinstance(tensor, nn.Parameter):
+                entry = kept.setdefault(id(tensor), [tensor.numel(), 1.0])
+                entry[1] *= 1.0 - removed[binding.labels].mean()
+        params = sum(numel * (1.0 - fraction) for numel, fraction in kept.values())
+        return float(flops), float(round(params))
+
+    @property
+    def traced_flops(self) -> int:
+        """FLOPs of the traced conv/linear layers at the example input."""
+        return sum(call.flops for call in self._result.layer_calls)
 
     @contextlib.contextmanager
     def masked(self, plan: Plan) -> Iterator[None]:

@@ -195,9 +195,10 @@ def _weighted_layer(tracer: ChannelTracer, name: str, x: torch.Tensor, weight: t
     if bias is not None:
         tracer.bind(bias, 0, labels, Role.PRODUCER)
     per_output = weight[0].numel() if in_dim == 1 else weight.shape[0] // groups * math.prod(weight.shape[2:])
-    tracer.result.layer_calls.append(
-        LayerCall(tracer.owner(weight)[0], 2 * out.numel() * per_output, None if info is None else info.labels, labels)
-    )
+    # a depthwise layer's cost scales with its channels once, not with input x output
+    in_labels = None if info is None or depthwise else info.labels
+    flops = 2 * out.numel() * per_output
+    tracer.result.layer_calls.append(LayerCall(tracer.owner(weight)[0], flops, in_labels, labels))
     _label(out, channel_dim, labels, None)
 
 

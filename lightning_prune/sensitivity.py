@@ -1,0 +1,116 @@
+"""Sensitivity analysis (paper, step 3): prune each group alone at several rates and measure the metric.
+
+Probes *mask in place* (:meth:`DependencyGraph.masked`): the planned channels' producers are zeroed for one
+evaluation and restored exactly, so no model copy is made. For groups with :attr:`Group.exact` this is the same as
+evaluating the pruned model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lightning_prune.graph import DependencyGraph, Group
+from lightning_prune.importance import Criterion, channel_scores
+
+__all__ = ["Probe", "analyze_sensitivity", "rank_channels", "removal_count"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One (group, rate) evaluation: ``removed`` channels masked, ``metric`` measured, cost that would go."""
+
+    group: str
+    rate: float
+    removed: int
+    metric: float
+    flops: float
+    params: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def removal_count(group: Group, rate: float, round_to: int = 1, min_channels: int = 1) -> int:
+    """How many channels of ``group`` pruning at ``rate`` removes, keeping a multiple of ``round_to`` channels
+    (when the group has that many) and at least ``min_channels``.
+
+    Example:
+        >>> from lightning_prune.graph.groups import Group
+        >>> group = Group("conv", 64, True, None, True, None, [])
+        >>> removal_count(group, 0.3), removal_count(group, 0.3, round_to=8), removal_count(group, 0.99, min_channels=4)
+        (19, 16, 60)
+    """
+    size = group.size
+    kept = size - int(round(rate * size))
+    if round_to > 1 and size >= round_to:
+        kept = max(round_to, int(round(kept / round_to)) * round_to)
+    kept = min(size, max(kept, min_channels, 1))
+    return size - kept
+
+
+def rank_channels(groups: Iterable[Group], model, criterion: Criterion,
+                  generator: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """For each group, its channels in the order they are pruned (lowest score first)."""
+    return {group.name: np.argsort(channel_scores(group, model, criterion, generator), kind="stable")
+            for group in groups}
+
+
+def analyze_sensitivity(
+    graph: DependencyGraph,
+    evaluate: Callable[[], float],
+    groups: Sequence[Group],
+    ranking: Mapping[str, np.ndarray],
+    rates: Sequence[float] = (0.25, 0.5, 0.75),
+    round_to: int = 1,
+    min_channels: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> list[Probe]:
+    """Evaluate every (group, rate) with the group's first channels of ``ranking`` masked.
+
+    Args:
+        graph: the model's dependency graph.
+        evaluate: runs one validation pass and returns the monitored metric.
+        groups: the groups to probe.
+        ranking: per group name, its channels in pruning order (:func:`rank_channels`).
+        rates: fractions of each group to prune.
+        round_to, min_channels: as in :func:`removal_count`.
+        shard: ``(rank, world_size)``; this process probes every ``world_size``-th task (gather the results).
+        progress: wraps the task list, e.g. ``tqdm``.
+
+    Rates that remove the same number of channels are probed once.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1))
+        >>> graph = DependencyGraph(net, torch.randn(1, 3, 8, 8))
+        >>> x = torch.randn(4, 3, 8, 8)
+        >>> reference = net(x).detach()
+        >>> evaluate = lambda: float(1 / (1 + (net(x) - reference).pow(2).mean()))
+        >>> groups = graph.prunable_groups
+        >>> probes = analyze_sensitivity(graph, evaluate, groups, rank_channels(groups, net, "l1"))
+        >>> [(p.group, p.rate, p.removed) for p in probes]
+        [('0', 0.25, 2), ('0', 0.5, 4), ('0', 0.75, 6)]
+    """
+    tasks = []
+    for group in groups:
+        seen: set[int] = set()
+        for rate in sorted(rates):
+            count = removal_count(group, rate, round_to, min_channels)
+            if count > 0 and count not in seen:
+                seen.add(count)
+                tasks.append((group, rate, count))
+    rank, world = shard
+    mine = tasks[rank::world]
+    probes = []
+    for group, rate, count in progress(mine) if progress else mine:
+        plan = {group.name: ranking[group.name][:count].tolist()}
+        flops, params = graph.estimate_removal(plan)
+        with graph.masked(plan):
+            metric = float(evaluate())
+        probes.append(Probe(group.name, float(rate), count, metric, flops, params))
+    return probes
