@@ -99,13 +99,20 @@ def _removed(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], counts: 
     return graph.estimate_removal(plan_from_counts(ranking, counts))[COST_INDEX[target_metric]]
 
 
+def _closest(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], below: dict[str, int],
+             above: dict[str, int], budget: float, target_metric: str) -> dict[str, int]:
+    short = budget - _removed(graph, ranking, below, target_metric)
+    over = _removed(graph, ranking, above, target_metric) - budget
+    return below if short < over else above
+
+
 def _valid_counts(group: Group, round_to: int, min_channels: int) -> list[int]:
     return sorted({removal_count(group, k / group.size, round_to, min_channels) for k in range(group.size + 1)})
 
 
 def _trim(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], counts: dict[str, int], name: str,
           options: list[int], budget: float, target_metric: str) -> None:
-    """Lower ``counts[name]`` to the smallest allowed count that still meets ``budget``."""
+    """Set ``counts[name]`` to the allowed count whose removal lands closest to ``budget``."""
     lo, hi = 0, len(options) - 1
     while lo < hi:
         mid = (lo + hi) // 2
@@ -115,6 +122,11 @@ def _trim(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], counts: dic
         else:
             lo = mid + 1
     counts[name] = options[lo]
+    if lo > 0:  # the count just below may land closer to the budget (channels are coarse in small groups)
+        over = _removed(graph, ranking, counts, target_metric) - budget
+        counts[name] = options[lo - 1]
+        if budget - _removed(graph, ranking, counts, target_metric) >= over:
+            counts[name] = options[lo]
 
 
 def uniform_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],
@@ -135,7 +147,7 @@ def uniform_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Map
             hi = mid
         else:
             lo = mid
-    return counts_at(hi)
+    return _closest(graph, ranking, counts_at(lo), counts_at(hi), budget, target_metric)
 
 
 def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mapping[str, np.ndarray],
@@ -164,7 +176,7 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
             hi = mid
         else:
             lo = mid
-    return counts_at(hi)
+    return _closest(graph, ranking, counts_at(lo), counts_at(hi), budget, target_metric)
 
 
 def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],

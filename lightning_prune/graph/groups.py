@@ -54,8 +54,8 @@ class Group:
             output; False when an op with ``f(0) != 0`` (e.g. ``sigmoid``) lies between producer and consumer.
         note: why :attr:`exact` is False.
         members: every parameter dimension that holds these channels.
-        flops_share: fraction of the traced conv/linear FLOPs in layers that read or write these channels
-            (weighted by the fraction of each layer's channels in the group).
+        flops_share: fraction of the traced conv/linear FLOPs that would go if all of the group's channels went
+            (a layer keeping fractions ``a`` of its inputs and ``b`` of its outputs keeps ``a·b`` of its FLOPs).
     """
 
     name: str
@@ -158,9 +158,14 @@ def _flops_shares(result: TraceResult, roots: np.ndarray, group_of_root: np.ndar
     shares = np.zeros(count)
     total = sum(call.flops for call in result.layer_calls) or 1
     for call in result.layer_calls:
-        for labels in (call.in_labels, call.out_labels):
+        # a layer keeping fractions a (inputs) and b (outputs) keeps a*b of its FLOPs
+        kept_in = np.ones(count)
+        kept_out = np.ones(count)
+        for labels, kept in ((call.in_labels, kept_in), (call.out_labels, kept_out)):
             if labels is None or len(labels) == 0:
                 continue
             owners, counts = np.unique(group_of_root[roots[labels]], return_counts=True)
-            shares[owners] += call.flops * counts / len(labels)
+            kept[owners] -= counts / len(labels)
+        touched = (kept_in < 1) | (kept_out < 1)
+        shares[touched] += call.flops * (1.0 - kept_in[touched] * kept_out[touched])
     return (shares / total).tolist()

@@ -1,0 +1,150 @@
+"""Running a LightningModule's own validation logic outside Lightning's loops, on a few cached batches.
+
+Sensitivity probes need the *monitored metric* of the user's module — whatever its ``validation_step`` and
+``on_validation_epoch_end`` log — dozens of times inside one training epoch. Nesting ``trainer.validate`` in
+``fit`` is not allowed, so the module's hooks are called directly, with ``self.log``/``self.log_dict`` captured
+instead of sent to the trainer. torchmetrics objects logged directly are computed and reset.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ValidationProbe", "captured_logs"]
+
+
+def _as_float(value: Any) -> float | None:
+    from torchmetrics import Metric
+
+    if isinstance(value, Metric):
+        value = value.compute()
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean()) if value.numel() else None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+@contextmanager
+def captured_logs(module: nn.Module) -> Iterator[dict[str, list[Any]]]:
+    """Within the block, ``module.log(name, value)`` and ``module.log_dict`` append to the yielded dict."""
+    logs: dict[str, list[Any]] = {}
+
+    def log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        logs.setdefault(name, []).append(value.detach() if isinstance(value, torch.Tensor) else value)
+
+    def log_dict(dictionary: dict, *args: Any, **kwargs: Any) -> None:
+        for name, value in dictionary.items():
+            log(name, value)
+
+    module.log, module.log_dict = log, log_dict  # instance attributes shadow the methods
+    try:
+        yield logs
+    finally:
+        del module.log
+        del module.log_dict
+
+
+class ValidationProbe:
+    """Evaluates a LightningModule on a fixed list of validation batches and returns what it logs.
+
+    Example:
+        >>> import torch, lightning.pytorch as pl
+        >>> class Tiny(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layer = torch.nn.Linear(2, 1)
+        ...     def validation_step(self, batch, batch_idx):
+        ...         self.log("val/loss", self.layer(batch).pow(2).mean())
+        >>> probe = ValidationProbe(Tiny(), [torch.ones(4, 2), torch.zeros(4, 2)], device=torch.device("cpu"))
+        >>> sorted(probe.run())
+        ['val/loss']
+    """
+
+    def __init__(self, module: Any, batches: list[Any], device: torch.device | None = None,
+                 batch_to_device: Any = None) -> None:
+        self.module = module
+        self.batches = batches
+        self.device = device
+        self._to_device = batch_to_device
+
+    @classmethod
+    def from_trainer(cls, trainer: Any, module: Any, num_batches: int) -> ValidationProbe:
+        """Cache the first ``num_batches`` batches of the trainer's (first) validation dataloader."""
+        loader = _val_dataloader(trainer, module)
+        if loader is None:
+            raise ValueError("pruning needs validation data to read its monitored metric: the trainer has no "
+                             "val dataloader (define val_dataloader or pass val_dataloaders to fit)")
+        batches = list(itertools.islice(iter(loader), num_batches))
+        if not batches:
+            raise ValueError("the validation dataloader yielded no batch")
+        strategy = trainer.strategy
+        return cls(module, batches, module.device, lambda b: strategy.batch_to_device(b, module.device))
+
+    def run(self) -> dict[str, float]:
+        """One pass over the cached batches in eval mode; the mean of each logged value."""
+        module = self.module
+        training = module.training
+        module.eval()
+        try:
+            with torch.no_grad(), captured_logs(module) as logs:
+                _call_hook(module, "on_validation_epoch_start")
+                for index, batch in enumerate(self.batches):
+                    if self._to_device is not None:
+                        batch = self._to_device(batch)
+                    module.validation_step(batch, index)
+                _call_hook(module, "on_validation_epoch_end")
+            values = {}
+            for name, logged in logs.items():
+                numbers = [v for v in (_as_float(item) for item in logged) if v is not None]
+                if numbers:
+                    values[name] = sum(numbers) / len(numbers)
+            return values
+        finally:
+            _reset_metrics(module)
+            module.train(training)
+
+
+def _call_hook(module: Any, name: str) -> None:
+    hook = getattr(module, name, None)
+    if callable(hook):
+        hook()
+
+
+def _reset_metrics(module: nn.Module) -> None:
+    from torchmetrics import Metric
+
+    for child in module.modules():
+        if isinstance(child, Metric):
+            child.reset()
+
+
+def _val_dataloader(trainer: Any, module: Any) -> Any:
+    loaders = getattr(trainer, "val_dataloaders", None)
+    if loaders is None:
+        source = getattr(trainer, "datamodule", None)
+        for owner in (source, module):
+            hook = getattr(owner, "val_dataloader", None)
+            if callable(hook):
+                try:
+                    loaders = hook()
+                except NotImplementedError:
+                    loaders = None
+                except Exception as err:  # Lightning's default hook raises a MisconfigurationException
+                    if "val_dataloader" in str(err) or "not implemented" in str(err).lower():
+                        loaders = None
+                    else:
+                        raise
+                if loaders is not None:
+                    break
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    elif isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    return loaders
