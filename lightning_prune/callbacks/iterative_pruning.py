@@ -145,7 +145,7 @@ class IterativePruningCallback(Callback):
         self.baseline: dict[str, float] = {}
         self.graph: DependencyGraph | None = None
         self._example: Any = None
-        self._replayed_from: str | None = None
+        self._architecture_restored = False
 
     # -- Lightning state ------------------------------------------------------------------------------------------
     @property
@@ -176,17 +176,25 @@ class IterativePruningCallback(Callback):
             late = [epoch for epoch in self.schedule if epoch >= max_epochs]
             if late:
                 raise ValueError(f"pruning schedule epoch {late[0]} is not below max_epochs={max_epochs}")
-        ckpt_path = getattr(trainer, "ckpt_path", None)
-        if ckpt_path and self._replayed_from != str(ckpt_path):
-            # Lightning loads the weights right after `setup`: rebuild the pruned architecture first
-            checkpoint = _load_checkpoint(ckpt_path)
+        # Lightning loads a resumed checkpoint's weights right after `setup`, through the module's
+        # `on_load_checkpoint` hook: rebuild the pruned architecture there, before the state dict is loaded.
+        original = pl_module.on_load_checkpoint
+
+        def restore_architecture(checkpoint: dict[str, Any]) -> Any:
             record = checkpoint.get(CHECKPOINT_KEY) or {}
             history = record.get("history", [])
-            if history:
+            if history and not self._architecture_restored:
                 example = self._resolve_example(pl_module, record.get("example_input_shape"))
                 replay_history(pl_module, history, example)
                 self.history = list(history)
-            self._replayed_from = str(ckpt_path)
+                self._architecture_restored = True
+            return original(checkpoint)
+
+        pl_module.on_load_checkpoint = restore_architecture
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if "on_load_checkpoint" in vars(pl_module):
+            del pl_module.on_load_checkpoint
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._example = self._resolve_example(pl_module)
@@ -399,13 +407,6 @@ def _to_device(example: Any, device: torch.device) -> Any:
     if isinstance(example, dict):
         return {key: _to_device(value, device) for key, value in example.items()}
     return example
-
-
-def _load_checkpoint(path: Any) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a checkpoint holding custom hyper-parameter objects; Lightning will load it the same way
-        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _broadcast(trainer: Trainer, value: Any) -> Any:
