@@ -89,9 +89,16 @@ class ValidationProbe:
 
     def run(self) -> dict[str, float]:
         """One pass over the cached batches in eval mode; the mean of each logged value."""
+        from torchmetrics import Metric
+
         module = self.module
         training = module.training
         module.eval()
+        # probes differ between ranks (each rank masks its own share of groups): compute metrics locally
+        metrics = [m for m in module.modules() if isinstance(m, Metric)]
+        syncing = [m.sync_on_compute for m in metrics]
+        for metric in metrics:
+            metric.sync_on_compute = False
         try:
             with torch.no_grad(), captured_logs(module) as logs:
                 _call_hook(module, "on_validation_epoch_start")
@@ -108,6 +115,8 @@ class ValidationProbe:
             return values
         finally:
             _reset_metrics(module)
+            for metric, sync in zip(metrics, syncing):
+                metric.sync_on_compute = sync
             module.train(training)
 
 
@@ -127,6 +136,11 @@ def _reset_metrics(module: nn.Module) -> None:
 
 def _val_dataloader(trainer: Any, module: Any) -> Any:
     loaders = getattr(trainer, "val_dataloaders", None)
+    val_loop = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "val_loop", None)
+    if loaders is None and val_loop is not None and trainer.limit_val_batches != 0:
+        # loads what fit was given (with Lightning's distributed sampler); the fit loop reuses it
+        val_loop.setup_data()
+        loaders = getattr(trainer, "val_dataloaders", None)
     if loaders is None:
         source = getattr(trainer, "datamodule", None)
         for owner in (source, module):

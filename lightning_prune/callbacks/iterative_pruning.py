@@ -277,7 +277,8 @@ class IterativePruningCallback(Callback):
         flops_before, params_before = count_flops(pl_module, self._example), count_params(pl_module)
 
         probe = ValidationProbe.from_trainer(trainer, pl_module, self.sensitivity_batches) if self.monitor else None
-        metric_before = _broadcast(trainer, probe.run().get(self.monitor)) if probe else None
+        local_before = probe.run().get(self.monitor) if probe else None
+        metric_before = _broadcast(trainer, local_before)
 
         groups = self._candidates()
         rng = np.random.default_rng(self.seed + step)
@@ -298,16 +299,21 @@ class IterativePruningCallback(Callback):
             counts = global_counts(self.graph, groups, scores, ranking, budget, metric_key, self.round_to,
                                    self.min_channels)
         else:
-            probes = self._probe(trainer, pl_module, probe, groups, ranking, step)
+            probes = self._probe(trainer, pl_module, probe, groups, ranking, step, metric_before / local_before
+                                 if local_before else 1.0)
             scored = score_probes(probes, metric_before, self.mode, self.exponent)
             counts, used_picks = sensitivity_counts(self.graph, groups, ranking, scored, budget, metric_key,
                                                     self.params_layers, self.flops_layers, self.round_to,
                                                     self.min_channels)
         plan = _broadcast(trainer, plan_from_counts(ranking, counts))
         widths_before = _conv_widths(pl_module)
-        result = self.graph.prune(plan)
+        distributed = _unwrap_distributed(trainer)
+        try:
+            result = self.graph.prune(plan)
+        finally:
+            if distributed:
+                _wrap_distributed(trainer)
         _slice_optimizer_states(trainer, result.changes)
-        _rewrap_distributed(trainer)
 
         flops_after, params_after = count_flops(pl_module, self._example), count_params(pl_module)
         metric_after = _broadcast(trainer, probe.run().get(self.monitor)) if probe else None
@@ -326,7 +332,9 @@ class IterativePruningCallback(Callback):
         ), sender=self)
 
     def _probe(self, trainer: Trainer, pl_module: LightningModule, probe: ValidationProbe, groups: list[Group],
-               ranking: dict[str, np.ndarray], step: int) -> list[Probe]:
+               ranking: dict[str, np.ndarray], step: int, scale: float) -> list[Probe]:
+        """Probe this rank's share of (group, rate) tasks and gather everyone's. Each rank validates on its own
+        data shard, so its metrics are rescaled by rank 0's unpruned metric over its own (``scale``)."""
         from tqdm.auto import tqdm
 
         rank, world = trainer.global_rank, trainer.world_size
@@ -343,7 +351,7 @@ class IterativePruningCallback(Callback):
         if world <= 1:
             return mine
         gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, [p.to_dict() for p in mine])
+        torch.distributed.all_gather_object(gathered, [{**p.to_dict(), "metric": p.metric * scale} for p in mine])
         probes = [Probe(**item) for part in gathered for item in part]
         order = {(g.name, r): i for i, g in enumerate(groups) for r in self.sensitivity_rates}
         return sorted(probes, key=lambda p: order.get((p.group, p.rate), 0))
@@ -432,14 +440,27 @@ def _slice_optimizer_states(trainer: Trainer, changes: list[ParamChange]) -> Non
                     state[key] = change.slice(value)
 
 
-def _rewrap_distributed(trainer: Trainer) -> None:
-    """DDP's reducer is built for the old parameter sizes: wrap the pruned module again."""
+def _unwrap_distributed(trainer: Trainer) -> bool:
+    """Drop the DDP wrapper before surgery. Its reducer keeps each parameter's gradient accumulator alive, and
+    those remember the old shapes; a fresh wrapper after surgery builds new ones. True if there was one."""
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
     strategy = trainer.strategy
-    if trainer.world_size <= 1 or not hasattr(strategy, "_setup_model"):
-        return
-    module = strategy.lightning_module
-    strategy.model = strategy._setup_model(module)
-    strategy._register_ddp_hooks() if hasattr(strategy, "_register_ddp_hooks") else None
+    if not isinstance(strategy.model, DistributedDataParallel):
+        return False
+    strategy.model = strategy.lightning_module
+    gc.collect()
+    return True
+
+
+def _wrap_distributed(trainer: Trainer) -> None:
+    strategy = trainer.strategy
+    strategy.model = strategy._setup_model(strategy.lightning_module)
+    register_hooks = getattr(strategy, "_register_ddp_hooks", None)
+    if register_hooks is not None:
+        register_hooks()
 
 
 def _accumulate_gradients(trainer: Trainer, pl_module: LightningModule, num_batches: int) -> None:
