@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lightning_prune.graph.records import Role
-from lightning_prune.graph.tracer import TraceResult
+from lightning_prune.graph.tracer import OUTPUT_REASON, TraceResult
 
 __all__ = ["Group", "Member", "build_groups"]
 
@@ -150,7 +150,9 @@ def build_groups(result: TraceResult) -> list[Group]:
 def _first_reason_per_root(reasons: dict[int, str], roots: np.ndarray) -> dict[int, str]:
     per_root: dict[int, str] = {}
     for label, reason in reasons.items():
-        per_root.setdefault(int(roots[label]), reason)
+        root = int(roots[label])
+        if root not in per_root or reason == OUTPUT_REASON:  # the plainest reason wins
+            per_root[root] = reason
     return per_root
 
 

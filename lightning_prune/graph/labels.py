@@ -76,9 +76,13 @@ class LabelForest:
         find = self.find
         return np.fromiter((find(x) for x in labels.tolist()), dtype=np.int64, count=len(labels))
 
-    def pin(self, labels: np.ndarray, reason: str) -> None:
+    def pin(self, labels: np.ndarray, reason: str, override: bool = False) -> None:
+        """Forbid pruning ``labels``; the first reason is kept unless ``override`` (for the clearest reasons)."""
         for x in labels.tolist():
-            self.pins.setdefault(x, reason)
+            if override:
+                self.pins[x] = reason
+            else:
+                self.pins.setdefault(x, reason)
 
     def mark_inexact(self, labels: np.ndarray, reason: str) -> None:
         for x in labels.tolist():

@@ -25,6 +25,7 @@ from lightning_prune.graph.records import Binding, ChannelInfo, LayerCall, Role,
 __all__ = ["ChannelTracer", "GraphTraceError", "trace_channels", "TraceResult", "call_model"]
 
 _ATTR = "_lightning_prune_channels"
+OUTPUT_REASON = "reaches the model output"
 
 
 class GraphTraceError(RuntimeError):
@@ -141,12 +142,12 @@ class ChannelTracer(TorchFunctionMode):
             self.bind(weight, dim, labels, Role.PRODUCER)
         return labels
 
-    def pin(self, obj: Any, reason: str) -> None:
+    def pin(self, obj: Any, reason: str, override: bool = False) -> None:
         """Pin the channels of every labelled tensor in ``obj``."""
         for tensor in iter_tensors(obj):
             info = channel_info(tensor)
             if info is not None:
-                self.forest.pin(info.labels, reason)
+                self.forest.pin(info.labels, reason, override)
 
     def consume(self, info: ChannelInfo) -> None:
         """A layer mixes these channels: if they may be non-zero under masking, masking and pruning differ."""
@@ -271,7 +272,7 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
             if not any(tensor is k for k in kept):
                 set_channel_info(tensor, None)
         outputs = kept
-        tracer.pin(outputs, "reaches the model output")
+        tracer.pin(outputs, OUTPUT_REASON, override=True)
         tracer.result.output_shapes = [tuple(tensor.shape) for tensor in outputs]
         for tensor in outputs:
             set_channel_info(tensor, None)
