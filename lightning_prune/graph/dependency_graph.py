@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.groups import Group, build_groups
 from lightning_prune.graph.records import Role
-from lightning_prune.graph.tracer import TraceResult, call_model, trace_channels
+from lightning_prune.graph.tracer import TraceResult, call_model, flatten_output, trace_channels
 from lightning_prune.surgery import ParamChange, Surgery
 
 __all__ = ["DependencyGraph", "PruneResult", "Plan"]
@@ -71,6 +72,7 @@ class DependencyGraph:
         self.output_filter = output_filter
         self.groups: list[Group] = []
         self.build_seconds = 0.0
+        self._masking = 0
         self._apply_trace(self._trace())
 
     # -- building -------------------------------------------------------------------------------------------------
@@ -211,6 +213,7 @@ class DependencyGraph:
         """
         removed = self._removed_labels(self._resolve(plan))
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._masking += 1
         try:
             with torch.no_grad():
                 for binding in self._result.bindings.values():
@@ -223,21 +226,32 @@ class DependencyGraph:
                         tensor.data.index_fill_(binding.dim, torch.from_numpy(hit).to(tensor.device), 0)
             yield
         finally:
+            self._masking -= 1
             with torch.no_grad():
                 for tensor, original in reversed(saved):
                     tensor.data.copy_(original)
 
-    def prune(self, plan: Plan) -> PruneResult:
+    def prune(self, plan: Plan, verify: bool = True) -> PruneResult:
         """Physically remove the planned channels everywhere they live; atomic.
 
         Producers, norms (with running statistics), consumers' input slices at their concat offsets, equal splits,
         and module attributes are all updated, then the model is traced again so the graph stays valid for the next
         prune. A bad plan raises ``ValueError`` before anything changes; a prune that would break the forward or
         change the output's shape is rolled back and raises ``ValueError``.
+
+        With ``verify`` (and every planned group :attr:`Group.exact`), the eval-mode output on the example input
+        after pruning must equal the output with the same channels masked: a module attribute or constant tied to a
+        channel count that pruning did not update would otherwise change the model silently.
         """
+        if self._masking:
+            raise ValueError("cannot prune inside graph.masked(): leave the masked block first")
         resolved = self._resolve(plan)
         if not resolved:
             return PruneResult({}, [])
+        expected = None
+        if verify and all(self._by_name[name].exact for name in resolved):
+            with self.masked(plan):
+                expected = self._eval_outputs()
         surgery = Surgery(self._result.bindings.values(), self._result.splits, self._removed_labels(resolved))
         changes = surgery.apply()
         try:
@@ -246,12 +260,27 @@ class DependencyGraph:
                 raise ValueError(
                     f"the model's output shapes change from {self._result.output_shapes} to {result.output_shapes}"
                 )
+            if expected is not None:
+                _check_same_outputs(expected, self._eval_outputs())
         except Exception as err:
             surgery.rollback()
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ValueError(f"pruning {sorted(resolved)} breaks the model, left unchanged: {message}") from err
         self._apply_trace(result)
         return PruneResult({name: idx.tolist() for name, idx in resolved.items()}, changes)
+
+    def _eval_outputs(self) -> list[torch.Tensor]:
+        """The filtered outputs of one eval-mode forward on the example input (training flags restored)."""
+        modes = {name: module.training for name, module in self.model.named_modules()}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                output = self.run()
+        finally:
+            for name, module in self.model.named_modules():
+                module.training = modes.get(name, module.training)
+        output_filter = self.output_filter or default_output_filter(self.model)
+        return [t.detach().clone() for t in flatten_output(output_filter(output)) if t.is_floating_point()]
 
     # -- reporting --------------------------------------------------------------------------------------------------
     def summary(self, max_rows: int | None = None) -> str:
@@ -285,6 +314,17 @@ class DependencyGraph:
     def run(self) -> Any:
         """Run the model on its example input (handy for checks after pruning)."""
         return call_model(self.model, self.example_inputs)
+
+
+def _check_same_outputs(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> None:
+    for before, after in zip(expected, actual):
+        scale = float(before.abs().max()) if before.numel() else 0.0
+        if before.shape != after.shape or not torch.allclose(before, after, rtol=1e-3, atol=1e-4 * max(1.0, scale)):
+            deviation = (before - after).abs().max() if before.shape == after.shape else "shape"
+            raise ValueError(
+                f"the kept channels' outputs changed (max deviation {deviation}): a module attribute or constant "
+                "tied to a channel count was not updated"
+            )
 
 
 def _unknown_group(name: Any, known: Mapping[str, Group]) -> str:

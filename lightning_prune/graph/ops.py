@@ -184,8 +184,9 @@ def _weighted_layer(tracer: ChannelTracer, name: str, x: torch.Tensor, weight: t
         if info is not None:
             labels = info.labels
             tracer.bind(weight, 0, labels, Role.PRODUCER)
-        else:
+        else:  # its channels are those of an input the trace lost: they cannot shrink on their own
             labels = tracer.produce(weight, 0)
+            tracer.forest.pin(labels, f"depthwise {name} in {tracer.where} reads untraced channels")
     else:
         reason = f"grouped {name} (groups={groups}) in {tracer.where}"
         if info is not None:
@@ -616,11 +617,17 @@ def _pieces_along(tracer: ChannelTracer, name: str, x: torch.Tensor, pieces: lis
     for part in parts[1:]:
         tracer.forest.unite_arrays(parts[0], part)
     module = tracer.current_module
-    attrs = [key for key, value in vars(module).items()
-             if type(value) is int and value == size and not key.startswith("_")]
-    tracer.result.splits.append(SplitRecord(module, attrs, parts[0]))
+    attrs = _size_attributes(module, size)
+    # the piece size follows a module attribute (ultralytics C2f.c) only when exactly one attribute can be it
+    tracer.result.splits.append(SplitRecord(module, attrs if len(attrs) == 1 else [], parts[0]))
     for piece, part in zip(pieces, parts):
         _label(piece, dim, part, info.taint)
+
+
+def _size_attributes(module: Any, size: int) -> list[str]:
+    """Public integer attributes of ``module`` equal to ``size``."""
+    return [key for key, value in vars(module).items()
+            if type(value) is int and value == size and not key.startswith("_")]
 
 
 @_register("chunk", "split", "split_with_sizes", "tensor_split", "unbind", "unsafe_split", "unsafe_chunk")
@@ -636,10 +643,13 @@ def _split(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
         sizes = _arg(args, kwargs, 1, "split_size_or_sections" if name == "split" else "split_sizes")
         # sizes given in code must come from a module attribute we can update, or they break after pruning
         literal = [sizes] if isinstance(sizes, int) else list(sizes)
-        module_ints = {value for value in vars(tracer.current_module).values() if type(value) is int}
-        if not set(literal) <= module_ints:
-            _unsupported(tracer, name, (x,), {}, pieces, f"split sizes {literal} are fixed in code")
-            return
+        for size in set(literal):
+            attrs = _size_attributes(tracer.current_module, size)
+            if len(attrs) != 1:
+                why = (f"split size {size} is fixed in code" if not attrs else
+                       f"split size {size} matches several attributes ({', '.join(attrs)}): which one sets it?")
+                _unsupported(tracer, name, (x,), {}, pieces, why)
+                return
     if name == "tensor_split" and dim == info.dim:
         _unsupported(tracer, name, (x,), {}, pieces, "split points are fixed in code")
         return

@@ -22,7 +22,7 @@ from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.labels import LabelForest
 from lightning_prune.graph.records import Binding, ChannelInfo, LayerCall, Role, SplitRecord
 
-__all__ = ["ChannelTracer", "GraphTraceError", "trace_channels", "TraceResult", "call_model"]
+__all__ = ["ChannelTracer", "GraphTraceError", "trace_channels", "TraceResult", "call_model", "flatten_output"]
 
 _ATTR = "_lightning_prune_channels"
 OUTPUT_REASON = "reaches the model output"
@@ -267,8 +267,8 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
                 ) from err
         if output_filter is None:
             output_filter = default_output_filter(model)
-        kept = _flatten_output(output_filter(output))
-        for tensor in _flatten_output(output):  # what the filter drops is no output, but must not keep labels
+        kept = flatten_output(output_filter(output))
+        for tensor in flatten_output(output):  # what the filter drops is no output, but must not keep labels
             if not any(tensor is k for k in kept):
                 set_channel_info(tensor, None)
         outputs = kept
@@ -284,7 +284,7 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
     return tracer.result
 
 
-def _flatten_output(output: Any) -> list[torch.Tensor]:
+def flatten_output(output: Any) -> list[torch.Tensor]:
     found: list[torch.Tensor] = []
     stack = [output]
     while stack:
