@@ -1,4 +1,7 @@
-"""LightningCLI entry point for the toy example: ``python examples/toy/main.py fit --config examples/toy/config.yaml``."""
+"""LightningCLI entry point for the toy example.
+
+    python examples/toy/main.py fit --config examples/toy/config.yaml
+"""
 
 from __future__ import annotations
 
