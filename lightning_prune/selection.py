@@ -7,7 +7,7 @@ rank_channels`) turns counts into a plan, so the channels chosen are always the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +99,22 @@ def _removed(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], counts: 
     return graph.estimate_removal(plan_from_counts(ranking, counts))[COST_INDEX[target_metric]]
 
 
+def _bisect_knob(graph: DependencyGraph, ranking: Mapping[str, np.ndarray],
+                 counts_at: Callable[[float], dict[str, int]], lo: float, hi: float, budget: float,
+                 target_metric: str, iterations: int = 40) -> dict[str, int]:
+    """Bisect a knob (a fraction, a threshold) whose counts remove more as it grows; the counts closest to
+    ``budget``. When even ``hi`` falls short it is returned: the caller checks reachability."""
+    if _removed(graph, ranking, counts_at(hi), target_metric) < budget:
+        return counts_at(hi)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if _removed(graph, ranking, counts_at(mid), target_metric) >= budget:
+            hi = mid
+        else:
+            lo = mid
+    return _closest(graph, ranking, counts_at(lo), counts_at(hi), budget, target_metric)
+
+
 def _closest(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], below: dict[str, int],
              above: dict[str, int], budget: float, target_metric: str) -> dict[str, int]:
     short = budget - _removed(graph, ranking, below, target_metric)
@@ -138,16 +154,7 @@ def uniform_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Map
     def counts_at(fraction: float) -> dict[str, int]:
         return {g.name: max(floor.get(g.name, 0), removal_count(g, fraction, round_to, min_channels)) for g in groups}
 
-    lo, hi = 0.0, 1.0
-    if _removed(graph, ranking, counts_at(hi), target_metric) < budget:
-        return counts_at(hi)  # the caller checks reachability; this is as far as it goes
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if _removed(graph, ranking, counts_at(mid), target_metric) >= budget:
-            hi = mid
-        else:
-            lo = mid
-    return _closest(graph, ranking, counts_at(lo), counts_at(hi), budget, target_metric)
+    return _bisect_knob(graph, ranking, counts_at, 0.0, 1.0, budget, target_metric)
 
 
 def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mapping[str, np.ndarray],
@@ -167,16 +174,7 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
             counts[group.name] = removal_count(group, below / group.size, round_to, min_channels)
         return counts
 
-    lo, hi = -1.0 - 1e-9, 1.0 + 1e-9
-    if _removed(graph, ranking, counts_at(hi), target_metric) < budget:
-        return counts_at(hi)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if _removed(graph, ranking, counts_at(mid), target_metric) >= budget:
-            hi = mid
-        else:
-            lo = mid
-    return _closest(graph, ranking, counts_at(lo), counts_at(hi), budget, target_metric)
+    return _bisect_knob(graph, ranking, counts_at, -1.0 - 1e-9, 1.0 + 1e-9, budget, target_metric)
 
 
 def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],
