@@ -27,7 +27,7 @@ __all__ = ["IterativePruningCallback"]
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("sensitivity", "uniform", "global")
-TARGET_METRICS = ("flops", "params")
+TARGET_METRICS = ("flops", "params", "latency")
 
 
 class IterativePruningCallback(Callback):
@@ -42,7 +42,10 @@ class IterativePruningCallback(Callback):
         schedule: epochs at whose start a pruning step happens, e.g. ``[1, 3, 5]``; or ``{"start": 1, "stop": 9,
             "every": 2}`` (stop exclusive).
         target: fraction of ``target_metric`` removed by the end of the schedule, ``0 < target < 1``.
-        target_metric: ``"flops"`` (default; at the example input) or ``"params"``.
+        target_metric: ``"flops"`` (default; at the example input), ``"params"``, or ``"latency"`` (measured with
+            ``latency_backend`` at fit start and after every step; FLOPs budgets are derived from the latency
+            budget with the latency-per-FLOP efficiency observed so far, and the final step prunes more, up to
+            ``latency_corrections`` times, until the measured latency meets the target).
         strategy: ``"sensitivity"`` (the paper: probe every group at ``sensitivity_rates`` by masking, score
             ``Δcost × metric^exponent``, take the top ``params_layers`` groups by parameters ∪ top ``flops_layers``
             by FLOPs at their best rate, then more if the step's budget needs it); ``"uniform"`` (the same fraction of
@@ -63,6 +66,9 @@ class IterativePruningCallback(Callback):
         example_input: input to trace the model with; a tensor, or a shape such as ``[1, 3, 640, 640]``.
         seed: seeds the ``random`` criterion.
         verbose: print the graph summary and each step's plan (rank 0).
+        latency_backend, latency_repeats, latency_corrections, latency_tolerance: for ``target_metric="latency"``:
+            ``"eager"`` or ``"onnxruntime"``, timed calls per measurement, extra prunes allowed on the final step,
+            and by how much (relative) the final latency may exceed the goal before one is made.
 
     Example::
 
@@ -101,6 +107,10 @@ class IterativePruningCallback(Callback):
         example_input: Any = None,
         seed: int = 0,
         verbose: bool = True,
+        latency_backend: str = "eager",
+        latency_repeats: int = 20,
+        latency_corrections: int = 2,
+        latency_tolerance: float = 0.05,
     ) -> None:
         super().__init__()
         self.schedule = _parse_schedule(schedule)
@@ -140,6 +150,19 @@ class IterativePruningCallback(Callback):
         self.example_input = example_input
         self.seed = int(seed)
         self.verbose = verbose
+        if target_metric == "latency":
+            from lightning_prune.profiling.latency import BACKENDS, require_onnx
+
+            if latency_backend not in BACKENDS:
+                raise ValueError(f"unknown latency_backend {latency_backend!r}; choose one of {', '.join(BACKENDS)}")
+            if latency_backend == "onnxruntime":
+                require_onnx()
+        self.latency_backend = latency_backend
+        self.latency_repeats = int(latency_repeats)
+        self.latency_corrections = int(latency_corrections)
+        self.latency_tolerance = float(latency_tolerance)
+        self._latency_efficiency = 1.0
+        self._last_latency: float | None = None
 
         self.history: list[dict[str, Any]] = []  # one entry per completed step: epoch, step, plan, costs, metrics
         self.baseline: dict[str, float] = {}
@@ -153,11 +176,13 @@ class IterativePruningCallback(Callback):
         return self._generate_state_key(schedule=self.schedule, target=self.target, strategy=self.strategy)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "baseline": self.baseline, "example_input_shape": self._example_shape()}
+        return {"history": self.history, "baseline": self.baseline, "example_input_shape": self._example_shape(),
+                "latency_efficiency": self._latency_efficiency}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.baseline = dict(state_dict.get("baseline", {}))
+        self._latency_efficiency = float(state_dict.get("latency_efficiency", 1.0))
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # a top-level, plain-typed record, so `load_pruned` needs neither the callback nor weights_only=False
@@ -204,6 +229,8 @@ class IterativePruningCallback(Callback):
         if not self.baseline:
             self.baseline = {"flops": float(count_flops(pl_module, self._example)),
                              "params": float(count_params(pl_module))}
+        if self.target_metric == "latency" and "latency" not in self.baseline:
+            self.baseline["latency"] = self._latency(pl_module)
         if self.monitor and self._pending_steps(trainer):
             values = ValidationProbe.from_trainer(trainer, pl_module, self.sensitivity_batches).run()
             if self.monitor not in values:
@@ -243,9 +270,10 @@ class IterativePruningCallback(Callback):
         return False
 
     def _current_cost(self, pl_module: LightningModule) -> float:
-        if self.target_metric == "flops":
-            return float(count_flops(pl_module, self._example))
-        return float(count_params(pl_module))
+        """Current FLOPs, or parameters for a parameter target (latency targets are checked on FLOPs)."""
+        if self.target_metric == "params":
+            return float(count_params(pl_module))
+        return float(count_flops(pl_module, self._example))
 
     def _check_reachable(self, pl_module: LightningModule) -> None:
         if not self._pending_steps_any():
@@ -256,8 +284,10 @@ class IterativePruningCallback(Callback):
                              "see the graph summary for reasons")
         most = {g.name: list(range(removal_count(g, 1.0, self.round_to, self.min_channels))) for g in groups}
         removable = self.graph.estimate_removal({k: v for k, v in most.items() if v})
-        removable = removable[0 if self.target_metric == "flops" else 1]
-        baseline = self.baseline[self.target_metric]
+        # latency falls at most as fast as FLOPs, so a latency target must be reachable in FLOPs too
+        metric_key = "params" if self.target_metric == "params" else "flops"
+        removable = removable[1 if metric_key == "params" else 0]
+        baseline = self.baseline[metric_key]
         reachable = (baseline - self._current_cost(pl_module) + removable) / baseline
         if reachable < self.target:
             raise ValueError(f"target {self.target:.0%} of {self.target_metric} is unreachable: pruning every "
@@ -268,18 +298,55 @@ class IterativePruningCallback(Callback):
         return any(epoch not in done for epoch in self.schedule)
 
     def _prune_step(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        step = len(self.history) + 1
-        remaining = len(self._pending_steps(trainer))
-        metric_key = self.target_metric
-        baseline = self.baseline[metric_key]
-        cost_before = self._current_cost(pl_module)
-        budget = (cost_before - baseline * (1.0 - self.target)) / max(remaining, 1)
+        step = len({entry["step"] for entry in self.history}) + 1
+        remaining = max(len(self._pending_steps(trainer)), 1)
         flops_before, params_before = count_flops(pl_module, self._example), count_params(pl_module)
-
         probe = ValidationProbe.from_trainer(trainer, pl_module, self.sensitivity_batches) if self.monitor else None
         local_before = probe.run().get(self.monitor) if probe else None
         metric_before = _broadcast(trainer, local_before)
 
+        if self.target_metric == "latency":
+            latency_before = self._latency(pl_module)
+            latency_goal = latency_before - (latency_before - self.baseline["latency"] * (1 - self.target)) / remaining
+            budget = self._flops_budget_for_latency(flops_before, latency_before, latency_goal)
+        else:
+            cost_before = flops_before if self.target_metric == "flops" else params_before
+            budget = (cost_before - self.baseline[self.target_metric] * (1.0 - self.target)) / remaining
+
+        widths_before = _conv_widths(pl_module)
+        plan, probes, picks = self._select(trainer, pl_module, budget, self.strategy, step, probe, metric_before,
+                                           local_before)
+        self._apply(trainer, plan)
+        plans = [plan]
+        if self.target_metric == "latency":
+            plans += self._correct_latency(trainer, pl_module, step, flops_before, latency_before, latency_goal,
+                                           final=remaining == 1)
+
+        flops_after, params_after = count_flops(pl_module, self._example), count_params(pl_module)
+        metric_after = _broadcast(trainer, probe.run().get(self.monitor)) if probe else None
+        for index, applied in enumerate(plans):
+            entry = {"epoch": epoch, "step": step, "plan": applied, "flops": flops_after, "params": params_after,
+                     "metric_before": metric_before, "metric_after": metric_after}
+            if self.target_metric == "latency":
+                entry["latency_ms"] = self._last_latency
+            if index:
+                entry["correction"] = index
+            self.history.append(entry)
+        merged = {name: channels for applied in plans for name, channels in applied.items()}
+        self._report(trainer, pl_module, {**self.history[-1], "plan": merged}, flops_before, params_before, probes,
+                     picks, widths_before)
+        notify_pruning_step(trainer, pl_module, PruningStep(
+            step=step, epoch=epoch, plan=merged, flops_before=flops_before, flops_after=flops_after,
+            params_before=params_before, params_after=params_after,
+            baseline_flops=int(self.baseline["flops"]), baseline_params=int(self.baseline["params"]),
+            metric_before=metric_before, metric_after=metric_after, example_input=self._example,
+        ), sender=self)
+
+    def _select(self, trainer: Trainer, pl_module: LightningModule, budget: float, strategy: str, step: int,
+                probe: ValidationProbe | None, metric_before: float | None,
+                local_before: float | None) -> tuple[dict[str, list[int]], list[Probe], list[Any]]:
+        """The plan removing ``budget`` (FLOPs, or parameters for a parameter target) with ``strategy``."""
+        metric_key = "params" if self.target_metric == "params" else "flops"
         groups = self._candidates()
         rng = np.random.default_rng(self.seed + step)
         if self.criterion == "taylor":
@@ -288,25 +355,26 @@ class IterativePruningCallback(Callback):
         if self.criterion == "taylor":
             pl_module.zero_grad(set_to_none=True)
         ranking = {name: np.argsort(values, kind="stable") for name, values in scores.items()}
-
         probes: list[Probe] = []
-        used_picks: list[Any] = []
-        if budget <= 0:
+        picks: list[Any] = []
+        if budget <= 0 or not groups:
             counts: dict[str, int] = {}
-        elif self.strategy == "uniform":
+        elif strategy == "uniform":
             counts = uniform_counts(self.graph, groups, ranking, budget, metric_key, self.round_to, self.min_channels)
-        elif self.strategy == "global":
+        elif strategy == "global":
             counts = global_counts(self.graph, groups, scores, ranking, budget, metric_key, self.round_to,
                                    self.min_channels)
         else:
-            probes = self._probe(trainer, pl_module, probe, groups, ranking, step, metric_before / local_before
-                                 if local_before else 1.0)
+            scale = metric_before / local_before if local_before else 1.0
+            probes = self._probe(trainer, pl_module, probe, groups, ranking, step, scale)
             scored = score_probes(probes, metric_before, self.mode, self.exponent)
-            counts, used_picks = sensitivity_counts(self.graph, groups, ranking, scored, budget, metric_key,
-                                                    self.params_layers, self.flops_layers, self.round_to,
-                                                    self.min_channels)
-        plan = _broadcast(trainer, plan_from_counts(ranking, counts))
-        widths_before = _conv_widths(pl_module)
+            counts, picks = sensitivity_counts(self.graph, groups, ranking, scored, budget, metric_key,
+                                               self.params_layers, self.flops_layers, self.round_to,
+                                               self.min_channels)
+        return _broadcast(trainer, plan_from_counts(ranking, counts)), probes, picks
+
+    def _apply(self, trainer: Trainer, plan: dict[str, list[int]]) -> None:
+        """Prune ``plan`` (outside any DDP wrapper) and slice the optimizers' state along."""
         distributed = _unwrap_distributed(trainer)
         try:
             result = self.graph.prune(plan)
@@ -315,21 +383,43 @@ class IterativePruningCallback(Callback):
                 _wrap_distributed(trainer)
         _slice_optimizer_states(trainer, result.changes)
 
-        flops_after, params_after = count_flops(pl_module, self._example), count_params(pl_module)
-        metric_after = _broadcast(trainer, probe.run().get(self.monitor)) if probe else None
-        entry = {
-            "epoch": epoch, "step": step, "plan": plan,
-            "flops": flops_after, "params": params_after,
-            "metric_before": metric_before, "metric_after": metric_after,
-        }
-        self.history.append(entry)
-        self._report(trainer, pl_module, entry, flops_before, params_before, probes, used_picks, widths_before)
-        notify_pruning_step(trainer, pl_module, PruningStep(
-            step=step, epoch=epoch, plan=plan, flops_before=flops_before, flops_after=flops_after,
-            params_before=params_before, params_after=params_after,
-            baseline_flops=int(self.baseline["flops"]), baseline_params=int(self.baseline["params"]),
-            metric_before=metric_before, metric_after=metric_after, example_input=self._example,
-        ), sender=self)
+    # -- latency targets -------------------------------------------------------------------------------------------
+    def _latency(self, pl_module: LightningModule) -> float:
+        from lightning_prune.profiling.latency import measure_latency
+
+        self._last_latency = measure_latency(pl_module, self._example, self.latency_backend,
+                                             repeats=self.latency_repeats).median_ms
+        return self._last_latency
+
+    def _flops_budget_for_latency(self, flops: float, latency: float, goal: float, cap: float = 0.9) -> float:
+        """FLOPs to remove so that latency drops to ``goal``, by the latency-per-FLOP efficiency seen so far
+        (latency saturates: removing x % of FLOPs often removes less than x % of time). At most ``cap`` of
+        ``flops``: CPU timings are noisy, and one noisy reading must not gut the model."""
+        wanted = max(0.0, 1.0 - goal / latency) if latency > 0 else 0.0
+        return flops * min(cap, wanted / self._latency_efficiency)
+
+    def _correct_latency(self, trainer: Trainer, pl_module: LightningModule, step: int, flops_before: float,
+                         latency_before: float, goal: float, final: bool) -> list[dict[str, list[int]]]:
+        """Measure after the prune, learn the efficiency, and on the final step prune more until the goal holds."""
+        plans = []
+        flops_now, latency_now = float(count_flops(pl_module, self._example)), self._latency(pl_module)
+        for attempt in range(self.latency_corrections + 1):
+            if flops_now < flops_before and latency_now < latency_before:
+                observed = (1 - latency_now / latency_before) / (1 - flops_now / flops_before)
+                self._latency_efficiency = float(min(1.5, max(0.5, observed)))
+            if not final or latency_now <= goal * (1 + self.latency_tolerance) or attempt == self.latency_corrections:
+                break
+            # corrections are cheap re-selections: the importance-based global strategy stands in for probes
+            strategy = "global" if self.strategy == "sensitivity" else self.strategy
+            budget = self._flops_budget_for_latency(flops_now, latency_now, goal, cap=0.25)
+            plan, _, _ = self._select(trainer, pl_module, budget, strategy, step, None, None, None)
+            if not plan:
+                break
+            self._apply(trainer, plan)
+            plans.append(plan)
+            flops_before, latency_before = flops_now, latency_now
+            flops_now, latency_now = float(count_flops(pl_module, self._example)), self._latency(pl_module)
+        return plans
 
     def _probe(self, trainer: Trainer, pl_module: LightningModule, probe: ValidationProbe, groups: list[Group],
                ranking: dict[str, np.ndarray], step: int, scale: float) -> list[Probe]:
@@ -366,6 +456,9 @@ class IterativePruningCallback(Callback):
             "pruning/flops_ratio": entry["flops"] / baseline["flops"],
             "pruning/params_ratio": entry["params"] / baseline["params"],
         }
+        if entry.get("latency_ms") is not None:
+            scalars["pruning/latency_ms"] = float(entry["latency_ms"])
+            scalars["pruning/latency_ratio"] = entry["latency_ms"] / baseline["latency"]
         if entry["metric_before"] is not None:
             scalars["pruning/metric_before"] = float(entry["metric_before"])
         if entry["metric_after"] is not None:
