@@ -139,7 +139,10 @@ def _val_dataloader(trainer: Any, module: Any) -> Any:
     val_loop = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "val_loop", None)
     if loaders is None and val_loop is not None and trainer.limit_val_batches != 0:
         # loads what fit was given (with Lightning's distributed sampler); the fit loop reuses it
-        val_loop.setup_data()
+        try:
+            val_loop.setup_data()
+        except Exception:  # e.g. no val_dataloader defined anywhere: reported below as missing validation data
+            return None
         loaders = getattr(trainer, "val_dataloaders", None)
     if loaders is None:
         source = getattr(trainer, "datamodule", None)

@@ -218,10 +218,13 @@ class IterativePruningCallback(Callback):
         pl_module.on_load_checkpoint = restore_architecture
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if "on_load_checkpoint" in vars(pl_module):
-            del pl_module.on_load_checkpoint
+        _remove_restore_patch(pl_module)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        _remove_restore_patch(pl_module)  # Lightning skips `teardown` when fit raises
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _remove_restore_patch(pl_module)  # checkpoint weights are loaded by now; keep the module picklable
         self._example = self._resolve_example(pl_module)
         self.graph = DependencyGraph(pl_module, self._example)
         if self.verbose:
@@ -238,6 +241,9 @@ class IterativePruningCallback(Callback):
                 raise ValueError(f"monitor {self.monitor!r} is never logged by the module's validation "
                                  f"(it logs: {logged})")
         self._check_reachable(pl_module)
+        if callable(self.criterion) and self._pending_steps_any():
+            for group in self._candidates():  # a custom criterion's mistakes show now, not after training started
+                channel_scores(group, pl_module, self.criterion)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -477,20 +483,26 @@ class IterativePruningCallback(Callback):
                          self.monitor)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _parse_schedule(schedule: Any) -> list[int]:
     if isinstance(schedule, dict):
         unknown = set(schedule) - {"start", "stop", "every"}
         if unknown or "stop" not in schedule:
             raise ValueError(f"a schedule dict takes start, stop and every (stop required), got {sorted(schedule)}")
-        epochs = list(range(int(schedule.get("start", 0)), int(schedule["stop"]), int(schedule.get("every", 1))))
-    elif isinstance(schedule, int):
-        epochs = [schedule]
+        values = {"start": 0, "every": 1, **schedule}
+        bad = {k: v for k, v in values.items() if not _is_int(v)}
+        if bad or values["every"] < 1:
+            raise ValueError(f"schedule start/stop/every must be whole numbers (every >= 1), got {schedule!r}")
+        epochs = list(range(values["start"], values["stop"], values["every"]))
+    elif _is_int(schedule):
+        epochs = [int(schedule)]
+    elif isinstance(schedule, (list, tuple)) and all(_is_int(epoch) for epoch in schedule):
+        epochs = [int(epoch) for epoch in schedule]
     else:
-        try:
-            epochs = [int(epoch) for epoch in schedule]
-        except (TypeError, ValueError):
-            message = f"schedule must be a list of epochs or a start/stop/every dict, got {schedule!r}"
-            raise ValueError(message) from None
+        raise ValueError(f"schedule must be a list of epochs or a start/stop/every dict, got {schedule!r}")
     if not epochs:
         raise ValueError("the pruning schedule is empty")
     if any(epoch < 0 for epoch in epochs):
@@ -533,6 +545,11 @@ def _slice_optimizer_states(trainer: Trainer, changes: list[ParamChange]) -> Non
                     state[key] = change.slice(value)
 
 
+def _remove_restore_patch(pl_module: LightningModule) -> None:
+    if "on_load_checkpoint" in vars(pl_module):
+        del pl_module.on_load_checkpoint
+
+
 def _unwrap_distributed(trainer: Trainer) -> bool:
     """Drop the DDP wrapper before surgery. Its reducer keeps each parameter's gradient accumulator alive, and
     those remember the old shapes; a fresh wrapper after surgery builds new ones. True if there was one."""
@@ -566,9 +583,14 @@ def _accumulate_gradients(trainer: Trainer, pl_module: LightningModule, num_batc
     if loader is None:
         raise ValueError("criterion 'taylor' needs the train dataloader to compute gradients")
     pl_module.zero_grad(set_to_none=True)
-    with captured_logs(pl_module):
-        for index, batch in enumerate(itertools.islice(iter(loader), num_batches)):
-            batch = trainer.strategy.batch_to_device(batch, pl_module.device)
-            output = pl_module.training_step(batch, index)
-            loss = output["loss"] if isinstance(output, dict) else output
-            loss.backward()
+    training = pl_module.training
+    pl_module.eval()  # eval mode: these passes must not move BatchNorm running statistics
+    try:
+        with captured_logs(pl_module):
+            for index, batch in enumerate(itertools.islice(iter(loader), num_batches)):
+                batch = trainer.strategy.batch_to_device(batch, pl_module.device)
+                output = pl_module.training_step(batch, index)
+                loss = output["loss"] if isinstance(output, dict) else output
+                loss.backward()
+    finally:
+        pl_module.train(training)
