@@ -36,8 +36,9 @@ def default_output_filter(model: nn.Module) -> Callable[[Any], Any]:
     """The part of ``model``'s output whose channels must keep their shape.
 
     ultralytics heads return their input feature maps under ``"feats"`` next to the predictions; the loss reads only
-    their spatial sizes, so those channels stay prunable. Every other model: the whole output.
+    their spatial sizes, so those channels stay prunable (also when the model is wrapped, e.g. in a LightningModule
+    that returns its output). Every other model: the whole output.
     """
-    if type(model).__module__.startswith("ultralytics."):
-        return drop_keys("feats")
+    if any(type(module).__module__.startswith("ultralytics.") for module in model.modules()):
+        return drop_keys("feats")  # an ultralytics model, or a LightningModule wrapping one
     return lambda output: output
