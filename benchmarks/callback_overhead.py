@@ -126,6 +126,8 @@ def overhead(imgsz: int, rounds: int, epochs: int) -> dict:
     for _ in range(rounds):
         with_cb += epoch_times(True, imgsz, epochs)
         without_cb += epoch_times(False, imgsz, epochs)
+    if not with_cb or not without_cb:
+        raise RuntimeError(f"no fine-tuning epochs were timed (with: {with_cb}, without: {without_cb})")
     return {"hook_s": statistics.median(hook_times), "epoch_with_s": statistics.median(with_cb),
             "epoch_without_s": statistics.median(without_cb)}
 
@@ -140,6 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     sens = sensitivity_ratio(args.imgsz, args.batches)
+    print("sensitivity:", sens, flush=True)
     over = overhead(args.imgsz, args.rounds, args.epochs)
     import lightning
     import ultralytics
