@@ -101,7 +101,8 @@ def epoch_times(with_callback: bool, imgsz: int, epochs: int) -> list[float]:
     if with_callback:
         # the one pruning step happens at epoch 0; epochs 1.. are the fine-tuning epochs we time
         callbacks.insert(0, IterativePruningCallback(schedule=[0], target=0.3, strategy="uniform", verbose=False))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, callbacks=callbacks, logger=False,
+                         enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          limit_val_batches=0)
     trainer.fit(module, loader(imgsz, 16, 4))
