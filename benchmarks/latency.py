@@ -79,6 +79,12 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "latency.md"
 TRACE_SIZE = 64  # input side for building dependency graphs
 SEARCH_SIZE = 160  # input side for the FLOPs bisections
 VARIANTS = ("original", "pruned", "pruned_r8", "sibling")
+PER_LAYER_CAVEAT = (
+    "Per-layer times come from separate instrumented passes (forward hooks; ONNX Runtime's profiler), `--repeats` per "
+    "variant after the timed rounds, interleaved the same way but with fewer samples than the totals above: a burst "
+    "of other processes during them shows up as a layer that got *slower* after pruning. Trust the totals above; use "
+    "these rows for where the time is, and compare with a second run before reading much into a single layer."
+)
 
 
 def log(message: str) -> None:
@@ -445,8 +451,7 @@ def render(results: dict[str, dict[str, Any]], args: argparse.Namespace, command
     for name, data in results.items():
         for backend in data["backends"]:
             lines += variant_rows(name, data, backend)
-    lines += ["", "## Where the time goes when efficiency < "
-              f"{args.efficiency_floor}", ""]
+    lines += ["", f"## Where the time goes when efficiency < {args.efficiency_floor}", "", PER_LAYER_CAVEAT, ""]
     sections = [line for name, data in results.items() for backend in data["backends"]
                 for variant in ("pruned", "pruned_r8")
                 for line in slow_layer_section(name, data, backend, args, variant)]
