@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
+from _common import cpu_name  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lightning_prune.callbacks import IterativePruningCallback  # noqa: E402
@@ -148,8 +148,7 @@ def main() -> None:
     import lightning
     import ultralytics
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     hook_share = over["hook_s"] / over["epoch_without_s"]
     lines = [
         "# IterativePruningCallback overhead",

@@ -54,9 +54,11 @@ import shlex
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from _common import cpu_name as _cpu
+from _common import dist_version as _version
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never download anything
 
@@ -305,21 +307,6 @@ def channel_table(model: nn.Module, out: dict[str, Any], args: argparse.Namespac
 
 
 # -- report ---------------------------------------------------------------------------------------------------------
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def _round_medians(result: LatencyResult, rounds: int) -> list[float]:
     per = len(result.times_ms) // rounds
     return [statistics.median(result.times_ms[i * per:(i + 1) * per]) for i in range(rounds)]

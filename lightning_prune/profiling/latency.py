@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Measurement, Timer
 
-from lightning_prune.graph.tracer import call_model
+from lightning_prune.graph.tracer import call_model, iter_tensors
 
 __all__ = [
     "BACKENDS",
@@ -169,16 +169,6 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return obj
 
 
-def _flatten(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for item in obj for t in _flatten(item)]
-    if isinstance(obj, dict):
-        return [t for item in obj.values() for t in _flatten(item)]
-    return []
-
-
 def _batched(example_input: Any, batch_size: int | None) -> Any:
     """``example_input`` with every tensor's first sample repeated ``batch_size`` times along dim 0."""
     if batch_size is None:
@@ -195,7 +185,7 @@ def _batched(example_input: Any, batch_size: int | None) -> Any:
 
 
 def _batch_size_of(example_input: Any) -> int:
-    tensors = [t for t in _flatten(example_input) if t.dim() > 0]
+    tensors = [t for t in iter_tensors(example_input) if t.dim() > 0]
     return int(tensors[0].shape[0]) if tensors else 1
 
 
@@ -251,7 +241,7 @@ def onnx_outputs(output: Any) -> tuple[torch.Tensor, ...]:
     if (isinstance(output, (tuple, list)) and len(output) == 2 and isinstance(output[0], torch.Tensor)
             and isinstance(output[1], dict)):
         return (output[0],)
-    tensors = tuple(_flatten(output))
+    tensors = tuple(iter_tensors(output))
     if not tensors:
         raise ValueError(f"the model's output has no tensors to export ({type(output).__name__})")
     return tensors
