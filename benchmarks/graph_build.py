@@ -32,51 +32,47 @@ the worker falls back to sampling RSS every millisecond from a thread (psutil), 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import datetime as dt
-import gc
-import json
 import os
 import platform
-import resource
-import shlex
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from _common import cpu_name as _cpu
-from _common import dist_version as _version
+from _harness import (
+    REPO,
+    ZOO,
+    PeakRSS,
+    Recorder,
+    alarm,
+    build_model,
+    busy_cpu_s,
+    command_line,
+    cpu_name,
+    default_side,
+    dist_version,
+    git_rev,
+    limit_memory,
+    mb,
+    one_line,
+    run_child,
+    wait_idle,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "graph_build.md"
 TOOLS = ("ours", "tp")
 TOOL_NAMES = {"ours": "lightning_prune", "tp": "Torch-Pruning"}
 NUM_THREADS = 2
-MB = 2**20
 
-# name -> (family, input side); families are built in ``build_model``.
+# name -> (family, input side): the zoo this benchmark runs (built by ``_harness.build_model``)
 MODELS: dict[str, tuple[str, int]] = {
-    "resnet18": ("torchvision", 224),
-    "resnet50": ("torchvision", 224),
-    "mobilenet_v2": ("torchvision", 224),
-    "densenet121": ("torchvision", 224),
-    "efficientnet_b0": ("torchvision", 224),
-    "convnext_tiny": ("torchvision", 224),
-    "yolov5nu": ("ultralytics", 640),
-    "yolov8n": ("ultralytics", 640),
-    "yolo11n": ("ultralytics", 640),
-    "yolov8n-seg": ("ultralytics", 640),
-    "yolov8n-pose": ("ultralytics", 640),
-    "yolo11n-obb": ("ultralytics", 640),
-    "yolov10n": ("ultralytics", 640),
-    "yolov7-tiny": ("lightning_prune yaml", 640),
+    name: (ZOO[name], default_side(name))
+    for name in ("resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0", "convnext_tiny",
+                 "yolov5nu", "yolov8n", "yolo11n", "yolov8n-seg", "yolov8n-pose", "yolo11n-obb", "yolov10n",
+                 "yolov7-tiny")
 }
 
 # Targets evaluated in the results file.
@@ -89,139 +85,9 @@ CONTENDED_LOAD = 0.5  # cores used by other processes while a child ran, above w
 # ---------------------------------------------------------------------------------------------------------------------
 # worker side
 # ---------------------------------------------------------------------------------------------------------------------
-def build_model(name: str):  # noqa: ANN201
-    family, _ = MODELS[name]
-    if family == "torchvision":
-        import torchvision
-
-        return getattr(torchvision.models, name)(weights=None)
-    if family == "ultralytics":
-        from ultralytics import YOLO
-
-        return YOLO(f"{name}.yaml").model
-    from ultralytics.nn.tasks import DetectionModel
-
-    import lightning_prune.models
-
-    return DetectionModel(str(lightning_prune.models.model_yaml(name)), nc=80, verbose=False)
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def _hwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakRSS:
-    """Peak RSS above the RSS at entry, in bytes (``self.peak``), while the ``with`` block runs."""
-
-    method = "VmHWM reset via /proc/self/clear_refs"
-
-    def __enter__(self) -> PeakRSS:
-        _trim()
-        self.base = _rss()
-        self.peak = 0
-        self._sampler: threading.Thread | None = None
-        if not _reset_hwm():
-            import psutil
-
-            PeakRSS.method = "psutil RSS sampling every 1 ms"
-            proc = psutil.Process()
-            self._stop = threading.Event()
-            self._max = self.base
-
-            def sample() -> None:
-                while not self._stop.is_set():
-                    self._max = max(self._max, proc.memory_info().rss)
-                    time.sleep(0.001)
-
-            self._sampler = threading.Thread(target=sample, daemon=True)
-            self._sampler.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._sampler is None:
-            top = _hwm()
-        else:
-            self._stop.set()
-            self._sampler.join()
-            top = max(self._max, _rss())
-        self.peak = max(0, top - self.base)
-
-
-class Recorder:
-    """Writes the worker's result dict to a JSON file after every change, so a killed worker leaves what it had."""
-
-    def __init__(self, path: str, **fields: object) -> None:
-        self.path = path
-        self.data: dict = dict(fields)
-        self.flush()
-
-    def set(self, **fields: object) -> None:
-        self.data.update(fields)
-        self.flush()
-
-    def flush(self) -> None:
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.data, f)
-        os.replace(tmp, self.path)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    first = text[0] if text else ""
-    if len(first) > 200:
-        first = first[:197] + "..."
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
-@contextlib.contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    """Raise ``TimeoutError`` in the main thread after ``seconds`` (Python-level hangs only)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise TimeoutError(f"timed out after {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def worker(tool: str, name: str, result_file: str, runs: int, slow_s: float, mem_gb: float,
            count_timeout: float) -> int:
-    if mem_gb > 0:
-        limit = int(mem_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_memory(mem_gb)
     rec = Recorder(result_file, tool=tool, model=name, phase="import", ok=False)
     try:
         import torch
@@ -253,7 +119,7 @@ def worker(tool: str, name: str, result_file: str, runs: int, slow_s: float, mem
         times, cpu, peaks = [], [], []
         result = None
         # CPU other processes use during the timed builds only (the parent's figure covers the whole child)
-        busy0, own0, wall0 = _busy_cpu_s(), time.process_time(), time.perf_counter()
+        busy0, own0, wall0 = busy_cpu_s(), time.process_time(), time.perf_counter()
         for i in range(runs):
             rec.set(phase=f"build run {i + 1}")
             result = None
@@ -269,7 +135,7 @@ def worker(tool: str, name: str, result_file: str, runs: int, slow_s: float, mem
             if i < runs - 1:
                 result = None
         wall = time.perf_counter() - wall0
-        build_load = (_busy_cpu_s() - busy0 - (time.process_time() - own0)) / wall if wall > 0 else 0.0
+        build_load = (busy_cpu_s() - busy0 - (time.process_time() - own0)) / wall if wall > 0 else 0.0
         # ok: the graph was built; counting groups afterwards is extra and its failure is only noted
         rec.set(build_load=max(0.0, build_load), build_s=statistics.median(times), build_peak=max(peaks), ok=True,
                 phase="count groups")
@@ -279,15 +145,15 @@ def worker(tool: str, name: str, result_file: str, runs: int, slow_s: float, mem
         else:
             start = time.perf_counter()
             try:
-                with _alarm(count_timeout):
+                with alarm(count_timeout):
                     count = len(list(result.get_all_groups()))
                 rec.set(groups=count, count_s=time.perf_counter() - start)
             except Exception as err:  # noqa: BLE001 - recorded
-                rec.set(count_error=f"DG.get_all_groups() {_one_line(err)}", count_s=time.perf_counter() - start)
+                rec.set(count_error=f"DG.get_all_groups() {one_line(err)}", count_s=time.perf_counter() - start)
         rec.set(phase="done")
         return 0
     except BaseException as err:  # noqa: BLE001 - every failure is recorded with its cause
-        rec.set(error=_one_line(err), ok=False)
+        rec.set(error=one_line(err), ok=False)
         return 1
 
 
@@ -306,107 +172,19 @@ def _build_tp(model, x):  # noqa: ANN001, ANN202
 # ---------------------------------------------------------------------------------------------------------------------
 # parent side
 # ---------------------------------------------------------------------------------------------------------------------
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds used system-wide since boot (all cores, everything but idle and iowait)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-
-def _own_cpu_s(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_idle(max_wait: float, threshold: float = 0.5) -> float:
-    """Wait (up to ``max_wait`` s) until other processes use < ``threshold`` cores over 1 s; return that load."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy, own, start = _busy_cpu_s(), _own_cpu_s(resource.RUSAGE_SELF), time.monotonic()
-        time.sleep(1.0)
-        load = (_busy_cpu_s() - busy - (_own_cpu_s(resource.RUSAGE_SELF) - own)) / (time.monotonic() - start)
-        if load < threshold or time.monotonic() >= deadline:
-            return max(0.0, load)
-
-
-def _stderr_cause(log: Path) -> str:
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        if "Error" in line or "Exception" in line or "Killed" in line:
-            return line[:200]
-    return lines[-1][:200] if lines else ""
-
-
 def run_pair(tool: str, name: str, args: argparse.Namespace, workdir: Path) -> dict:
     result_file = workdir / f"{tool}-{name}.json"
     log = workdir / f"{tool}-{name}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, name, "--result-file", str(result_file),
            "--runs", str(args.runs), "--slow-s", str(args.slow_s), "--mem-gb", str(args.mem_gb),
            "--count-timeout", str(args.count_timeout)]
-    env = dict(os.environ, YOLO_OFFLINE="1", OMP_NUM_THREADS=str(NUM_THREADS), MKL_NUM_THREADS=str(NUM_THREADS))
-    limit_bytes = args.mem_gb * 2**30
-    killed = ""
-    busy0, self0, kids0 = _busy_cpu_s(), _own_cpu_s(resource.RUSAGE_SELF), _own_cpu_s(resource.RUSAGE_CHILDREN)
-    start = time.monotonic()
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        while proc.poll() is None:
-            time.sleep(0.1)
-            elapsed = time.monotonic() - start
-            if elapsed > args.timeout:
-                killed = f"timeout: killed after {args.timeout:g} s"
-            elif args.mem_gb > 0 and _tree_rss(proc.pid) > limit_bytes:
-                killed = f"RSS above {args.mem_gb:g} GB: killed after {elapsed:.0f} s"
-            if killed:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                break
-    wall = time.monotonic() - start
-    own = _own_cpu_s(resource.RUSAGE_SELF) - self0 + _own_cpu_s(resource.RUSAGE_CHILDREN) - kids0
-    try:
-        data = json.loads(result_file.read_text())
-    except (OSError, ValueError):
-        data = {"tool": tool, "model": name, "phase": "start", "ok": False}
-    data["wall_s"] = wall
-    # CPU that processes other than this benchmark used while the child ran, in cores: > 0.5 means the timing is
-    # contended (this benchmark itself uses up to NUM_THREADS cores)
-    data["other_load"] = max(0.0, (_busy_cpu_s() - busy0 - own) / wall) if wall > 0 else 0.0
+    data, killed, code = run_child(cmd, result_file, log, args.timeout, args.mem_gb, NUM_THREADS,
+                                   {"tool": tool, "model": name})
     if data.get("build_load") is not None:  # the builds' own window is what matters for the timing
         data["other_load"] = max(data["other_load"], data["build_load"])
-    if data.get("ok") and (killed or proc.returncode != 0):
-        why = killed or f"worker exited with code {proc.returncode}"
+    if data.get("ok") and (killed or code != 0):
+        why = killed or f"worker exited with code {code}"
         data["count_error"] = f"{why} while counting groups (graph build succeeded)"
-    if not data.get("ok"):
-        phase = data.get("phase", "?")
-        if killed:
-            data["error"] = f"{killed} (in {phase})"
-        elif data.get("error"):
-            data["error"] = f"{data['error']} (in {phase})"
-        else:
-            cause = _stderr_cause(log)
-            code = proc.returncode
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            data["error"] = f"worker died with {how} (in {phase})" + (f": {cause}" if cause else "")
     return data
 
 
@@ -414,25 +192,10 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _mb(value: float | None) -> str:
-    return "—" if value is None else f"{value / MB:.0f}"
-
-
 def _ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den <= 0:
         return None
     return num / den
-
-
-def _git() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.strip()
-        return f"{rev}{' (working tree has uncommitted changes)' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, command: str, started: str,
@@ -446,11 +209,11 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, comman
         "",
         f"- Command: `{command}` (from the repository root, total {total_s:.0f} s)",
         f"- Date: {started}",
-        f"- Versions: python {platform.python_version()}, torch {_version('torch')}, "
-        f"torchvision {_version('torchvision')}, ultralytics {_version('ultralytics')}, "
-        f"torch-pruning {_version('torch-pruning')}, lightning-prune {_version('lightning-prune')} "
-        f"(git {_git()})",
-        f"- CPU: {_cpu()}, {cores} cores ({cores_avail} usable by this process); "
+        f"- Versions: python {platform.python_version()}, torch {dist_version('torch')}, "
+        f"torchvision {dist_version('torchvision')}, ultralytics {dist_version('ultralytics')}, "
+        f"torch-pruning {dist_version('torch-pruning')}, lightning-prune {dist_version('lightning-prune')} "
+        f"(git {git_rev()})",
+        f"- CPU: {cpu_name()}, {cores} cores ({cores_avail} usable by this process); "
         f"`torch.set_num_threads({NUM_THREADS})`, CPU only, float32",
         f"- Machine load: other processes (not this benchmark) used {_load_summary(results)} while the children ran "
         f"(system CPU time minus this benchmark's, over each child's life and over its timed builds, the larger of "
@@ -490,7 +253,7 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, comman
             if r.get("build_peak") is None:
                 return "—"
             ratio = _ratio(r["build_peak"], r.get("forward_peak"))
-            return f"{_mb(r['build_peak'])} ({_fmt(ratio, 1)}×)"
+            return f"{mb(r['build_peak'])} ({_fmt(ratio, 1)}×)"
 
         ours_groups = f"{ours['groups']} ({ours['prunable']})" if ours.get("ok") else "—"
         tp_groups = str(tp["groups"]) if tp.get("groups") is not None else "—"
@@ -514,7 +277,7 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, comman
             status.append(f"⚠ {who} timing contended: other processes used {max(loads.values()):.1f} cores")
         status_text = "; ".join(status).replace("|", "\\|") or "ok"
         lines.append(
-            f"| {name} | {_mb(fwd)} | {secs(ours)} | {peak(ours)} | {ours_groups} "
+            f"| {name} | {mb(fwd)} | {secs(ours)} | {peak(ours)} | {ours_groups} "
             f"| {secs(tp)} | {peak(tp)} | {tp_groups} | {time_ratio} | {status_text} |"
         )
     lines += ["", *targets(results, args), "", *raw(results)]
@@ -546,8 +309,8 @@ def targets(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> li
     over_ratio = [f"{n} ({r['build_s'] / t['build_s']:.2f}×)" for n, r, t in both_clean
                   if r["build_s"] > TARGET_TIME_RATIO * t["build_s"]]
     mem_ok = [(n, r) for n, r in ours.items() if r.get("ok") and r.get("forward_peak")]
-    over_mem = [f"{n} ({r['build_peak'] / r['forward_peak']:.2f}×: {_mb(r['build_peak'])} vs "
-                f"{_mb(r['forward_peak'])} MB)"
+    over_mem = [f"{n} ({r['build_peak'] / r['forward_peak']:.2f}×: {mb(r['build_peak'])} vs "
+                f"{mb(r['forward_peak'])} MB)"
                 for n, r in mem_ok if r["build_peak"] > TARGET_MEMORY_RATIO * r["forward_peak"]]
 
     def verdict(misses: list[str], checked: int) -> str:
@@ -640,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker(tool, name, args.result_file, args.runs, args.slow_s, args.mem_gb, args.count_timeout)
 
     os.environ["YOLO_OFFLINE"] = "1"
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    command = command_line()
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.monotonic()
     results: dict[str, dict[str, dict]] = {}
@@ -657,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             if r.get("ok"):
                 extra = f"{r['groups']} groups" if r.get("groups") is not None else r.get("count_error", "")
                 extra += f", {r['prunable']} prunable" if tool == "ours" else ""
-                say(f"{'':9} -> {r['build_s']:.3f} s, peak {_mb(r['build_peak'])} MB "
-                    f"(fwd {_mb(r['forward_peak'])} MB), {extra}; other load {r['other_load']:.2f} cores")
+                say(f"{'':9} -> {r['build_s']:.3f} s, peak {mb(r['build_peak'])} MB "
+                    f"(fwd {mb(r['forward_peak'])} MB), {extra}; other load {r['other_load']:.2f} cores")
             else:
                 say(f"{'':9} -> FAILED: {r['error']}")
             return r
