@@ -1,0 +1,676 @@
+#!/usr/bin/env python
+"""Accuracy at equal FLOPs: YOLOv8n on the synthetic shapes set, pruned to −50 % FLOPs by each tool, same budget.
+
+Run from the repository root::
+
+    YOLO_OFFLINE=1 python benchmarks/accuracy.py            # about an hour on 2 CPU cores -> benchmarks/results/
+    YOLO_OFFLINE=1 python benchmarks/accuracy.py --quick    # a few minutes (tiny images and epochs: a smoke run)
+    YOLO_OFFLINE=1 python benchmarks/accuracy.py --arms unpruned ours-uniform --out-dir /tmp/acc
+
+Protocol (every arm alike):
+
+1. **Pretrain** one YOLOv8n (ultralytics YAML, random init, seed 0) on the synthetic set for ``pretrain_epochs``;
+   every arm starts from these weights (cached in ``--workdir``, reused when the configuration matches).
+2. **Prune + fine-tune** for ``finetune_epochs`` with the same optimiser (AdamW, cosine decay from ``finetune_lr``),
+   data order, augmentation and validation; the pruning arms prune at the start of the epochs in ``schedule``
+   (budget spread over the steps) towards −``target`` of the FLOPs counted at the training input:
+
+   * ``unpruned``: no pruning — the reference for what the fine-tuning budget alone gives;
+   * ``ours-sensitivity``: ``IterativePruningCallback(strategy="sensitivity")`` — the paper's method;
+   * ``ours-uniform``: ``strategy="uniform"``, L1 criterion (the same fraction of every group);
+   * ``ours-global``: ``strategy="global"``, L1 criterion (one threshold on per-group-normalised L1);
+   * ``tp-magnitude``: Torch-Pruning's ``MagnitudePruner`` (L1), per-layer ratio found on a copy so that the final
+     FLOPs match ours, ``iterative_steps`` = the same schedule, Detect head ignored (its example's setting) — on the
+     model it can handle: ultralytics' C2f blocks rewritten so their split is two convs (see ``_peers.py``);
+   * ``modelpruning``: Lightning's ``ModelPruning`` (``ln_structured``, L1 over filters, per layer) on the same
+     schedule, at the per-layer channel fraction ``ours-uniform`` removes; it masks, so FLOPs and latency stay.
+
+3. **Measure** every arm's final model: mAP50-95 / mAP50 on the validation split (torchmetrics, as
+   ``YOLOModule`` logs it), FLOPs (``torch.utils.flop_counter``) and parameters, and latency at 640 × 640, batch 1,
+   eager PyTorch and ONNX Runtime (BatchNorm folded with ultralytics' ``fuse()`` first, as its export does), all arms
+   interleaved in one ``compare_latency`` run. A speed sweep (ours-uniform and Torch-Pruning at −25/−50/−75 % FLOPs on
+   an untrained YOLOv8n) adds points to the speedup plot.
+
+Each arm runs in its own child process under a wall-time limit, so one failure is recorded and the rest still run.
+Writes ``accuracy.md`` (tables), ``accuracy.json`` (raw) and three PNG plots into ``--out-dir``. One seed: mAP
+differences of a point or two are within run-to-run noise on this small data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import cpu_name as _cpu
+from _common import dist_version as _version
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # never download anything
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning")
+ARM_LABELS = {
+    "unpruned": "unpruned (same fine-tuning)",
+    "ours-sensitivity": "**ours: sensitivity (paper)**",
+    "ours-uniform": "**ours: uniform L1**",
+    "ours-global": "**ours: global L1**",
+    "tp-magnitude": "Torch-Pruning MagnitudePruner L1 (C2f rewritten)",
+    "modelpruning": "Lightning ModelPruning ln_structured L1 (masks)",
+}
+LATENCY_SIZE = 640
+SWEEP_TARGETS = (0.25, 0.5, 0.75)
+
+
+@dataclass
+class Config:
+    imgsz: int = 128
+    num_train: int = 256
+    num_val: int = 64
+    batch_size: int = 16
+    pretrain_epochs: int = 12
+    pretrain_lr: float = 0.002
+    finetune_epochs: int = 10
+    finetune_lr: float = 0.001
+    schedule: list[int] = field(default_factory=lambda: [0, 2, 4])
+    target: float = 0.5
+    sensitivity_batches: int = 2
+    threads: int = 2
+    seed: int = 0
+    latency_rounds: int = 5
+    latency_repeats: int = 10
+    sweep: bool = True
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(imgsz=96, num_train=64, num_val=16, pretrain_epochs=4, finetune_epochs=3, schedule=[0, 1],
+                   sensitivity_batches=1, latency_rounds=3, latency_repeats=5, sweep=False)
+
+    def pretrain_key(self) -> dict[str, Any]:
+        keys = ("imgsz", "num_train", "num_val", "batch_size", "pretrain_epochs", "pretrain_lr", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- training (child processes) ---------------------------------------------------------------------------------------
+def _datamodule(cfg: Config, workdir: Path) -> Any:
+    from lightning_prune.integrations.ultralytics import YOLODataModule
+
+    return YOLODataModule(synthetic=True, synthetic_root=str(workdir / "data"), imgsz=cfg.imgsz,
+                          synthetic_num_train=cfg.num_train, synthetic_num_val=cfg.num_val,
+                          batch_size=cfg.batch_size, seed=cfg.seed)
+
+
+def _trainer(cfg: Config, epochs: int, callbacks: list[Any]) -> Any:
+    from lightning.pytorch import Trainer
+
+    return Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                   callbacks=callbacks, deterministic=False)
+
+
+def _validate(trainer: Any, module: Any, datamodule: Any) -> dict[str, float]:
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    return {"map50_95": float(metrics["val/mAP50-95"]), "map50": float(metrics["val/mAP50"])}
+
+
+def run_pretrain(cfg: Config, workdir: Path) -> dict[str, Any]:
+    from lightning.pytorch import seed_everything
+
+    from lightning_prune.integrations.ultralytics import YOLOModule
+
+    seed_everything(cfg.seed, verbose=False)
+    module = YOLOModule("yolov8n.yaml", nc=3, imgsz=cfg.imgsz, lr=cfg.pretrain_lr, warmup_epochs=1.0)
+    datamodule = _datamodule(cfg, workdir)
+    trainer = _trainer(cfg, cfg.pretrain_epochs, [])
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+    result = {"fit_s": fit_s, **_validate(trainer, module, datamodule), "key": cfg.pretrain_key()}
+    torch.save(module.model, workdir / "pretrained.pt")
+    return result
+
+
+def _uniform_fraction(model: nn.Module, cfg: Config) -> float:
+    """The fraction of prunable channels ``ours-uniform`` removes for the whole target (on a copy)."""
+    from lightning_prune import DependencyGraph
+    from lightning_prune.importance import channel_scores
+    from lightning_prune.selection import uniform_counts
+
+    copy_ = copy.deepcopy(model).eval()
+    graph = DependencyGraph(copy_, torch.zeros(1, 3, cfg.imgsz, cfg.imgsz))
+    groups = graph.prunable_groups
+    ranking = {g.name: channel_scores(g, copy_, "l1").argsort() for g in groups}
+    counts = uniform_counts(graph, groups, ranking, cfg.target * graph.traced_flops)
+    return sum(counts.values()) / sum(g.size for g in groups)
+
+
+def _arm_callbacks(arm: str, cfg: Config, module: Any) -> tuple[list[Any], dict[str, Any]]:
+    from lightning.pytorch import Callback
+    from lightning.pytorch.callbacks import ModelPruning
+
+    from lightning_prune.callbacks import IterativePruningCallback
+
+    example = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    if arm == "unpruned":
+        return [], {}
+    if arm.startswith("ours-"):
+        strategy = arm.removeprefix("ours-")
+        return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, strategy=strategy, criterion="l1",
+                                         monitor="val/mAP50-95", sensitivity_batches=cfg.sensitivity_batches,
+                                         verbose=False)], {}
+    if arm == "tp-magnitude":
+        from _peers import split_csp_blocks, tp_prune_to_flops, tp_pruner, tp_step_keeping_params
+
+        rewritten = split_csp_blocks(module.model)
+        probe = copy.deepcopy(module.model).eval()
+        found = tp_prune_to_flops(probe, example, cfg.target)
+        ratio, schedule = found["ratio"], list(cfg.schedule)
+
+        class TorchPruningSteps(Callback):
+            """Torch-Pruning's iterative steps at the scheduled epochs' start (the optimizer keeps its params)."""
+
+            def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+                model = pl_module.model
+                was_training = model.training
+                self.pruner = tp_pruner(model.eval(), example, ratio, len(schedule))
+                model.train(was_training)
+
+            def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+                if trainer.current_epoch in schedule:
+                    tp_step_keeping_params(self.pruner, pl_module.model, trainer.optimizers[0])
+
+        return [TorchPruningSteps()], {"tp_ratio": ratio, "csp_blocks_rewritten": rewritten}
+    if arm == "modelpruning":
+        from _peers import modelpruning_targets
+
+        fraction = _uniform_fraction(module.model, cfg)
+        # ln_structured prunes a fraction of the channels still unpruned: k equal steps reach `fraction` in all
+        step = 1.0 - (1.0 - fraction) ** (1.0 / len(cfg.schedule))
+        schedule = set(cfg.schedule)
+
+        class ModelPruningAtEpochStart(ModelPruning):
+            """Lightning's ModelPruning prunes at an epoch's end; this steps it at the scheduled epochs' start, like
+            the other arms (epoch ``e``'s end is epoch ``e + 1``'s start; epoch 0 is pruned before it begins)."""
+
+            def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+                if trainer.current_epoch == 0 and 0 in schedule:
+                    self.apply_pruning(step)
+
+        callback = ModelPruningAtEpochStart(
+            "ln_structured", parameters_to_prune=modelpruning_targets(module.model),
+            amount=lambda epoch: step if epoch + 1 in schedule else 0.0, use_global_unstructured=False,
+            pruning_dim=0, pruning_norm=1, use_lottery_ticket_hypothesis=False, make_pruning_permanent=True)
+        return [callback], {"channel_fraction": fraction, "step_amount": step}
+    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+def run_arm(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
+    from lightning.pytorch import seed_everything
+
+    from lightning_prune import count_flops, count_params
+    from lightning_prune.integrations.ultralytics import YOLOModule
+
+    seed_everything(cfg.seed, verbose=False)
+    model = torch.load(workdir / "pretrained.pt", weights_only=False)
+    module = YOLOModule(model, nc=3, imgsz=cfg.imgsz, lr=cfg.finetune_lr, warmup_epochs=0.0)
+    datamodule = _datamodule(cfg, workdir)
+    x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    base_flops = count_flops(copy.deepcopy(module.model).eval(), x)
+    callbacks, extra = _arm_callbacks(arm, cfg, module)
+    trainer = _trainer(cfg, cfg.finetune_epochs, callbacks)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+    metrics = _validate(trainer, module, datamodule)
+    final = module.model.eval()
+    from _peers import zeroed_filter_fraction
+
+    result = {
+        **metrics, **extra, "fit_s": fit_s,
+        "flops": count_flops(final, x), "flops_base": base_flops,
+        "flops_640": count_flops(final, torch.zeros(1, 3, LATENCY_SIZE, LATENCY_SIZE)),
+        "params": count_params(final), "zeroed_filters": zeroed_filter_fraction(final),
+    }
+    torch.save(final, workdir / f"arm-{arm}.pt")
+    return result
+
+
+def child_main(stage: str, cfg: Config, workdir: Path, result_file: Path) -> int:
+    torch.set_num_threads(cfg.threads)
+    try:
+        result = run_pretrain(cfg, workdir) if stage == "pretrain" else run_arm(stage, cfg, workdir)
+        result["ok"] = True
+    except Exception as err:  # noqa: BLE001 - recorded as the arm's one-line cause
+        import traceback
+
+        traceback.print_exc()
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        result = {"ok": False, "error": f"{type(err).__name__}: {first}"}
+    result_file.write_text(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+# -- parent: orchestration --------------------------------------------------------------------------------------------
+def run_child(stage: str, cfg: Config, workdir: Path, timeout: float) -> dict[str, Any]:
+    result_file = workdir / f"result-{stage}.json"
+    result_file.unlink(missing_ok=True)
+    log_file = workdir / f"log-{stage}.txt"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--config-json",
+           json.dumps(asdict(cfg)), "--workdir", str(workdir)]
+    env = dict(os.environ, YOLO_OFFLINE="1", OMP_NUM_THREADS=str(cfg.threads))
+    start = time.monotonic()
+    with open(log_file, "w") as out:
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                                  check=False)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    wall = time.monotonic() - start
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        if code is None:
+            why = f"timeout: killed after {timeout:g} s"
+        else:
+            why = f"child died with exit code {code}"
+        result = {"ok": False, "error": f"{why} (log: {log_file})"}
+    result["wall_s"] = wall
+    return result
+
+
+def pretrained(cfg: Config, workdir: Path, timeout: float) -> dict[str, Any]:
+    meta = workdir / "pretrained.json"
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(meta.read_text())
+        if cached.get("key") == cfg.pretrain_key() and (workdir / "pretrained.pt").is_file():
+            log(f"pretrained weights reused from {workdir} (mAP50-95 {cached['map50_95']:.3f})")
+            return {**cached, "reused": True}
+    log(f"pretraining YOLOv8n for {cfg.pretrain_epochs} epochs ...")
+    result = run_child("pretrain", cfg, workdir, timeout)
+    if not result.get("ok"):
+        raise SystemExit(f"pretraining failed: {result['error']}")
+    meta.write_text(json.dumps(result))
+    log(f"pretrained: mAP50-95 {result['map50_95']:.3f} in {result['fit_s']:.0f} s")
+    return result
+
+
+def _fused(model: nn.Module) -> nn.Module:
+    model = copy.deepcopy(model).eval()
+    fuse = getattr(model, "fuse", None)
+    if callable(fuse):
+        model = fuse(verbose=False) if "verbose" in fuse.__code__.co_varnames else fuse()
+    return model.eval()
+
+
+def speed_sweep(cfg: Config) -> dict[str, nn.Module]:
+    """Untrained YOLOv8n pruned to each sweep target by ours (uniform L1) and Torch-Pruning: speed does not depend
+    on the weights, so these give more points for the speedup-vs-FLOPs plot."""
+    from _peers import split_csp_blocks, tp_prune_to_flops
+    from ultralytics.nn.tasks import DetectionModel
+
+    from lightning_prune import DependencyGraph
+    from lightning_prune.importance import channel_scores
+    from lightning_prune.selection import plan_from_counts, uniform_counts
+
+    x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    models = {}
+    for target in SWEEP_TARGETS:
+        torch.manual_seed(0)
+        model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+        graph = DependencyGraph(model, x)
+        groups = graph.prunable_groups
+        ranking = {g.name: channel_scores(g, model, "l1").argsort() for g in groups}
+        counts = uniform_counts(graph, groups, ranking, target * graph.traced_flops)
+        graph.prune(plan_from_counts(ranking, counts))
+        models[f"sweep ours-uniform −{target:.0%}"] = model
+        torch.manual_seed(0)
+        model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+        split_csp_blocks(model)
+        try:
+            tp_prune_to_flops(model, x, target)
+            models[f"sweep tp-magnitude −{target:.0%}"] = model
+        except Exception as err:  # noqa: BLE001 - a sweep point is optional
+            log(f"  sweep: Torch-Pruning at −{target:.0%} failed: {type(err).__name__}: {err}")
+    return models
+
+
+def measure_latency_all(arm_models: dict[str, nn.Module], cfg: Config) -> dict[str, Any]:
+    from lightning_prune.profiling import compare_latency
+
+    x = torch.randn(1, 3, LATENCY_SIZE, LATENCY_SIZE)
+    fused = {name: _fused(model) for name, model in arm_models.items()}
+    out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    for backend in ("eager", "onnxruntime"):
+        log(f"latency, {backend}: {len(fused)} models interleaved ...")
+        try:
+            results = compare_latency(fused, x, backend, rounds=cfg.latency_rounds, repeats=cfg.latency_repeats,
+                                      num_threads=cfg.threads)
+            out[backend] = {name: {"median_ms": r.median_ms, "iqr_ms": r.iqr_ms} for name, r in results.items()}
+        except Exception as err:  # noqa: BLE001 - the table says which backend could not be measured
+            out[backend] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+            log(f"  {backend} failed: {out[backend]['error']}")
+    out["loadavg_after"] = os.getloadavg()
+    return out
+
+
+# -- report -----------------------------------------------------------------------------------------------------------
+def _git() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lightning_prune", "benchmarks/accuracy.py",
+                                "benchmarks/_peers.py"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return rev + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _latency(data: dict[str, Any], backend: str, name: str) -> float | None:
+    entry = data["latency"].get(backend, {}).get(name)
+    return entry["median_ms"] if isinstance(entry, dict) else None
+
+
+def render(data: dict[str, Any], prefix: str) -> str:
+    cfg = Config(**data["config"])
+    arms = data["arms"]
+    base = arms.get("unpruned", {})
+    base_flops = base.get("flops_640") or next((a["flops_640"] for a in arms.values() if a.get("ok")), None)
+    base_params = base.get("params")
+    lines = [
+        "# Accuracy at equal FLOPs: YOLOv8n, pruned to −50 % FLOPs by each tool",
+        "",
+        f"- Command: `{data['command']}` (from the repository root; total {data['total_s'] / 60:.0f} min)",
+        f"- Date: {data['date']}",
+        f"- Versions: python {platform.python_version()}, torch {_version('torch')}, "
+        f"lightning {_version('lightning')}, ultralytics {_version('ultralytics')}, torchmetrics "
+        f"{_version('torchmetrics')}, onnxruntime {_version('onnxruntime')}, torch-pruning "
+        f"{_version('torch-pruning')}, lightning-prune {_version('lightning-prune')} (git {data['git']})",
+        f"- Machine: {_cpu()}, {os.cpu_count()} cores, CPU only, float32, `torch.set_num_threads({cfg.threads})`; "
+        f"load average before/after the latency block: {_loads(data)}",
+        f"- Data: the synthetic shapes set (`lightning_prune.data.synthetic`, seed {cfg.seed}), {cfg.num_train} train /"
+        f" {cfg.num_val} val images at {cfg.imgsz} px, 3 classes, batch {cfg.batch_size}, flip + colour jitter",
+        f"- Pretraining (shared by every arm): YOLOv8n from its YAML, random init, {cfg.pretrain_epochs} epochs, AdamW "
+        f"lr {cfg.pretrain_lr} with 1 warm-up epoch and cosine decay → mAP50-95 "
+        f"{data['pretrain'].get('map50_95', math.nan):.3f}",
+        f"- Pruning + fine-tuning (every arm alike): {cfg.finetune_epochs} epochs, AdamW lr {cfg.finetune_lr}, cosine "
+        f"decay; pruning steps at the start of epochs {cfg.schedule} towards −{cfg.target:.0%} FLOPs at the "
+        f"{cfg.imgsz} px training input; ours-sensitivity probes with {cfg.sensitivity_batches} validation "
+        "batch(es) per probe at rates 25/50/75 %",
+        f"- mAP: the final model on the {cfg.num_val} validation images (torchmetrics `MeanAveragePrecision`, "
+        "COCO-style, as `YOLOModule` logs `val/mAP50-95`); one seed — differences of a point or two are noise",
+        f"- FLOPs and params: `torch.utils.flop_counter` (FLOPs = 2 × multiply-adds) at 1×3×{LATENCY_SIZE}×"
+        f"{LATENCY_SIZE}; latency: median of {cfg.latency_rounds} interleaved rounds × {cfg.latency_repeats} calls, "
+        f"batch 1 at {LATENCY_SIZE} px, BatchNorm fused; ONNX Runtime on the CPU execution provider",
+        "",
+        "| arm | mAP50-95 | mAP50 | GFLOPs @640 (% of unpruned) | params M (%) | eager ms (speedup) "
+        "| ONNX Runtime ms (speedup) | fine-tune wall min | notes |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    base_eager = _latency(data, "eager", "unpruned")
+    base_ort = _latency(data, "onnxruntime", "unpruned")
+    for arm, r in arms.items():
+        label = ARM_LABELS.get(arm, arm)
+        if not r.get("ok"):
+            lines.append(f"| {label} | ✗ | | | | | | {r.get('wall_s', 0) / 60:.1f} | failed: {r['error']} |")
+            continue
+
+        def pct(value: float, ref: float | None) -> str:
+            return f" ({value / ref:.0%})" if ref else ""
+
+        notes = []
+        if arm == "tp-magnitude":
+            notes.append(f"per-layer ratio {r['tp_ratio']:.2f}; {r['csp_blocks_rewritten']} C2f blocks rewritten")
+        if arm == "modelpruning":
+            notes.append(f"{r['zeroed_filters']:.0%} of filters zeroed behind masks, none removed: FLOPs, params "
+                         f"and latency unchanged (step amount {r['step_amount']:.3f})")
+        lines.append(
+            f"| {label} | {r['map50_95']:.3f} | {r['map50']:.3f} "
+            f"| {r['flops_640'] / 1e9:.2f}{pct(r['flops_640'], base_flops)} "
+            f"| {r['params'] / 1e6:.2f}{pct(r['params'], base_params)} "
+            f"| {_fmt_speed(_latency(data, 'eager', arm), base_eager)} "
+            f"| {_fmt_speed(_latency(data, 'onnxruntime', arm), base_ort)} "
+            f"|  {| {'; '.join(notes)} |")
+    lines += ["", *verdict(data), ""]
+    sweep = [name for name in data["latency"].get("eager", {}) if name.startswith("sweep")]
+    if sweep:
+        lines += ["## Speed sweep (untrained YOLOv8n; speed does not depend on the weights)", "",
+                  "| model | GFLOPs @640 (% of unpruned) | eager ms (speedup) | ONNX Runtime ms (speedup) |",
+                  "|---|--:|--:|--:|"]
+        for name in sweep:
+            flops = data["sweep_flops"][name]
+            eager, ort = _latency(data, "eager", name), _latency(data, "onnxruntime", name)
+            ref_eager, ref_ort = _latency(data, "eager", "sweep unpruned"), _latency(data, "onnxruntime",
+                                                                                      "sweep unpruned")
+            lines.append(f"| {name} | {flops / 1e9:.2f} ({flops / data['sweep_flops']['sweep unpruned']:.0%}) "
+                         f"| {_fmt_speed(eager, ref_eager)} | {_fmt_speed(ort, ref_ort)} |")
+        lines.append("")
+    for backend in ("eager", "onnxruntime"):
+        if "error" in data["latency"].get(backend, {}):
+            lines.append(f"- {backend} latency could not be measured: {data['latency'][backend]['error']}")
+    lines += ["## Plots", ""]
+    for what, title in (("map_vs_flops", "mAP50-95 vs FLOPs"), ("map_vs_latency", "mAP50-95 vs latency"),
+                        ("speedup_vs_flops", "speedup vs FLOPs reduction")):
+        lines.append(f"![{title}]({prefix}_{what}.png)")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_speed(ms: float | None, ref: float | None) -> str:
+    if ms is None:
+        return "—"
+    return f"{ms:.1f}" + (f" ({ref / ms:.2f}×)" if ref else "")
+
+
+def _loads(data: dict[str, Any]) -> str:
+    lat = data["latency"]
+    fmt = lambda v: "/".join(f"{x:.2f}" for x in v) if v else "n/a"  # noqa: E731
+    return f"{fmt(lat.get('loadavg_before'))} → {fmt(lat.get('loadavg_after'))}"
+
+
+def verdict(data: dict[str, Any]) -> list[str]:
+    """Plain statements from the numbers: who has the best mAP, the best real speedup, where a peer wins."""
+    arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
+    lines = ["## Verdict (written from the numbers above)", ""]
+    pruned = {k: v for k, v in arms.items() if k != "unpruned"}
+    if not pruned:
+        return [*lines, "- No pruning arm finished."]
+    best = max(pruned, key=lambda k: pruned[k]["map50_95"])
+    lines.append(f"- Best mAP50-95 after pruning: {best} ({pruned[best]['map50_95']:.3f})"
+                 + (f"; unpruned with the same fine-tuning: {arms['unpruned']['map50_95']:.3f}"
+                    if "unpruned" in arms else "") + ".")
+    ours = {k: v for k, v in pruned.items() if k.startswith("ours-")}
+    peers = {k: v for k, v in pruned.items() if not k.startswith("ours-")}
+    if ours and peers:
+        our_best = max(ours, key=lambda k: ours[k]["map50_95"])
+        for peer, r in peers.items():
+            gap = ours[our_best]["map50_95"] - r["map50_95"]
+            who = f"{peer} beats our best ({our_best})" if gap < 0 else f"our best ({our_best}) beats {peer}"
+            lines.append(f"- {who} by {abs(gap) * 100:.1f} mAP points (at "
+                         f"{r['flops_640'] / arms.get('unpruned', r)['flops_640']:.0%} vs "
+                         f"{ours[our_best]['flops_640'] / arms.get('unpruned', r)['flops_640']:.0%} of the FLOPs).")
+    base = _latency(data, "eager", "unpruned")
+    if base:
+        speeds = {k: base / ms for k in pruned if (ms := _latency(data, "eager", k))}
+        if speeds:
+            fastest = max(speeds, key=speeds.get)
+            lines.append(f"- Fastest (eager): {fastest}, {speeds[fastest]:.2f}× the unpruned model; "
+                         + ", ".join(f"{k} {v:.2f}×" for k, v in speeds.items() if k != fastest) + ".")
+    return lines
+
+
+def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plots")
+        return []
+    arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
+    base = arms.get("unpruned")
+    written = []
+    markers = dict(zip(ARMS, "o*sD^v", strict=True))
+
+    def save(fig: Any, what: str) -> None:
+        path = out_dir / f"{prefix}_{what}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for arm, r in arms.items():
+        ax.scatter(r["flops_640"] / 1e9, r["map50_95"], marker=markers.get(arm, "o"), s=80, label=arm)
+    ax.set_xlabel(f"GFLOPs at {LATENCY_SIZE} px")
+    ax.set_ylabel("mAP50-95 (synthetic val)")
+    ax.set_title("YOLOv8n at −50 % FLOPs: accuracy vs FLOPs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "map_vs_flops")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, backend in zip(axes, ("eager", "onnxruntime"), strict=True):
+        for arm, r in arms.items():
+            ms = _latency(data, backend, arm)
+            if ms is not None:
+                ax.scatter(ms, r["map50_95"], marker=markers.get(arm, "o"), s=80, label=arm)
+        ax.set_xlabel(f"{backend} latency, ms (batch 1, {LATENCY_SIZE} px)")
+        ax.set_title(backend)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mAP50-95 (synthetic val)")
+    axes[0].legend(fontsize=8)
+    save(fig, "map_vs_latency")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, backend in zip(axes, ("eager", "onnxruntime"), strict=True):
+        series: dict[str, list[tuple[float, float]]] = {}
+        ref = _latency(data, backend, "unpruned")
+        if base and ref:
+            for arm, r in arms.items():
+                ms = _latency(data, backend, arm)
+                if ms is not None and arm != "unpruned":
+                    series.setdefault(arm, []).append((1 - r["flops_640"] / base["flops_640"], ref / ms))
+        sweep_ref = _latency(data, backend, "sweep unpruned")
+        for name, flops in data.get("sweep_flops", {}).items():
+            ms = _latency(data, backend, name)
+            if sweep_ref and ms and name != "sweep unpruned":
+                tool = name.split()[1]
+                series.setdefault(f"{tool} (sweep)", []).append(
+                    (1 - flops / data["sweep_flops"]["sweep unpruned"], sweep_ref / ms))
+        for label, points in series.items():
+            points.sort()
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", linestyle="--" if "sweep" in label else "", label=label)
+        ideal = [i / 100 for i in range(0, 80)]
+        ax.plot(ideal, [1 / (1 - r) for r in ideal], color="grey", linewidth=1, label="ideal: 1 / (1 − reduction)")
+        ax.set_xlabel("FLOPs reduction")
+        ax.set_title(backend)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("measured speedup (×)")
+    axes[0].legend(fontsize=7)
+    save(fig, "speedup_vs_flops")
+    return written
+
+
+# -- main -------------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny images and epochs: minutes, a smoke run")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default: all)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the .md/.json/.png go")
+    parser.add_argument("--prefix", default=None, help="file name prefix (default: accuracy, accuracy_quick)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="data set, pretrained weights (reused when the config matches) and arm models "
+                             "(default: a folder in the system temp directory)")
+    parser.add_argument("--timeout", type=float, default=1800, help="wall-time limit per child process, s (1800)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the untrained speed sweep")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--config-json", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        cfg = Config(**json.loads(args.config_json))
+        return child_main(args.child, cfg, args.workdir, args.workdir / f"result-{args.child}.json")
+
+    cfg = Config.quick() if args.quick else Config()
+    if args.threads:
+        cfg.threads = args.threads
+    if args.no_sweep:
+        cfg.sweep = False
+    prefix = args.prefix or ("accuracy_quick" if args.quick else "accuracy")
+    workdir = args.workdir or Path(os.environ.get("TMPDIR", "/tmp")) / f"lightning_prune_{prefix}"
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    t0 = time.monotonic()
+
+    _datamodule(cfg, workdir).prepare_data()
+    pre = pretrained(cfg, workdir, args.timeout)
+    arms: dict[str, dict[str, Any]] = {}
+    for arm in args.arms:
+        log(f"arm {arm} ...")
+        arms[arm] = run_child(arm, cfg, workdir, args.timeout)
+        r = arms[arm]
+        if r.get("ok"):
+            log(f"  {arm}: mAP50-95 {r['map50_95']:.3f}, FLOPs {r['flops'] / r['flops_base']:.1%} of base, "
+                f"{r['fit_s']:.0f} s")
+        else:
+            log(f"  {arm}: FAILED {r['error']}")
+
+    models = {arm: torch.load(workdir / f"arm-{arm}.pt", weights_only=False) for arm, r in arms.items()
+              if r.get("ok")}
+    sweep_flops: dict[str, int] = {}
+    if cfg.sweep:
+        from ultralytics.nn.tasks import DetectionModel
+
+        from lightning_prune import count_flops
+
+        log("speed sweep: pruning untrained YOLOv8n copies ...")
+        torch.manual_seed(0)
+        sweep = {"sweep unpruned": DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval(), **speed_sweep(cfg)}
+        x640 = torch.zeros(1, 3, LATENCY_SIZE, LATENCY_SIZE)
+        sweep_flops = {name: count_flops(model, x640) for name, model in sweep.items()}
+        models.update(sweep)
+    latency = measure_latency_all(models, cfg) if models else {}
+
+    data = {"command": command, "date": started, "git": _git(), "config": asdict(cfg), "pretrain": pre,
+            "arms": arms, "latency": latency, "sweep_flops": sweep_flops, "total_s": time.monotonic() - t0}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{prefix}.json").write_text(json.dumps(data, indent=1, default=float))
+    written = plots(data, args.out_dir, prefix)
+    (args.out_dir / f"{prefix}.md").write_text(render(data, prefix))
+    log(f"wrote {args.out_dir / f'{prefix}.md'} and {len(written)} plots")
+    print(render(data, prefix))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
