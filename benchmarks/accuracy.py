@@ -450,7 +450,7 @@ def render(data: dict[str, Any], prefix: str) -> str:
             f"| {r['params'] / 1e6:.2f}{pct(r['params'], base_params)} "
             f"| {_fmt_speed(_latency(data, 'eager', arm), base_eager)} "
             f"| {_fmt_speed(_latency(data, 'onnxruntime', arm), base_ort)} "
-            f"|  {| {'; '.join(notes)} |")
+            f"| {r['fit_s'] / 60:.1f} | {'; '.join(notes)} |")
     lines += ["", *verdict(data), ""]
     sweep = [name for name in data["latency"].get("eager", {}) if name.startswith("sweep")]
     if sweep:
