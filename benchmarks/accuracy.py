@@ -607,6 +607,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800, help="wall-time limit per child process, s (1800)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the untrained speed sweep")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only rewrite the .md and plots from a results JSON this script wrote (no training)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -617,6 +619,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         cfg = Config(**json.loads(args.config_json))
         return child_main(args.child, cfg, args.workdir, args.workdir / f"result-{args.child}.json")
+
+    if args.render:
+        data = json.loads(args.render.read_text())
+        prefix = args.prefix or args.render.stem
+        out_dir = args.render.parent if args.out_dir == RESULTS and args.render.parent != RESULTS else args.out_dir
+        written = plots(data, out_dir, prefix)
+        (out_dir / f"{prefix}.md").write_text(render(data, prefix))
+        log(f"wrote {out_dir / f'{prefix}.md'} and {len(written)} plots from {args.render}")
+        return 0
 
     cfg = Config.quick() if args.quick else Config()
     if args.threads:
