@@ -531,6 +531,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     base = arms.get("unpruned")
     written = []
     markers = dict(zip(ARMS, "o*sD^v", strict=True))
+    colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm in every plot
 
     def save(fig: Any, what: str) -> None:
         path = out_dir / f"{prefix}_{what}.png"
@@ -541,7 +542,8 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for arm, r in arms.items():
-        ax.scatter(r["flops_640"] / 1e9, r["map50_95"], marker=markers.get(arm, "o"), s=80, label=arm)
+        ax.scatter(r["flops_640"] / 1e9, r["map50_95"], marker=markers.get(arm, "o"), color=colors.get(arm),
+                   s=80, label=arm)
     ax.set_xlabel(f"GFLOPs at {LATENCY_SIZE} px")
     ax.set_ylabel("mAP50-95 (synthetic val)")
     ax.set_title("YOLOv8n at −50 % FLOPs: accuracy vs FLOPs")
@@ -554,7 +556,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         for arm, r in arms.items():
             ms = _latency(data, backend, arm)
             if ms is not None:
-                ax.scatter(ms, r["map50_95"], marker=markers.get(arm, "o"), s=80, label=arm)
+                ax.scatter(ms, r["map50_95"], marker=markers.get(arm, "o"), color=colors.get(arm), s=80, label=arm)
         ax.set_xlabel(f"{backend} latency, ms (batch 1, {LATENCY_SIZE} px)")
         ax.set_title(backend)
         ax.grid(alpha=0.3)
@@ -581,7 +583,9 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         for label, points in series.items():
             points.sort()
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", linestyle="--" if "sweep" in label else "", label=label)
+            arm = label.split()[0]
+            ax.plot(xs, ys, marker=markers.get(arm, "o"), color=colors.get(arm),
+                    linestyle="--" if "sweep" in label else "", label=label)
         ideal = [i / 100 for i in range(0, 80)]
         ax.plot(ideal, [1 / (1 - r) for r in ideal], color="grey", linewidth=1, label="ideal: 1 / (1 − reduction)")
         ax.set_xlabel("FLOPs reduction")
