@@ -57,14 +57,19 @@ def _inside(module: nn.Module, roots: list[nn.Module]) -> bool:
 
 
 # -- Torch-Pruning ---------------------------------------------------------------------------------------------------
-class _SplitC2f(nn.Module):
-    """``C2f``/``C3k2`` with ``cv1``'s two halves as two convs (``cv1a``, ``cv1b``) instead of ``chunk(2, 1)``."""
+class _SplitCSP(nn.Module):
+    """An ultralytics CSP block (``cv1`` → split in two → ``m`` → ``cv2``) with ``cv1``'s two halves as two convs
+    (``cv1a``, ``cv1b``) instead of one conv whose output is split; subclasses give the block's forward."""
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
         self.cv1a, self.cv1b = _halves(block.cv1, block.c)
         self.m, self.cv2 = block.m, block.cv2
         _copy_routing(block, self)
+
+
+class _SplitC2f(_SplitCSP):
+    """``C2f``/``C3k2`` without ``chunk(2, 1)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = [self.cv1a(x), self.cv1b(x)]
@@ -72,14 +77,8 @@ class _SplitC2f(nn.Module):
         return self.cv2(torch.cat(y, 1))
 
 
-class _SplitC2PSA(nn.Module):
-    """``C2PSA`` with ``cv1``'s two halves as two convs instead of ``split((c, c), 1)``."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.cv1a, self.cv1b = _halves(block.cv1, block.c)
-        self.m, self.cv2 = block.m, block.cv2
-        _copy_routing(block, self)
+class _SplitC2PSA(_SplitCSP):
+    """``C2PSA`` without ``split((c, c), 1)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.cv1a(x), self.m(self.cv1b(x))
