@@ -177,13 +177,16 @@ class PeakRSS:
             self._sampler.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._sampler is None:
-            top = _hwm()
-        else:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if self._sampler is not None:
             self._stop.set()
             self._sampler.join()
-            top = max(self._max, _rss())
+        try:
+            top = _hwm() if self._sampler is None else max(self._max, _rss())
+        except (OSError, MemoryError, RuntimeError):
+            if exc_type is None:
+                raise
+            return  # the block failed already (out of memory, say): let its error out, not this one
         self.peak = max(0, top - self.base)
 
 

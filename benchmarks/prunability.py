@@ -56,6 +56,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -352,8 +353,13 @@ def worker(tool: str, name: str, result_file: str, args: argparse.Namespace) -> 
         rec.set(ok=True, phase="done")
         return 0
     except BaseException as err:  # noqa: BLE001 - every failure is recorded with its cause
-        error, site = one_line(err), error_site(err)
-        if isinstance(err, MemoryError):
+        root = err  # an error raised while handling another one (memory exhausted, say): the first one is the cause
+        while root.__context__ is not None and not root.__suppress_context__:
+            root = root.__context__
+        error, site = one_line(root), error_site(root)
+        if root is not err:
+            error += f"; then, while handling it: {one_line(err)}"
+        if isinstance(root, MemoryError):
             error += (f" (the {args.mem_gb:g} GB address-space limit, RLIMIT_AS, was hit; peak RSS "
                       f"{peak_rss() / 2**30:.1f} GB)")
         traceback.clear_frames(err.__traceback__)  # let what the failed tool allocated go before writing the result
@@ -405,25 +411,37 @@ def reached(r: dict, target: float) -> bool:
     return bool(r.get("ok")) and ratio is not None and ratio <= 1.0 - target + REACHED_TOL
 
 
-def cell(r: dict | None, limit: float) -> str:
+def cell(r: dict | None, limit: float, target: float) -> str:
     if r is None:
         return "n/a"
     if not r.get("ok"):
         err = r.get("error", "?")
-        kind = err.split(":", 1)[0] if not err.startswith(("timeout", "RSS", "worker died")) else err.split(" (", 1)[0]
-        return f"✗ {kind}"
+        killed = err.startswith(("timeout", "RSS", "worker died"))
+        kind = err.split(" (", 1)[0] if killed else re.split(r"[:(;]", err)[0]
+        return f"✗ {kind.strip()}"
     mark = "✓" if r.get("shapes_ok") else "✗ shapes"
     flag = " ⚠" if r.get("tool_load", 0) > limit or r.get("other_load", 0) > limit else ""
-    return (f"{mark} {_pct(r.get('flops_after'), r.get('flops_before'))} · "
+    note = " (no block to rewrite: as tp)" if r.get("rewritten_blocks") == 0 else ""
+    flops = _pct(r.get("flops_after"), r.get("flops_before"))
+    if r.get("tool") != "modelpruning" and not reached(r, target):
+        flops = f"**{flops}**"
+    return (f"{mark} {flops} · "
             f"{_pct(r.get('params_after'), r.get('params_before'))} · {r['tool_s']:.2f} s{flag} · "
-            f"{mb(r['tool_peak'])} MB")
+            f"{mb(r['tool_peak'])} MB{note}")
 
 
-def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, meta: dict) -> str:
+def render(results: dict[str, dict[str, dict]], meta: dict) -> str:
+    """The Markdown results file, from the results and the run's settings in ``meta`` alone (so a saved JSON file can
+    be rendered again: ``--render``)."""
+    args = argparse.Namespace(
+        threads=meta["threads"], target=meta["target"], timeout=meta["timeout_s"], mem_gb=meta["mem_gb"],
+        cls_side=meta["inputs"]["classifiers"], det_side=meta["inputs"]["ultralytics"],
+        tools=meta.get("tools") or [t for t in TOOLS if any(t in pair for pair in results.values())])
     limit = contention_limit(args.threads)
     tools = [t for t in TOOLS if t in args.tools]
     loads = [r.get("other_load", 0.0) for pair in results.values() for r in pair.values()]
     load_text = f"median {statistics.median(loads):.2f}, max {max(loads):.2f} cores" if loads else "—"
+    busy = loads and statistics.median(loads) > 0.5
     amount = 1.0 - math.sqrt(1.0 - args.target)
     lines = [
         f"# Prunability: −{100 * args.target:g} % FLOPs on a model zoo — lightning_prune vs Torch-Pruning vs Lightning "
@@ -433,9 +451,10 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, meta: 
         f"- Date: {meta['date']}",
         f"- Versions: {meta['versions']} (git {meta['git']})",
         f"- Machine: {meta['cpu']}, {meta['cores']} cores; CPU only, float32; every child runs with "
-        f"`torch.set_num_threads({args.threads})` because another benchmark was running on the same machine at the "
-        f"same time (other processes used {load_text} while the children ran; a child whose timed work ran while "
-        f"they used > {limit:g} cores, i.e. more than the cores it left free, is flagged ⚠: its time is inflated).",
+        f"`torch.set_num_threads({args.threads})`. Other processes used {load_text} while the children ran"
+        + (" (another workload was running on the machine at the same time)" if busy else "")
+        + f"; a child whose timed work ran while they used > {limit:g} cores, i.e. more than the cores it left "
+        "free, is flagged ⚠: its time is inflated.",
         f"- Limits per (model, tool) child process: {args.timeout:g} s wall time, {args.mem_gb:g} GB "
         "(RLIMIT_AS + parent RSS polling); each pair in its own process, one after the other.",
         f"- Inputs: 1x3x{args.cls_side}x{args.cls_side} for the torchvision classifiers (`weights=None`), "
@@ -469,7 +488,8 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, meta: 
         "stay in the model, so FLOPs, parameters and latency do not change.**",
         "",
         "Each cell: ✓ (ran, and every output tensor kept its shape) or ✗ (the failure's type; causes below), then "
-        "FLOPs after · parameters after (% of the unpruned model) · wall time of the tool's work · its peak memory. "
+        "FLOPs after (**bold**: the target was not reached) · parameters after (% of the unpruned model) · wall "
+        "time of the tool's work · its peak memory. "
         "Time: ours = graph build + selection + `prune` (including its verification forwards); Torch-Pruning = pruner "
         "construction + steps + the FLOPs counts between steps; ModelPruning = masking + making it permanent. Peak "
         "memory: peak RSS above the RSS just before the tool started (VmHWM reset, MB = 2^20 bytes). *Oracle*: for "
@@ -485,7 +505,7 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, meta: 
         any_r = next(iter(pair.values()), {})
         gflops = f"{any_r['flops_before'] / 1e9:.2f}" if any_r.get("flops_before") else "—"
         params = f"{any_r['params_before'] / 1e6:.2f}" if any_r.get("params_before") else "—"
-        cells = [cell(pair.get(t), limit) if applies(t, name) else "n/a" for t in tools]
+        cells = [cell(pair.get(t), limit, args.target) if applies(t, name) else "n/a" for t in tools]
         oracle = " · ".join(f"{t.split('-')[1][0]} {_sci(pair[t].get('oracle_max_abs'))} "
                             f"(rel {_sci(pair[t].get('oracle_max_rel'))})"
                             for t in OURS if t in pair and pair[t].get("oracle_max_abs") is not None) or "—"
@@ -518,26 +538,63 @@ def verdict(results: dict[str, dict[str, dict]], args: argparse.Namespace, tools
         hit = [n for n, r in rows.items() if reached(r, args.target)]
         failed = [n for n, r in rows.items() if not r.get("ok")]
         ratios = [flops_ratio(rows[n]) for n in ok if flops_ratio(rows[n]) is not None]
-        text = (f"- **{tool}**: ran on {len(ok)} of {len(rows)} models, reached ≤ "
+        label = f"{tool}** (with the user-written block rewrite)" if tool == "tp-split" else f"{tool}**"
+        text = (f"- **{label}: ran on {len(ok)} of {len(rows)} models, reached ≤ "
                 f"{100 * (1 - args.target + REACHED_TOL):.1f} % FLOPs on {len(hit)}")
         if ratios:
-            text += f" (FLOPs after: {100 * min(ratios):.1f}–{100 * max(ratios):.1f} %)"
+            text += f" (FLOPs after: {_span(100 * min(ratios), 100 * max(ratios), '.1f')} %)"
         if failed:
             text += f"; failed on {', '.join(failed)}"
         missed = [n for n in ok if n not in hit]
         if missed and tool != "modelpruning":
             text += f"; ran but stayed above the target on {', '.join(missed)}"
+            if tool in OURS:
+                text += " (" + "; ".join(_why_missed(n, rows[n]) for n in missed) + ")"
         if tool == "modelpruning" and ok:
             zeroed = [rows[n]["zeroed_filters"] for n in ok if rows[n].get("zeroed_filters") is not None]
-            text += (f"; masks only: {100 * min(zeroed):.0f}–{100 * max(zeroed):.0f} % of filters zeroed, FLOPs and "
-                     "parameters unchanged" if zeroed else "")
+            if zeroed:
+                text += (f"; masks only: {_span(100 * min(zeroed), 100 * max(zeroed), '.0f')} % of filters zeroed, "
+                         "FLOPs and parameters unchanged")
         lines.append(text + ".")
     lines += ["", *head_to_head(results, args)]
     return lines
 
 
+def _span(low: float, high: float, spec: str) -> str:
+    a, b = format(low, spec), format(high, spec)
+    return a if a == b else f"{a}–{b}"
+
+
+def _why_missed(name: str, r: dict) -> str:
+    """Where our FLOPs estimate (on the trace) and ``count_flops`` disagree, say by how much."""
+    text = f"{name}: the plan was estimated to remove {_pct(r.get('estimated_flops_removed'), r['flops_before'])}"
+    text += f", {_pct(r['flops_before'] - r['flops_after'], r['flops_before'])} went"
+    if r.get("traced_flops"):
+        text += f"; the trace counts {r['traced_flops'] / r['flops_before']:.3f}× the FLOPs `count_flops` counts"
+    return text
+
+
 def head_to_head(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> list[str]:
-    """ours-uniform vs the best Torch-Pruning row per model (tp, else tp-split) where both reached the target."""
+    """Who reached the target where the other did not; then ours-uniform vs the Torch-Pruning row per model (tp,
+    else tp-split) where both reached it."""
+    lines = []
+    peer_only, ours_only = [], []
+    for name, pair in results.items():
+        peer = next((t for t in ("tp", "tp-split") if reached(pair.get(t, {}), args.target)), None)
+        ours_hit = reached(pair.get("ours-uniform", {}), args.target)
+        if peer and "ours-uniform" in pair and not ours_hit:
+            p, o = pair[peer], pair["ours-uniform"]
+            peer_only.append(f"{name} ({peer} {_pct(p['flops_after'], p['flops_before'])} FLOPs vs ours "
+                             f"{_pct(o.get('flops_after'), o.get('flops_before'))})")
+        if ours_hit and not peer and any(t in pair for t in ("tp", "tp-split")):
+            ours_only.append(name)
+    if peer_only:
+        lines.append("- **Torch-Pruning reached the target where ours-uniform did not**: " + ", ".join(peer_only) + ".")
+    if ours_only:
+        lines.append("- ours-uniform reached the target where no Torch-Pruning variant did: " + ", ".join(ours_only)
+                     + ".")
+    if lines:
+        lines.append("")
     pairs = []
     for name, pair in results.items():
         ours = pair.get("ours-uniform")
@@ -545,18 +602,23 @@ def head_to_head(results: dict[str, dict[str, dict]], args: argparse.Namespace) 
         if ours and reached(ours, args.target) and peer_tool:
             pairs.append((name, ours, peer_tool, pair[peer_tool]))
     if not pairs:
-        return ["No model where both ours-uniform and Torch-Pruning reached the target: no time/memory comparison."]
-    lines = [f"Where ours-uniform and Torch-Pruning both reached the target ({len(pairs)} models; Torch-Pruning "
+        return [*lines, "No model where both ours-uniform and Torch-Pruning reached the target: no time/memory "
+                "comparison."]
+    lines += [f"Where ours-uniform and Torch-Pruning both reached the target ({len(pairs)} models; Torch-Pruning "
              "as built, or with the rewrite where it needs one):", ""]
     faster = [(n, o, p, t) for n, o, t, p in pairs if p["tool_s"] < o["tool_s"]]
     lighter = [(n, o, p, t) for n, o, t, p in pairs if p["tool_peak"] < o["tool_peak"]]
     fewer_params = [(n, o, p, t) for n, o, t, p in pairs if p["params_after"] < o["params_after"]]
     time_ratios = sorted(o["tool_s"] / p["tool_s"] for _, o, _, p in pairs if p["tool_s"] > 0)
+    bare_ratios = sorted(o["tool_s"] / (p["tool_s"] - p.get("count_s", 0.0)) for _, o, _, p in pairs
+                         if p["tool_s"] - p.get("count_s", 0.0) > 0)
     mem_ratios = sorted(o["tool_peak"] / p["tool_peak"] for _, o, _, p in pairs if p["tool_peak"] > 0)
     if time_ratios:
         lines.append(f"- Time ours/TP: median {statistics.median(time_ratios):.2f}×, range {time_ratios[0]:.2f}–"
                      f"{time_ratios[-1]:.2f}×. TP's time includes its between-step FLOPs counts (our counter, "
-                     f"{_share(pairs)} of its time); ours includes `prune`'s verification forwards.")
+                     f"{_share(pairs)} of its time); ours includes `prune`'s verification forwards. Without TP's "
+                     f"FLOPs counts: median {statistics.median(bare_ratios):.2f}×, range {bare_ratios[0]:.2f}–"
+                     f"{bare_ratios[-1]:.2f}×.")
     if faster:
         lines.append("- **Torch-Pruning was faster** on " + ", ".join(
             f"{n} ({p['tool_s']:.2f} s vs ours {o['tool_s']:.2f} s, {t})" for n, o, p, t in faster) + ".")
@@ -572,8 +634,8 @@ def head_to_head(results: dict[str, dict[str, dict]], args: argparse.Namespace) 
         lines.append("- Ours used less peak memory on every one of them.")
     if fewer_params:
         lines.append("- Torch-Pruning left fewer parameters at the same FLOPs target on " + ", ".join(
-            f"{n} ({_pct(p['params_after'], p['params_before'], 0)} vs ours "
-            f"{_pct(o['params_after'], o['params_before'], 0)})" for n, o, p, _ in fewer_params) + ".")
+            f"{n} ({_pct(p['params_after'], p['params_before'])} vs ours "
+            f"{_pct(o['params_after'], o['params_before'])})" for n, o, p, _ in fewer_params) + ".")
     return lines
 
 
@@ -589,11 +651,12 @@ def raw(results: dict[str, dict[str, dict]], tools: list[str], limit: float) -> 
              "Max |Δ| vs unpruned is information only (pruning is meant to change outputs; weights are random). "
              "Knob: ours = channels removed / prunable channels (largest fraction of one group); TP = channel ratio "
              "reached (steps, the time spent counting FLOPs between them), with the C2f/C2PSA blocks rewritten; "
-             "ModelPruning = amount (filters zeroed). Other load: cores other processes used during the tool's timed "
-             "work.",
+             "ModelPruning = amount (filters zeroed). Groups (ours): all, prunable, in the plan, and of those the "
+             "exact ones (masking predicts pruning exactly: `prune(verify=True)` checks those). Other load: cores "
+             "other processes used during the tool's timed work.",
              "",
              "| model | tool | ok | reached | FLOPs after | params after | shapes | max \\|Δ\\| vs unpruned (scale) "
-             "| knob | groups (prunable, planned) | wall s | CPU s | peak MB | other load | child s |",
+             "| knob | groups (prunable, planned, planned exact) | wall s | CPU s | peak MB | other load | child s |",
              "|---|---|---|---|--:|--:|---|--:|---|---|--:|--:|--:|--:|--:|"]
     for name, pair in results.items():
         for tool in tools:
@@ -603,13 +666,14 @@ def raw(results: dict[str, dict[str, dict]], tools: list[str], limit: float) -> 
             if tool in OURS:
                 knob = (f"{100 * r['channels_removed']:.1f} % (max {100 * r['group_fraction_max']:.0f} %)"
                         if r.get("channels_removed") is not None else "—")
-                groups = (f"{r['groups']} ({r['prunable']}, {r['planned']})" if r.get("groups") is not None
-                          else "—")
+                groups = (f"{r['groups']} ({r['prunable']}, {r['planned']}, {r['planned_exact']})"
+                          if r.get("groups") is not None else "—")
             elif tool.startswith("tp"):
-                knob = (f"{r['tp_ratio']:.2f} ({r['tp_steps']} steps, {r.get('count_s', 0):.1f} s of FLOPs counts)"
-                        if r.get("tp_ratio") is not None else "—")
+                parts = [f"{r['tp_ratio']:.2f} ({r['tp_steps']} steps, {r.get('count_s', 0):.1f} s of FLOPs counts)"
+                         ] if r.get("tp_ratio") is not None else []
                 if r.get("rewritten_blocks") is not None:
-                    knob += f", {r['rewritten_blocks']} blocks rewritten"
+                    parts.append(f"{r['rewritten_blocks']} blocks rewritten")
+                knob = ", ".join(parts) or "—"
                 groups = "—"
             else:
                 knob = (f"{r['mp_amount']:.3f} ({100 * r['zeroed_filters']:.1f} % zeroed)"
@@ -646,6 +710,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--det-side", type=int, default=320, help="input side for the ultralytics models (320)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="Markdown results file; the raw results go next to it as .json")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only render the Markdown file (--out) again from a results JSON file; runs nothing")
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -663,6 +729,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return worker(tool, name, args.result_file, args)
 
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        args.out.write_text(render(saved["results"], saved["meta"]))
+        print(f"wrote {args.out} from {args.render}", file=sys.stderr)
+        return 0
+
     os.environ["YOLO_OFFLINE"] = "1"
     t0 = time.monotonic()
     meta: dict[str, Any] = {
@@ -679,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         "mem_gb": args.mem_gb,
         "target": args.target,
         "inputs": {"classifiers": args.cls_side, "ultralytics": args.det_side},
+        "tools": list(args.tools),
     }
     json_out = args.out.with_suffix(".json")
     results: dict[str, dict[str, dict]] = {}
@@ -687,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     def write() -> None:
         meta["total_s"] = time.monotonic() - t0
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render(results, args, meta))
+        args.out.write_text(render(results, meta))
         json_out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="prunability_") as tmp:
