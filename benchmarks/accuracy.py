@@ -3,13 +3,13 @@
 
 Run from the repository root::
 
-    YOLO_OFFLINE=1 python benchmarks/accuracy.py            # about an hour on 2 CPU cores -> benchmarks/results/
+    YOLO_OFFLINE=1 python benchmarks/accuracy.py            # < 1 h on 2 CPU cores (2 seeds) -> benchmarks/results/
     YOLO_OFFLINE=1 python benchmarks/accuracy.py --quick    # a few minutes (tiny images and epochs: a smoke run)
     YOLO_OFFLINE=1 python benchmarks/accuracy.py --arms unpruned ours-uniform --out-dir /tmp/acc
 
 Protocol (every arm alike):
 
-1. **Pretrain** one YOLOv8n (ultralytics YAML, random init, seed 0) on the synthetic set for ``pretrain_epochs``;
+1. **Pretrain** one YOLOv8n (ultralytics YAML, random init) on the synthetic set for ``pretrain_epochs``;
    every arm starts from these weights (cached in ``--workdir``, reused when the configuration matches).
 2. **Prune + fine-tune** for ``finetune_epochs`` with the same optimiser (AdamW, cosine decay from ``finetune_lr``),
    data order, augmentation and validation; the pruning arms prune at the start of the epochs in ``schedule``
@@ -24,6 +24,8 @@ Protocol (every arm alike):
      model it can handle: ultralytics' C2f blocks rewritten so their split is two convs (see ``_peers.py``);
    * ``modelpruning``: Lightning's ``ModelPruning`` (``ln_structured``, L1 over filters, per layer) on the same
      schedule, at the per-layer channel fraction ``ours-uniform`` removes; it masks, so FLOPs and latency stay.
+   * ``ours-sensitivity-r8``: the paper's method with ``round_to=8`` (every group keeps a multiple of 8 channels,
+     which ``latency.py`` found turns more of the FLOPs saving into speed) — our recommended setting.
 
 3. **Measure** every arm's final model: mAP50-95 / mAP50 on the validation split (torchmetrics, as
    ``YOLOModule`` logs it), FLOPs (``torch.utils.flop_counter``) and parameters, and latency at 640 × 640, batch 1,
@@ -32,8 +34,11 @@ Protocol (every arm alike):
    an untrained YOLOv8n) adds points to the speedup plot.
 
 Each arm runs in its own child process under a wall-time limit, so one failure is recorded and the rest still run.
-Writes ``accuracy.md`` (tables), ``accuracy.json`` (raw) and three PNG plots into ``--out-dir``. One seed: mAP
-differences of a point or two are within run-to-run noise on this small data set.
+Every seed (``--seeds``, default 0 and 1; ``--quick``: 0) repeats steps 1 and 2 with its own initialisation, data
+order and augmentation (the data set is the same); mAP is reported as the mean with the per-seed values, since on a
+data set this small seeds differ by a few points. ``--reuse`` takes arms that already ran with the same configuration
+from ``--workdir``. Writes ``accuracy.md`` (tables), ``accuracy.json`` (raw) and three PNG plots into ``--out-dir``;
+``--render accuracy.json`` rewrites the tables and plots from a JSON without training.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -64,7 +71,8 @@ from torch import nn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning")
+ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning",
+        "ours-sensitivity-r8")
 ARM_LABELS = {
     "unpruned": "unpruned (same fine-tuning)",
     "ours-sensitivity": "**ours: sensitivity (paper)**",
@@ -72,8 +80,10 @@ ARM_LABELS = {
     "ours-global": "**ours: global L1**",
     "tp-magnitude": "Torch-Pruning MagnitudePruner L1 (C2f rewritten)",
     "modelpruning": "Lightning ModelPruning ln_structured L1 (masks)",
+    "ours-sensitivity-r8": "**ours: sensitivity, `round_to=8`**",
 }
 LATENCY_SIZE = 640
+DEFAULT_SEEDS = (0, 1)
 SWEEP_TARGETS = (0.25, 0.5, 0.75)
 
 
@@ -91,7 +101,8 @@ class Config:
     target: float = 0.5
     sensitivity_batches: int = 2
     threads: int = 2
-    seed: int = 0
+    seed: int = 0  # training seed: model init, data order, augmentation (the data set itself uses data_seed)
+    data_seed: int = 0
     latency_rounds: int = 5
     latency_repeats: int = 10
     sweep: bool = True
@@ -102,7 +113,7 @@ class Config:
                    sensitivity_batches=1, latency_rounds=3, latency_repeats=5, sweep=False)
 
     def pretrain_key(self) -> dict[str, Any]:
-        keys = ("imgsz", "num_train", "num_val", "batch_size", "pretrain_epochs", "pretrain_lr", "seed")
+        keys = ("imgsz", "num_train", "num_val", "batch_size", "pretrain_epochs", "pretrain_lr", "seed", "data_seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -111,10 +122,23 @@ def log(message: str) -> None:
 
 
 # -- training (child processes) ---------------------------------------------------------------------------------------
+def _data_root(workdir: Path) -> Path:
+    # one data set for every seed: seed folders live below the work directory, the data beside them
+    return (workdir.parent if workdir.name.startswith("seed") else workdir) / "data"
+
+
+def make_data(cfg: Config, workdir: Path) -> None:
+    from lightning_prune.data.synthetic import make_synthetic_dataset
+
+    root = _data_root(workdir)
+    if not (root / "data.yaml").is_file():
+        make_synthetic_dataset(root, cfg.num_train, cfg.num_val, cfg.imgsz, cfg.data_seed)
+
+
 def _datamodule(cfg: Config, workdir: Path) -> Any:
     from lightning_prune.integrations.ultralytics import YOLODataModule
 
-    return YOLODataModule(synthetic=True, synthetic_root=str(workdir / "data"), imgsz=cfg.imgsz,
+    return YOLODataModule(synthetic=True, synthetic_root=str(_data_root(workdir)), imgsz=cfg.imgsz,
                           synthetic_num_train=cfg.num_train, synthetic_num_val=cfg.num_val,
                           batch_size=cfg.batch_size, seed=cfg.seed)
 
@@ -173,10 +197,10 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any) -> tuple[list[Any], dict[
     if arm == "unpruned":
         return [], {}
     if arm.startswith("ours-"):
-        strategy = arm.removeprefix("ours-")
+        strategy, _, rounding = arm.removeprefix("ours-").partition("-r")
         return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, strategy=strategy, criterion="l1",
                                          monitor="val/mAP50-95", sensitivity_batches=cfg.sensitivity_batches,
-                                         verbose=False)], {}
+                                         round_to=int(rounding or 1), verbose=False)], {}
     if arm == "tp-magnitude":
         from _peers import split_csp_blocks, tp_prune_to_flops, tp_pruner, tp_step_keeping_params
 
@@ -314,6 +338,44 @@ def pretrained(cfg: Config, workdir: Path, timeout: float) -> dict[str, Any]:
     return result
 
 
+def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Run an arm, or with ``--reuse`` take its earlier result when it ran with the same configuration."""
+    result_file = workdir / f"result-{arm}.json"
+    if args.reuse:
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(result_file.read_text())
+            if old.get("ok") and old.get("config") == asdict(cfg) and (workdir / f"arm-{arm}.pt").is_file():
+                return {**old, "reused": True}
+    log(f"  arm {arm} ...")
+    result = run_child(arm, cfg, workdir, args.timeout)
+    result["config"] = asdict(cfg)
+    result_file.write_text(json.dumps(result))
+    return result
+
+
+def combine_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per arm: the first seed's result (architecture, FLOPs, params, timings) with mAP replaced by the mean over
+    the seeds where the arm finished, and the per-seed values kept (``*_seeds``)."""
+    seeds = list(runs)
+    combined: dict[str, dict[str, Any]] = {}
+    for arm in runs[seeds[0]]["arms"]:
+        results = [runs[s]["arms"].get(arm, {}) for s in seeds]
+        done = [r for r in results if r.get("ok")]
+        if not done:
+            combined[arm] = results[0]
+            continue
+        first = dict(done[0])
+        for key in ("map50_95", "map50"):
+            values = [r[key] for r in done]
+            first[f"{key}_seeds"] = values
+            first[key] = statistics.fmean(values)
+        failed = [f"seed {s}: {r.get('error', '?')}" for s, r in zip(seeds, results, strict=True) if not r.get("ok")]
+        if failed:
+            first["failed_seeds"] = failed
+        combined[arm] = first
+    return combined
+
+
 def _fused(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     fuse = getattr(model, "fuse", None)
@@ -323,8 +385,8 @@ def _fused(model: nn.Module) -> nn.Module:
 
 
 def speed_sweep(cfg: Config) -> dict[str, nn.Module]:
-    """Untrained YOLOv8n pruned to each sweep target by ours (uniform L1) and Torch-Pruning: speed does not depend
-    on the weights, so these give more points for the speedup-vs-FLOPs plot."""
+    """Untrained YOLOv8n pruned to each sweep target by ours (uniform L1, also with ``round_to=8``) and Torch-Pruning:
+    speed does not depend on the weights, so these give more points for the speedup-vs-FLOPs plot."""
     from _peers import split_csp_blocks, tp_prune_to_flops
     from ultralytics.nn.tasks import DetectionModel
 
@@ -343,6 +405,13 @@ def speed_sweep(cfg: Config) -> dict[str, nn.Module]:
         counts = uniform_counts(graph, groups, ranking, target * graph.traced_flops)
         graph.prune(plan_from_counts(ranking, counts))
         models[f"sweep ours-uniform −{target:.0%}"] = model
+        torch.manual_seed(0)
+        model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+        graph = DependencyGraph(model, x)
+        ranking = {g.name: channel_scores(g, model, "l1").argsort() for g in graph.prunable_groups}
+        counts = uniform_counts(graph, graph.prunable_groups, ranking, target * graph.traced_flops, round_to=8)
+        graph.prune(plan_from_counts(ranking, counts))
+        models[f"sweep ours-uniform-r8 −{target:.0%}"] = model
         torch.manual_seed(0)
         model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
         split_csp_blocks(model)
@@ -394,6 +463,10 @@ def _latency(data: dict[str, Any], backend: str, name: str) -> float | None:
 def render(data: dict[str, Any], prefix: str) -> str:
     cfg = Config(**data["config"])
     arms = data["arms"]
+    seeds = data.get("seeds", [cfg.seed])
+    runs = data.get("runs", {})
+    pretrain_maps = ", ".join(f"{runs[str(s)]['pretrain'].get('map50_95', math.nan):.3f} (seed {s})" for s in seeds
+                              if str(s) in runs) or "—"
     base = arms.get("unpruned", {})
     base_flops = base.get("flops_640") or next((a["flops_640"] for a in arms.values() if a.get("ok")), None)
     base_params = base.get("params")
@@ -408,17 +481,21 @@ def render(data: dict[str, Any], prefix: str) -> str:
         f"{_version('torch-pruning')}, lightning-prune {_version('lightning-prune')} (git {data['git']})",
         f"- Machine: {_cpu()}, {os.cpu_count()} cores, CPU only, float32, `torch.set_num_threads({cfg.threads})`; "
         f"load average before/after the latency block: {_loads(data)}",
-        f"- Data: the synthetic shapes set (`lightning_prune.data.synthetic`, seed {cfg.seed}), {cfg.num_train} train /"
+        f"- Data: the synthetic shapes set (`lightning_prune.data.synthetic`, seed {cfg.data_seed}), {cfg.num_train} "
+        f"train /"
         f" {cfg.num_val} val images at {cfg.imgsz} px, 3 classes, batch {cfg.batch_size}, flip + colour jitter",
-        f"- Pretraining (shared by every arm): YOLOv8n from its YAML, random init, {cfg.pretrain_epochs} epochs, AdamW "
-        f"lr {cfg.pretrain_lr} with 1 warm-up epoch and cosine decay → mAP50-95 "
-        f"{data['pretrain'].get('map50_95', math.nan):.3f}",
+        f"- Seeds: {', '.join(map(str, seeds))} (model init, data order, augmentation); each seed has its own "
+        "pretrained model and runs every arm from it; mAP below is the mean over the seeds, the per-seed values in "
+        "parentheses; FLOPs, params and latency are the first seed's models",
+        f"- Pretraining (shared by every arm of a seed): YOLOv8n from its YAML, random init, {cfg.pretrain_epochs} "
+        f"epochs, AdamW lr {cfg.pretrain_lr} with 1 warm-up epoch and cosine decay → mAP50-95 {pretrain_maps}",
         f"- Pruning + fine-tuning (every arm alike): {cfg.finetune_epochs} epochs, AdamW lr {cfg.finetune_lr}, cosine "
         f"decay; pruning steps at the start of epochs {cfg.schedule} towards −{cfg.target:.0%} FLOPs at the "
         f"{cfg.imgsz} px training input; ours-sensitivity probes with {cfg.sensitivity_batches} validation "
         "batch(es) per probe at rates 25/50/75 %",
         f"- mAP: the final model on the {cfg.num_val} validation images (torchmetrics `MeanAveragePrecision`, "
-        "COCO-style, as `YOLOModule` logs `val/mAP50-95`); one seed — differences of a point or two are noise",
+        "COCO-style, as `YOLOModule` logs `val/mAP50-95`); with this little data, seeds differ by a few points: "
+        "compare differences against the per-seed spread",
         f"- FLOPs and params: `torch.utils.flop_counter` (FLOPs = 2 × multiply-adds) at 1×3×{LATENCY_SIZE}×"
         f"{LATENCY_SIZE}; latency: median of {cfg.latency_rounds} interleaved rounds × {cfg.latency_repeats} calls, "
         f"batch 1 at {LATENCY_SIZE} px, BatchNorm fused; ONNX Runtime on the CPU execution provider",
@@ -441,11 +518,13 @@ def render(data: dict[str, Any], prefix: str) -> str:
         notes = []
         if arm == "tp-magnitude":
             notes.append(f"per-layer ratio {r['tp_ratio']:.2f}; {r['csp_blocks_rewritten']} C2f blocks rewritten")
+        if r.get("failed_seeds"):
+            notes.append("failed: " + "; ".join(r["failed_seeds"]))
         if arm == "modelpruning":
             notes.append(f"{r['zeroed_filters']:.0%} of filters zeroed behind masks, none removed: FLOPs, params "
                          f"and latency unchanged (step amount {r['step_amount']:.3f})")
         lines.append(
-            f"| {label} | {r['map50_95']:.3f} | {r['map50']:.3f} "
+            f"| {label} | {_seeds(r, 'map50_95')} | {_seeds(r, 'map50')} "
             f"| {r['flops_640'] / 1e9:.2f}{pct(r['flops_640'], base_flops)} "
             f"| {r['params'] / 1e6:.2f}{pct(r['params'], base_params)} "
             f"| {_fmt_speed(_latency(data, 'eager', arm), base_eager)} "
@@ -475,6 +554,13 @@ def render(data: dict[str, Any], prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seeds(r: dict[str, Any], key: str) -> str:
+    values = r.get(f"{key}_seeds")
+    if not values or len(values) < 2:
+        return f"{r[key]:.3f}"
+    return f"{r[key]:.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+
+
 def _fmt_speed(ms: float | None, ref: float | None) -> str:
     if ms is None:
         return "—"
@@ -498,6 +584,14 @@ def verdict(data: dict[str, Any]) -> list[str]:
     lines.append(f"- Best mAP50-95 after pruning: {best} ({pruned[best]['map50_95']:.3f})"
                  + (f"; unpruned with the same fine-tuning: {arms['unpruned']['map50_95']:.3f}"
                     if "unpruned" in arms else "") + ".")
+    ranking = sorted(arms, key=lambda k: -arms[k]["map50_95"])
+    lines.append("- Ranking by mean mAP50-95: " + " > ".join(f"{k} {arms[k]['map50_95']:.3f}" for k in ranking) + ".")
+    spreads = {k: max(v) - min(v) for k, r in arms.items() if len(v := r.get("map50_95_seeds") or []) > 1}
+    if spreads:
+        widest = max(spreads, key=spreads.get)
+        lines.append(f"- Seed-to-seed spread of mAP50-95: up to {spreads[widest] * 100:.1f} points ({widest}), median "
+                     f"{statistics.median(spreads.values()) * 100:.1f}; gaps between arms smaller than that are not "
+                     "evidence.")
     ours = {k: v for k, v in pruned.items() if k.startswith("ours-")}
     peers = {k: v for k, v in pruned.items() if not k.startswith("ours-")}
     if ours and peers:
@@ -530,8 +624,14 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
     base = arms.get("unpruned")
     written = []
-    markers = dict(zip(ARMS, "o*sD^v", strict=True))
+    markers = dict(zip(ARMS, "o*sD^vP", strict=True))
     colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm in every plot
+
+    def yerr(r: dict[str, Any]) -> list[list[float]] | None:
+        values = r.get("map50_95_seeds") or []
+        if len(values) < 2:
+            return None
+        return [[r["map50_95"] - min(values)], [max(values) - r["map50_95"]]]
 
     def save(fig: Any, what: str) -> None:
         path = out_dir / f"{prefix}_{what}.png"
@@ -542,10 +642,10 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for arm, r in arms.items():
-        ax.scatter(r["flops_640"] / 1e9, r["map50_95"], marker=markers.get(arm, "o"), color=colors.get(arm),
-                   s=80, label=arm)
+        ax.errorbar(r["flops_640"] / 1e9, r["map50_95"], yerr=yerr(r), marker=markers.get(arm, "o"),
+                    color=colors.get(arm), markersize=9, capsize=4, linestyle="", label=arm)
     ax.set_xlabel(f"GFLOPs at {LATENCY_SIZE} px")
-    ax.set_ylabel("mAP50-95 (synthetic val)")
+    ax.set_ylabel("mAP50-95 (synthetic val; bars: min–max over seeds)")
     ax.set_title("YOLOv8n at −50 % FLOPs: accuracy vs FLOPs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -556,7 +656,8 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         for arm, r in arms.items():
             ms = _latency(data, backend, arm)
             if ms is not None:
-                ax.scatter(ms, r["map50_95"], marker=markers.get(arm, "o"), color=colors.get(arm), s=80, label=arm)
+                ax.errorbar(ms, r["map50_95"], yerr=yerr(r), marker=markers.get(arm, "o"), color=colors.get(arm),
+                            markersize=9, capsize=4, linestyle="", label=arm)
         ax.set_xlabel(f"{backend} latency, ms (batch 1, {LATENCY_SIZE} px)")
         ax.set_title(backend)
         ax.grid(alpha=0.3)
@@ -610,6 +711,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: a folder in the system temp directory)")
     parser.add_argument("--timeout", type=float, default=1800, help="wall-time limit per child process, s (1800)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help=f"training seeds; mAP is averaged over them (default {' '.join(map(str, DEFAULT_SEEDS))}"
+                             "; --quick: 0)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse arms (per seed) that already ran with the same configuration in --workdir")
     parser.add_argument("--no-sweep", action="store_true", help="skip the untrained speed sweep")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only rewrite the .md and plots from a results JSON this script wrote (no training)")
@@ -647,21 +753,28 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.monotonic()
 
-    _datamodule(cfg, workdir).prepare_data()
-    pre = pretrained(cfg, workdir, args.timeout)
-    arms: dict[str, dict[str, Any]] = {}
-    for arm in args.arms:
-        log(f"arm {arm} ...")
-        arms[arm] = run_child(arm, cfg, workdir, args.timeout)
-        r = arms[arm]
-        if r.get("ok"):
-            log(f"  {arm}: mAP50-95 {r['map50_95']:.3f}, FLOPs {r['flops'] / r['flops_base']:.1%} of base, "
-                f"{r['fit_s']:.0f} s")
-        else:
-            log(f"  {arm}: FAILED {r['error']}")
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(DEFAULT_SEEDS))
+    make_data(cfg, workdir)
+    runs: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        seed_cfg = dataclasses.replace(cfg, seed=seed)
+        seed_dir = workdir / f"seed{seed}"
+        seed_dir.mkdir(exist_ok=True)
+        log(f"seed {seed}:")
+        runs[seed] = {"pretrain": pretrained(seed_cfg, seed_dir, args.timeout), "arms": {}}
+        for arm in args.arms:
+            runs[seed]["arms"][arm] = r = arm_result(arm, seed_cfg, seed_dir, args)
+            if r.get("ok"):
+                log(f"  {arm}: mAP50-95 {r['map50_95']:.3f}, FLOPs {r['flops'] / r['flops_base']:.1%} of base, "
+                    f"{r['fit_s']:.0f} s{' (reused)' if r.get('reused') else ''}")
+            else:
+                log(f"  {arm}: FAILED {r['error']}")
+    arms = combine_seeds(runs)
 
-    models = {arm: torch.load(workdir / f"arm-{arm}.pt", weights_only=False) for arm, r in arms.items()
-              if r.get("ok")}
+    # speed does not depend on the weights: the first seed's models are timed
+    first_dir = workdir / f"seed{seeds[0]}"
+    models = {arm: torch.load(first_dir / f"arm-{arm}.pt", weights_only=False)
+              for arm, r in runs[seeds[0]]["arms"].items() if r.get("ok")}
     sweep_flops: dict[str, int] = {}
     if cfg.sweep:
         from ultralytics.nn.tasks import DetectionModel
@@ -676,8 +789,9 @@ def main(argv: list[str] | None = None) -> int:
         models.update(sweep)
     latency = measure_latency_all(models, cfg) if models else {}
 
-    data = {"command": command, "date": started, "git": _git(), "config": asdict(cfg), "pretrain": pre,
-            "arms": arms, "latency": latency, "sweep_flops": sweep_flops, "total_s": time.monotonic() - t0}
+    data = {"command": command, "date": started, "git": _git(), "config": asdict(cfg), "seeds": seeds,
+            "runs": {str(seed): run for seed, run in runs.items()}, "arms": arms, "latency": latency,
+            "sweep_flops": sweep_flops, "total_s": time.monotonic() - t0}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{prefix}.json").write_text(json.dumps(data, indent=1, default=float))
     written = plots(data, args.out_dir, prefix)
