@@ -320,6 +320,22 @@ def test_count_flops_by_hand(layer, shape, expected) -> None:
     assert layer.training
 
 
+@pytest.mark.parametrize(("layer", "shape"), [
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 16, 16)),
+    (nn.Conv2d(8, 4, (1, 3), groups=2), (1, 8, 6, 6)),
+    (nn.Linear(10, 3), (4, 10)),
+    # transposed convs scatter every *input* element: stride 2 must not count 4x (YOLO-seg's Proto upsampler)
+    (nn.ConvTranspose2d(8, 6, 2, stride=2), (1, 8, 5, 5)),
+    (nn.ConvTranspose2d(6, 4, 3, groups=2), (1, 6, 5, 5)),
+    (nn.ConvTranspose1d(8, 4, 4, stride=2), (2, 8, 9)),
+])
+def test_traced_flops_match_count_flops(layer, shape) -> None:
+    # budgets are planned on the trace's FLOPs and checked with count_flops: the two must agree
+    net = nn.Sequential(nn.Identity(), layer)
+    x = torch.randn(*shape)
+    assert DependencyGraph(net, x).traced_flops == count_flops(net, x)
+
+
 def test_count_flops_and_params_of_a_small_net() -> None:
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=False))
     x = torch.randn(1, 3, 6, 6)

@@ -195,10 +195,11 @@ def _weighted_layer(tracer: ChannelTracer, name: str, x: torch.Tensor, weight: t
         tracer.forest.pin(labels, reason)
     if bias is not None:
         tracer.bind(bias, 0, labels, Role.PRODUCER)
-    per_output = weight[0].numel() if in_dim == 1 else weight.shape[0] // groups * math.prod(weight.shape[2:])
     # a depthwise layer's cost scales with its channels once, not with input x output
     in_labels = None if info is None or depthwise else info.labels
-    flops = 2 * out.numel() * per_output
+    # conv/linear: every output element is a dot product over weight[0]; transposed conv: every *input* element is
+    # scattered into weight[0] (= its group's outputs x kernel) — counted as torch.utils.flop_counter does
+    flops = 2 * (out.numel() if in_dim == 1 else x.numel()) * weight[0].numel()
     tracer.result.layer_calls.append(LayerCall(tracer.owner(weight)[0], flops, in_labels, labels))
     _label(out, channel_dim, labels, None)
 
