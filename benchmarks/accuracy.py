@@ -484,6 +484,7 @@ def render(data: dict[str, Any], prefix: str) -> str:
         f"- Data: the synthetic shapes set (`lightning_prune.data.synthetic`, seed {cfg.data_seed}), {cfg.num_train} "
         f"train /"
         f" {cfg.num_val} val images at {cfg.imgsz} px, 3 classes, batch {cfg.batch_size}, flip + colour jitter",
+        *_reused_line(runs),
         f"- Seeds: {', '.join(map(str, seeds))} (model init, data order, augmentation); each seed has its own "
         "pretrained model and runs every arm from it; mAP below is the mean over the seeds, the per-seed values in "
         "parentheses; FLOPs, params and latency are the first seed's models",
@@ -554,6 +555,15 @@ def render(data: dict[str, Any], prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reused_line(runs: dict[str, Any]) -> list[str]:
+    reused = [f"seed {seed}: {', '.join(arm for arm, r in run['arms'].items() if r.get('reused'))}"
+              for seed, run in runs.items() if any(r.get("reused") for r in run["arms"].values())]
+    if not reused:
+        return []
+    return [f"- Reused (`--reuse`) from an earlier invocation with the identical configuration: "
+            f"{'; '.join(reused)}"]
+
+
 def _seeds(r: dict[str, Any], key: str) -> str:
     values = r.get(f"{key}_seeds")
     if not values or len(values) < 2:
@@ -609,6 +619,31 @@ def verdict(data: dict[str, Any]) -> list[str]:
             fastest = max(speeds, key=speeds.get)
             lines.append(f"- Fastest (eager): {fastest}, {speeds[fastest]:.2f}× the unpruned model; "
                          + ", ".join(f"{k} {v:.2f}×" for k, v in speeds.items() if k != fastest) + ".")
+    lines += _sweep_verdict(data)
+    return lines
+
+
+def _sweep_verdict(data: dict[str, Any]) -> list[str]:
+    """Where Torch-Pruning's model is faster than ours at the same sweep target (same untrained weights)."""
+    wins, losses = [], []
+    for backend in ("eager", "onnxruntime"):
+        ref = _latency(data, backend, "sweep unpruned")
+        for target in SWEEP_TARGETS:
+            tag = f"−{target:.0%}"
+            tp = _latency(data, backend, f"sweep tp-magnitude {tag}")
+            if not ref or not tp:
+                continue
+            for ours in ("ours-uniform", "ours-uniform-r8"):
+                mine = _latency(data, backend, f"sweep {ours} {tag}")
+                if mine:
+                    entry = f"{ours} {tag} {backend} ({ref / mine:.2f}× vs {ref / tp:.2f}×)"
+                    (losses if tp < mine else wins).append(entry)
+    lines = []
+    if losses:
+        lines.append("- Speed sweep, **Torch-Pruning's model is faster** than ours at the same FLOPs target: "
+                     + "; ".join(losses) + ".")
+    if wins:
+        lines.append("- Speed sweep, ours is faster: " + "; ".join(wins) + ".")
     return lines
 
 
