@@ -353,13 +353,14 @@ def run_child(cmd: Sequence[str], result_file: Path, log: Path, timeout: float, 
 # ---------------------------------------------------------------------------------------------------------------------
 # results header
 # ---------------------------------------------------------------------------------------------------------------------
-def git_rev() -> str:
-    """Short revision of the repository, noting uncommitted changes."""
+def git_rev(paths: Sequence[str] = ()) -> str:
+    """Short revision of the repository, noting uncommitted changes (only those under ``paths`` when given: a
+    benchmark that writes its results into the tree should not call itself dirty for that)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
         return f"{rev}{' (working tree has uncommitted changes)' if dirty else ''}"
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -52,24 +52,23 @@ import json
 import math
 import os
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_name as _cpu
-from _common import dist_version as _version
+from _harness import REPO, command_line, git_rev, one_line
+from _harness import cpu_name as _cpu
+from _harness import dist_version as _version
+from _harness import run_child as run_limited
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never download anything
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning",
         "ours-sensitivity-r8")
@@ -84,6 +83,7 @@ ARM_LABELS = {
 }
 LATENCY_SIZE = 640
 DEFAULT_SEEDS = (0, 1)
+CODE_PATHS = ("lightning_prune", "benchmarks/accuracy.py", "benchmarks/_peers.py")  # results are as dirty as these
 SWEEP_TARGETS = (0.25, 0.5, 0.75)
 
 
@@ -287,38 +287,21 @@ def child_main(stage: str, cfg: Config, workdir: Path, result_file: Path) -> int
         import traceback
 
         traceback.print_exc()
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        result = {"ok": False, "error": f"{type(err).__name__}: {first}"}
+        result = {"ok": False, "error": one_line(err)}
+    result["phase"] = stage  # the harness names it in a failure's cause
     result_file.write_text(json.dumps(result))
     return 0 if result["ok"] else 1
 
 
 # -- parent: orchestration --------------------------------------------------------------------------------------------
 def run_child(stage: str, cfg: Config, workdir: Path, timeout: float) -> dict[str, Any]:
+    """One stage (``pretrain`` or an arm) in a child process (its process group killed after ``timeout`` s)."""
     result_file = workdir / f"result-{stage}.json"
     result_file.unlink(missing_ok=True)
-    log_file = workdir / f"log-{stage}.txt"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--config-json",
            json.dumps(asdict(cfg)), "--workdir", str(workdir)]
-    env = dict(os.environ, YOLO_OFFLINE="1", OMP_NUM_THREADS=str(cfg.threads))
-    start = time.monotonic()
-    with open(log_file, "w") as out:
-        try:
-            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                                  check=False)
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-    wall = time.monotonic() - start
-    try:
-        result = json.loads(result_file.read_text())
-    except (OSError, ValueError):
-        if code is None:
-            why = f"timeout: killed after {timeout:g} s"
-        else:
-            why = f"child died with exit code {code}"
-        result = {"ok": False, "error": f"{why} (log: {log_file})"}
-    result["wall_s"] = wall
+    result, _, _ = run_limited(cmd, result_file, workdir / f"log-{stage}.txt", timeout, mem_gb=0.0,
+                               threads=cfg.threads)
     return result
 
 
@@ -443,18 +426,6 @@ def measure_latency_all(arm_models: dict[str, nn.Module], cfg: Config) -> dict[s
 
 
 # -- report -----------------------------------------------------------------------------------------------------------
-def _git() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lightning_prune", "benchmarks/accuracy.py",
-                                "benchmarks/_peers.py"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.strip()
-        return rev + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _latency(data: dict[str, Any], backend: str, name: str) -> float | None:
     entry = data["latency"].get(backend, {}).get(name)
     return entry["median_ms"] if isinstance(entry, dict) else None
@@ -784,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    command = command_line()
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.monotonic()
 
@@ -824,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         models.update(sweep)
     latency = measure_latency_all(models, cfg) if models else {}
 
-    data = {"command": command, "date": started, "git": _git(), "config": asdict(cfg), "seeds": seeds,
+    data = {"command": command, "date": started, "git": git_rev(CODE_PATHS), "config": asdict(cfg), "seeds": seeds,
             "runs": {str(seed): run for seed, run in runs.items()}, "arms": arms, "latency": latency,
             "sweep_flops": sweep_flops, "total_s": time.monotonic() - t0}
     args.out_dir.mkdir(parents=True, exist_ok=True)

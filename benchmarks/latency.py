@@ -50,15 +50,14 @@ import datetime as dt
 import math
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_name as _cpu
-from _common import dist_version as _version
+from _harness import command_line
+from _harness import cpu_name as _cpu
+from _harness import dist_version as _version
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never download anything
 
@@ -481,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the channel-count table of each model's slowest conv")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = command_line()
     started = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_start = loadavg()
     t0 = time.perf_counter()
