@@ -16,7 +16,7 @@ from torch import nn
 from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.groups import Group, build_groups
 from lightning_prune.graph.records import Role
-from lightning_prune.graph.tracer import TraceResult, call_model, flatten_output, trace_channels
+from lightning_prune.graph.tracer import TraceResult, call_model, eval_mode, flatten_output, trace_channels
 from lightning_prune.surgery import ParamChange, Surgery
 
 __all__ = ["DependencyGraph", "PruneResult", "Plan"]
@@ -271,14 +271,8 @@ class DependencyGraph:
 
     def _eval_outputs(self) -> list[torch.Tensor]:
         """The filtered outputs of one eval-mode forward on the example input (training flags restored)."""
-        modes = {name: module.training for name, module in self.model.named_modules()}
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                output = self.run()
-        finally:
-            for name, module in self.model.named_modules():
-                module.training = modes.get(name, module.training)
+        with eval_mode(self.model), torch.no_grad():
+            output = self.run()
         output_filter = self.output_filter or default_output_filter(self.model)
         return [t.detach().clone() for t in flatten_output(output_filter(output)) if t.is_floating_point()]
 

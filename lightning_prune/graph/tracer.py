@@ -22,7 +22,8 @@ from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.labels import LabelForest
 from lightning_prune.graph.records import Binding, ChannelInfo, LayerCall, Role, SplitRecord
 
-__all__ = ["ChannelTracer", "GraphTraceError", "trace_channels", "TraceResult", "call_model", "flatten_output"]
+__all__ = ["ChannelTracer", "GraphTraceError", "trace_channels", "TraceResult", "call_model", "eval_mode",
+           "flatten_output"]
 
 _ATTR = "_lightning_prune_channels"
 OUTPUT_REASON = "reaches the model output"
@@ -251,10 +252,8 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
             labels = tracer.forest.allocate(tensor.shape[1], f"input:{index}")
             tracer.forest.pin(labels, "model input")
             set_channel_info(tensor, ChannelInfo(1, labels))
-    modes = {name: module.training for name, module in model.named_modules()}
-    model.eval()
     try:
-        with torch.no_grad(), _module_stack_hooks(tracer), tracer:
+        with eval_mode(model), torch.no_grad(), _module_stack_hooks(tracer), tracer:
             try:
                 output = call_model(model, example_inputs)
             except Exception as err:
@@ -279,9 +278,29 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
     finally:
         for tensor in inputs:
             set_channel_info(tensor, None)
+    return tracer.result
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; on exit every module gets its own training flag back (one added meanwhile keeps
+    its own).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.BatchNorm1d(2).eval())
+        >>> with eval_mode(net):
+        ...     [m.training for m in net.modules()]
+        [False, False, False]
+        >>> [m.training for m in net.modules()]
+        [True, True, False]
+    """
+    modes = {name: module.training for name, module in model.named_modules()}
+    model.eval()
+    try:
+        yield
+    finally:
         for name, module in model.named_modules():
             module.training = modes.get(name, module.training)
-    return tracer.result
 
 
 def flatten_output(output: Any) -> list[torch.Tensor]:

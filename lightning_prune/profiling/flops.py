@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.graph.tracer import call_model
+from lightning_prune.graph.tracer import call_model, eval_mode
 
 __all__ = ["count_flops", "count_params"]
 
@@ -22,16 +22,10 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
         >>> count_flops(torch.nn.Conv2d(3, 8, 3, bias=False), torch.randn(1, 3, 10, 10))
         27648
     """
-    modes = {name: module.training for name, module in model.named_modules()}
-    model.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            call_model(model, example_inputs)
-        return int(counter.get_total_flops())
-    finally:
-        for name, module in model.named_modules():
-            module.training = modes.get(name, module.training)
+    counter = FlopCounterMode(display=False)
+    with eval_mode(model), torch.no_grad(), counter:
+        call_model(model, example_inputs)
+    return int(counter.get_total_flops())
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

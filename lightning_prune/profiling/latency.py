@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Measurement, Timer
 
-from lightning_prune.graph.tracer import call_model, iter_tensors
+from lightning_prune.graph.tracer import call_model, eval_mode, iter_tensors
 
 __all__ = [
     "BACKENDS",
@@ -190,18 +190,6 @@ def _batch_size_of(example_input: Any) -> int:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside the block; every module's own training flag restored on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextlib.contextmanager
 def _threads(num_threads: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(num_threads)
@@ -303,7 +291,7 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike) -
     inputs = _positional(example_input)
     input_names = [f"input_{i}" for i in range(len(inputs))]
     try:
-        with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
             wrapper.eval()
             warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation notice
             torch.onnx.export(wrapper, inputs, os.fspath(path), dynamo=False, opset_version=ONNX_OPSET,
@@ -475,7 +463,7 @@ def _prepare(model: nn.Module, example_input: Any, backend: str, threads: int,
     """Eval mode (restored on exit) and, for ONNX Runtime, the exported model's session in a temporary directory."""
     device = _device(model)
     inputs = _map_tensors(_batched(example_input, batch_size), lambda t: t.to(device))
-    with _eval_mode(model):
+    with eval_mode(model):
         if backend == "eager":
             yield _Prepared(lambda: call_model(model, inputs), lambda: _EagerLayerTimer(model, inputs, device),
                             _batch_size_of(inputs))
@@ -586,7 +574,7 @@ def ort_max_abs_diff(model: nn.Module, example_input: Any, num_threads: int | No
     """
     require_onnx()
     threads = int(num_threads) if num_threads else torch.get_num_threads()
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         expected = [t.detach().float().cpu() for t in onnx_outputs(call_model(model, example_input))]
     with tempfile.TemporaryDirectory(prefix="lightning_prune_ort_") as directory:
         exported = _export(model, example_input, directory)
