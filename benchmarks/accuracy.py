@@ -173,18 +173,34 @@ def run_pretrain(cfg: Config, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def _uniform_plan(model: nn.Module, example: torch.Tensor, target: float,
+                  round_to: int = 1) -> tuple[Any, dict[str, int], dict[str, list[int]]]:
+    """``ours-uniform`` in one step: the graph, the channel count per prunable group and the plan (lowest L1 first,
+    ranked as the callback ranks) that remove ``target`` of the traced FLOPs."""
+    from lightning_prune import DependencyGraph
+    from lightning_prune.selection import plan_from_counts, uniform_counts
+    from lightning_prune.sensitivity import rank_channels
+
+    graph = DependencyGraph(model, example)
+    groups = graph.prunable_groups
+    ranking = rank_channels(groups, model, "l1")
+    counts = uniform_counts(graph, groups, ranking, target * graph.traced_flops, round_to=round_to)
+    return graph, counts, plan_from_counts(ranking, counts)
+
+
+def _fresh_yolov8n() -> nn.Module:
+    """The untrained YOLOv8n (3 classes, seed 0) of the speed sweep."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    return DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+
+
 def _uniform_fraction(model: nn.Module, cfg: Config) -> float:
     """The fraction of prunable channels ``ours-uniform`` removes for the whole target (on a copy)."""
-    from lightning_prune import DependencyGraph
-    from lightning_prune.importance import channel_scores
-    from lightning_prune.selection import uniform_counts
-
-    copy_ = copy.deepcopy(model).eval()
-    graph = DependencyGraph(copy_, torch.zeros(1, 3, cfg.imgsz, cfg.imgsz))
-    groups = graph.prunable_groups
-    ranking = {g.name: channel_scores(g, copy_, "l1").argsort() for g in groups}
-    counts = uniform_counts(graph, groups, ranking, cfg.target * graph.traced_flops)
-    return sum(counts.values()) / sum(g.size for g in groups)
+    graph, counts, _ = _uniform_plan(copy.deepcopy(model).eval(), torch.zeros(1, 3, cfg.imgsz, cfg.imgsz),
+                                     cfg.target)
+    return sum(counts.values()) / sum(g.size for g in graph.prunable_groups)
 
 
 def _arm_callbacks(arm: str, cfg: Config, module: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -361,42 +377,24 @@ def combine_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _fused(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
-    fuse = getattr(model, "fuse", None)
-    if callable(fuse):
-        model = fuse(verbose=False) if "verbose" in fuse.__code__.co_varnames else fuse()
-    return model.eval()
+    fuse = getattr(model, "fuse", None)  # ultralytics' BN folding, as its export does
+    return (fuse(verbose=False) if callable(fuse) else model).eval()
 
 
 def speed_sweep(cfg: Config) -> dict[str, nn.Module]:
     """Untrained YOLOv8n pruned to each sweep target by ours (uniform L1, also with ``round_to=8``) and Torch-Pruning:
     speed does not depend on the weights, so these give more points for the speedup-vs-FLOPs plot."""
     from _peers import split_csp_blocks, tp_prune_to_flops
-    from ultralytics.nn.tasks import DetectionModel
-
-    from lightning_prune import DependencyGraph
-    from lightning_prune.importance import channel_scores
-    from lightning_prune.selection import plan_from_counts, uniform_counts
 
     x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
     models = {}
     for target in SWEEP_TARGETS:
-        torch.manual_seed(0)
-        model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
-        graph = DependencyGraph(model, x)
-        groups = graph.prunable_groups
-        ranking = {g.name: channel_scores(g, model, "l1").argsort() for g in groups}
-        counts = uniform_counts(graph, groups, ranking, target * graph.traced_flops)
-        graph.prune(plan_from_counts(ranking, counts))
-        models[f"sweep ours-uniform −{target:.0%}"] = model
-        torch.manual_seed(0)
-        model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
-        graph = DependencyGraph(model, x)
-        ranking = {g.name: channel_scores(g, model, "l1").argsort() for g in graph.prunable_groups}
-        counts = uniform_counts(graph, graph.prunable_groups, ranking, target * graph.traced_flops, round_to=8)
-        graph.prune(plan_from_counts(ranking, counts))
-        models[f"sweep ours-uniform-r8 −{target:.0%}"] = model
-        torch.manual_seed(0)
-        model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+        for name, round_to in (("ours-uniform", 1), ("ours-uniform-r8", 8)):
+            model = _fresh_yolov8n()
+            graph, _, plan = _uniform_plan(model, x, target, round_to)
+            graph.prune(plan)
+            models[f"sweep {name} −{target:.0%}"] = model
+        model = _fresh_yolov8n()
         split_csp_blocks(model)
         try:
             tp_prune_to_flops(model, x, target)
@@ -783,13 +781,10 @@ def main(argv: list[str] | None = None) -> int:
               for arm, r in runs[seeds[0]]["arms"].items() if r.get("ok")}
     sweep_flops: dict[str, int] = {}
     if cfg.sweep:
-        from ultralytics.nn.tasks import DetectionModel
-
         from lightning_prune import count_flops
 
         log("speed sweep: pruning untrained YOLOv8n copies ...")
-        torch.manual_seed(0)
-        sweep = {"sweep unpruned": DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval(), **speed_sweep(cfg)}
+        sweep = {"sweep unpruned": _fresh_yolov8n(), **speed_sweep(cfg)}
         x640 = torch.zeros(1, 3, LATENCY_SIZE, LATENCY_SIZE)
         sweep_flops = {name: count_flops(model, x640) for name, model in sweep.items()}
         models.update(sweep)
