@@ -300,8 +300,33 @@ def test_core_never_imports_ultralytics() -> None:
             if not any(name == "ultralytics" or name.startswith("ultralytics.") for name in names):
                 continue
             where = f"{path.relative_to(REPO)}:{node.lineno}"
-            assert path.parent == package / "integrations", f"{where} imports ultralytics outside integrations/"
+            assert package / "integrations" in path.parents, f"{where} imports ultralytics outside integrations/"
             assert id(node) not in top_level, f"{where} imports ultralytics at module level; import it lazily"
+
+
+def test_integration_modules_import_no_private_names() -> None:
+    """The ultralytics package's modules share only public names (issue 12: no private imports across modules)."""
+    import ast
+
+    for path in sorted((REPO / "lightning_prune" / "integrations").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lightning_prune"):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]
+                assert not private, f"{path.relative_to(REPO)}:{node.lineno} imports private {private}"
+
+
+def test_public_api_is_lazy_and_complete() -> None:
+    import lightning_prune.integrations as integrations
+    import lightning_prune.integrations.ultralytics as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
+    for name in integrations.__all__:
+        assert getattr(integrations, name) is getattr(package, name), name
+    code = ("import sys, lightning_prune.integrations.ultralytics as u; assert 'ultralytics' not in sys.modules; "
+            "u.YOLOModule; u.save_yolo; assert 'ultralytics' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture(scope="module")

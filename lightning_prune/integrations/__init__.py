@@ -19,7 +19,7 @@ __all__ = ["YOLODataModule", "YOLOModule", "save_yolo", "ultralytics_val_map", "
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from lightning_prune.integrations import ultralytics
+        import importlib
 
-        return getattr(ultralytics, name)
+        return getattr(importlib.import_module("lightning_prune.integrations.ultralytics"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,108 @@
+""":func:`save_yolo`: write (pruned) models as checkpoints ``ultralytics.YOLO(path)`` loads."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.integrations.ultralytics.common import is_detection_model, require_ultralytics
+
+__all__ = ["save_yolo"]
+
+
+def _names_dict(names: Any, nc: int) -> dict[int, str]:
+    if isinstance(names, Mapping):
+        out = {int(k): str(v) for k, v in names.items()}
+    else:
+        out = dict(enumerate(str(n) for n in names))
+    if sorted(out) != list(range(nc)):
+        raise ValueError(f"names must name the model's {nc} classes 0..{nc - 1}, got {len(out)}: {out}")
+    return out
+
+
+def save_yolo(module_or_model: nn.Module, path: str | os.PathLike,
+              names: Sequence[str] | Mapping[int, str] | None = None, imgsz: int | None = None,
+              data: str | os.PathLike | None = None, half: bool = False) -> Path:
+    """Write a checkpoint ``ultralytics.YOLO(path)`` loads, predicts with, validates and exports (pruned or not).
+
+    The model module itself is pickled (as ultralytics does), so a pruned model keeps its pruned channel counts;
+    only ultralytics and torch classes end up in the file. The live model is not changed.
+
+    Args:
+        module_or_model: a :class:`YOLOModule` (or any LightningModule with a ``model``), or a ``DetectionModel``.
+        path: the ``.pt`` file to write (folders are created).
+        names: class names (list or ``{index: name}``); default: the model's ``names`` (set from the data set by
+            :class:`YOLOModule` during fit).
+        imgsz: image size stored for ultralytics (default: the module's ``imgsz``, else 640).
+        data: the ``data.yaml`` stored as ``train_args["data"]``, so ``YOLO(path).val()`` finds the data set.
+        half: store fp16 weights like ultralytics' final checkpoints (default: fp32, exactly what was trained).
+
+    Returns:
+        The written path.
+    """
+    ultralytics = require_ultralytics()
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    model = module_or_model if is_detection_model(module_or_model) else getattr(module_or_model, "model", None)
+    if not is_detection_model(model):
+        raise TypeError(f"save_yolo needs a YOLOModule or an ultralytics DetectionModel, got "
+                        f"{type(module_or_model).__name__}")
+    if imgsz is None:
+        hparams = getattr(module_or_model, "hparams", {})
+        imgsz = int(hparams.get("imgsz", 640)) if isinstance(hparams, Mapping) else 640
+    nc = int(model.model[-1].nc)
+    export = copy.deepcopy(model).cpu()
+    export.names = _names_dict(names if names is not None else getattr(model, "names", range(nc)), nc)
+    export.criterion = None
+    export.task = "detect"
+    for module in export.modules():  # hooks (profilers, summaries) may hold unpicklable closures
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                      "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+            getattr(module, hooks, {}).clear()
+    for p in export.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    export = export.half() if half else export.float()
+    export.eval()
+    train_args = {"task": "detect", "imgsz": int(imgsz), "data": str(data) if data is not None else None,
+                  "model": str(path), "box": DEFAULT_CFG_DICT["box"], "cls": DEFAULT_CFG_DICT["cls"],
+                  "dfl": DEFAULT_CFG_DICT["dfl"]}
+    old_args = getattr(model, "args", None)
+    for key in ("box", "cls", "dfl"):
+        value = old_args.get(key) if isinstance(old_args, Mapping) else getattr(old_args, key, None)
+        if value is not None:
+            train_args[key] = value
+    export.args = {**DEFAULT_CFG_DICT, **train_args}
+    from lightning_prune import __version__ as lp_version
+
+    checkpoint = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": ultralytics.__version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": export,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": train_args,
+        "train_metrics": {},
+        "lightning_prune": {"version": lp_version,
+                            "parameters": int(sum(p.numel() for p in export.parameters()))},
+    }
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path
+
+
