@@ -1,0 +1,39 @@
+"""The Lightning-free core of the iterative method: configuration, schedule and budgets, selection, the loop, and
+keeping optimizer state and averaged copies in step with the pruned model.
+
+:class:`IterativePruner` is to :class:`~lightning_prune.callbacks.IterativePruningCallback` what a torchmetrics
+functional is to its class: the same computation, callable from any training loop (plain PyTorch, ultralytics'
+trainer, Lightning).
+"""
+
+from lightning_prune.pruning.averaged import mirror_all, mirror_prune
+from lightning_prune.pruning.communication import Communicator, LocalCommunicator, TorchDistributedCommunicator
+from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
+from lightning_prune.pruning.latency_control import LatencyController
+from lightning_prune.pruning.optimizer_state import slice_optimizer_state
+from lightning_prune.pruning.pruner import IterativePruner, conv_widths
+from lightning_prune.pruning.result import StepResult, compose_plans
+from lightning_prune.pruning.schedule import parse_schedule, pending_epochs, step_budget
+
+__all__ = [
+    "Communicator",
+    "CriterionName",
+    "IterativePruner",
+    "LatencyBackend",
+    "LatencyController",
+    "LocalCommunicator",
+    "Mode",
+    "PruningConfig",
+    "StepResult",
+    "Strategy",
+    "TargetMetric",
+    "TorchDistributedCommunicator",
+    "compose_plans",
+    "conv_widths",
+    "mirror_all",
+    "mirror_prune",
+    "parse_schedule",
+    "pending_epochs",
+    "slice_optimizer_state",
+    "step_budget",
+]

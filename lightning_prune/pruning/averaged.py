@@ -1,0 +1,95 @@
+"""The same surgery on averaged copies of a model (EMA, SWA): what was removed from the model goes from each copy.
+
+A copy (Lightning's ``AveragedModel.module``, ultralytics' ``ModelEMA.ema``, ...) is a structural twin of the model
+or of one of its submodules. After ``graph.prune`` changed the model, :func:`mirror_prune` slices the copy's tensors
+with the very indices the model's tensors kept (:class:`~lightning_prune.surgery.ParamChange`) and copies over every
+integer module attribute the surgery changed (``out_channels``, ``num_features``, ultralytics ``C2f.c``, ...), so the
+copy keeps its own averaged values for the surviving channels. It checks everything before changing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from lightning_prune.graph import PruneResult
+
+__all__ = ["mirror_all", "mirror_prune"]
+
+
+def _relative(name: str, prefix: str) -> str | None:
+    if not prefix:
+        return name
+    if name == prefix:
+        return ""
+    return name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
+
+
+def _int_attributes(module: nn.Module) -> dict[str, int]:
+    return {key: value for key, value in vars(module).items()
+            if isinstance(value, int) and not isinstance(value, bool) and not key.startswith("_")}
+
+
+def mirror_prune(copy: nn.Module, result: PruneResult, source: nn.Module, prefix: str = "") -> int:
+    """Apply the surgery that produced ``result`` on ``source`` to ``copy``, the twin of ``source``'s submodule at
+    ``prefix`` (``""``: of ``source`` itself). Returns the number of tensors sliced.
+
+    Raises ``ValueError`` (and leaves ``copy`` unchanged) when ``copy`` is not shaped like ``source`` was.
+
+    Example:
+        >>> import copy as copying, torch
+        >>> from lightning_prune import DependencyGraph
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 2, 1))
+        >>> ema = copying.deepcopy(net)
+        >>> result = DependencyGraph(net, torch.randn(1, 3, 4, 4)).prune({"0": [0, 5]})
+        >>> mirror_prune(ema, result, source=net)
+        7
+        >>> ema[0].out_channels, ema[1].running_mean.shape, ema(torch.randn(1, 3, 4, 4)).shape
+        (6, torch.Size([6]), torch.Size([1, 2, 4, 4]))
+    """
+    todo: list[tuple[torch.Tensor, object]] = []
+    for change in result.changes:
+        name = _relative(change.module_name, prefix)
+        if name is None:
+            continue
+        try:
+            module = copy.get_submodule(name)
+        except AttributeError as err:
+            raise ValueError(f"the averaged copy has no module '{name}' to prune like the model") from err
+        tensor = getattr(module, change.name, None)
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"the averaged copy's '{name}' has no tensor '{change.name}' to prune like the model")
+        if tuple(tensor.shape) != change.old_shape:
+            raise ValueError(f"the averaged copy's '{name}.{change.name}' is shaped {tuple(tensor.shape)}, the model's "
+                             f"was {change.old_shape}: it is not a copy of this model")
+        todo.append((tensor, change))
+    root = source.get_submodule(prefix) if prefix else source
+    originals = dict(root.named_modules())
+    attributes = []
+    for name, module in copy.named_modules():
+        original = originals.get(name)
+        if original is None:
+            continue
+        theirs = _int_attributes(original)
+        for key, value in _int_attributes(module).items():
+            if key in theirs and theirs[key] != value:
+                attributes.append((module, key, theirs[key]))
+    seen: set[int] = set()
+    with torch.no_grad():
+        for tensor, change in todo:
+            if id(tensor) in seen:  # a tensor shared by two modules is sliced once
+                continue
+            seen.add(id(tensor))
+            tensor.data = change.slice(tensor.data)
+            tensor.grad = None
+    for module, key, value in attributes:
+        setattr(module, key, value)
+    return len(seen)
+
+
+def mirror_all(copies: Iterable[tuple[nn.Module, str]], result: PruneResult, source: nn.Module) -> None:
+    """:func:`mirror_prune` for every ``(copy, prefix)``."""
+    for copy, prefix in copies:
+        mirror_prune(copy, result, source, prefix)

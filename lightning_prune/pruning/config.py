@@ -1,0 +1,128 @@
+"""What one pruning run is asked to do: a validated, plain configuration shared by every front-end.
+
+The choices are ``Literal`` types, so LightningCLI/jsonargparse lists them in ``--help`` and rejects a typo before
+anything runs; :class:`PruningConfig` re-checks them for plain Python callers and names the bad value in one line.
+
+Example:
+    >>> config = PruningConfig(schedule=[1, 3], target=0.4, strategy="uniform")
+    >>> config.schedule, config.target_metric
+    ([1, 3], 'flops')
+    >>> PruningConfig(strategy="magic")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown strategy 'magic'; choose one of sensitivity, uniform, global
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from lightning_prune.importance import CRITERIA
+from lightning_prune.pruning.schedule import parse_schedule
+
+__all__ = ["CriterionName", "LatencyBackend", "Mode", "PruningConfig", "Strategy", "TargetMetric", "choices"]
+
+Strategy = Literal["sensitivity", "uniform", "global"]
+TargetMetric = Literal["flops", "params", "latency"]
+Mode = Literal["max", "min"]
+LatencyBackend = Literal["eager", "onnxruntime"]
+CriterionName = Literal["l2", "l2_largest", "l1", "l1_largest", "bn_scale", "bn_scale_l1", "random", "taylor"]
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+    """The values a ``Literal`` alias allows.
+
+    Example:
+        >>> choices(Mode)
+        ('max', 'min')
+    """
+    return tuple(get_args(kind))
+
+
+def _check_choice(name: str, value: Any, kind: Any) -> None:
+    allowed = choices(kind)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+
+
+@dataclass
+class PruningConfig:
+    """Everything the iterative loop needs to know besides the model and how to evaluate it.
+
+    Args:
+        schedule: epochs at whose start a pruning step runs (``[1, 3, 5]``), one epoch, or
+            ``{"start": 1, "stop": 9, "every": 2}`` (stop exclusive). Stored as a sorted list.
+        target: fraction of ``target_metric`` removed by the end of the schedule, ``0 < target < 1``.
+        target_metric: ``"flops"`` (at the example input), ``"params"``, or ``"latency"`` (measured).
+        strategy: ``"sensitivity"`` (the paper), ``"uniform"`` or ``"global"``.
+        criterion: a name of :data:`lightning_prune.importance.CRITERIA` or a callable ``(group, model) -> scores``.
+        mode: ``"max"`` if a higher evaluated metric is better, ``"min"`` otherwise.
+        sensitivity_rates: fractions of a group each probe masks.
+        exponent: ``k`` in the paper's ``Δcost × metric^k``.
+        params_layers, flops_layers: the paper's ``N`` and ``M``.
+        ignore: module names, prefixes or ``fnmatch`` patterns whose groups are never pruned.
+        round_to: keep each group's channel count a multiple of this (where the group is that large).
+        min_channels: never keep fewer channels in a group.
+        seed: seeds the ``random`` criterion.
+        latency_backend, latency_repeats, latency_corrections, latency_tolerance: for ``target_metric="latency"``.
+    """
+
+    schedule: Sequence[int] | dict[str, int] | int = (1,)
+    target: float = 0.5
+    target_metric: TargetMetric = "flops"
+    strategy: Strategy = "sensitivity"
+    criterion: CriterionName | Callable[..., Any] = "l1"
+    mode: Mode = "max"
+    sensitivity_rates: Sequence[float] = (0.25, 0.5, 0.75)
+    exponent: float = 20.0
+    params_layers: int = 6
+    flops_layers: int = 5
+    ignore: Sequence[str] = field(default_factory=tuple)
+    round_to: int = 1
+    min_channels: int = 1
+    seed: int = 0
+    latency_backend: LatencyBackend = "eager"
+    latency_repeats: int = 20
+    latency_corrections: int = 2
+    latency_tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.schedule = parse_schedule(self.schedule)
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) \
+                or not 0.0 < float(self.target) < 1.0:
+            raise ValueError(f"target must be a fraction strictly between 0 and 1, got {self.target!r}")
+        self.target = float(self.target)
+        _check_choice("target_metric", self.target_metric, TargetMetric)
+        _check_choice("strategy", self.strategy, Strategy)
+        _check_choice("mode", self.mode, Mode)
+        _check_choice("latency_backend", self.latency_backend, LatencyBackend)
+        if not callable(self.criterion) and self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)} or a "
+                             "callable")
+        rates = [float(r) for r in self.sensitivity_rates]
+        if not rates or any(not 0.0 < r < 1.0 for r in rates):
+            raise ValueError(f"sensitivity_rates must be fractions strictly between 0 and 1, got "
+                             f"{self.sensitivity_rates!r}")
+        self.sensitivity_rates = tuple(rates)
+        for name in ("round_to", "min_channels", "latency_repeats"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+            setattr(self, name, int(getattr(self, name)))
+        if int(self.latency_corrections) < 0:
+            raise ValueError(f"latency_corrections must be >= 0, got {self.latency_corrections!r}")
+        if not float(self.latency_tolerance) >= 0.0:
+            raise ValueError(f"latency_tolerance must be >= 0, got {self.latency_tolerance!r}")
+        self.exponent = float(self.exponent)
+        self.params_layers, self.flops_layers = int(self.params_layers), int(self.flops_layers)
+        self.ignore = tuple(self.ignore)
+        self.seed = int(self.seed)
+        self.latency_corrections = int(self.latency_corrections)
+        self.latency_tolerance = float(self.latency_tolerance)
+
+    @property
+    def cost_key(self) -> Literal["flops", "params"]:
+        """The cost selection budgets in: parameters for a parameter target, else FLOPs (latency is budgeted in
+        FLOPs through the observed latency-per-FLOP efficiency)."""
+        return "params" if self.target_metric == "params" else "flops"

@@ -1,0 +1,326 @@
+"""The paper's iterative loop without Lightning: one call of :meth:`IterativePruner.step` is one
+sensitivity → select → prune step; whatever trains the model between calls is the fine-tuning."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_prune.graph import DependencyGraph, Group
+from lightning_prune.importance import channel_scores
+from lightning_prune.profiling import count_flops, count_params
+from lightning_prune.pruning.averaged import mirror_all
+from lightning_prune.pruning.communication import Communicator, LocalCommunicator
+from lightning_prune.pruning.config import PruningConfig
+from lightning_prune.pruning.latency_control import LatencyController
+from lightning_prune.pruning.optimizer_state import slice_optimizer_state
+from lightning_prune.pruning.result import StepResult, compose_plans
+from lightning_prune.pruning.schedule import pending_epochs, step_budget
+from lightning_prune.pruning.strategies import candidate_groups, max_removable, score_channels, select_counts
+from lightning_prune.selection import plan_from_counts, score_probes
+from lightning_prune.sensitivity import Probe, analyze_sensitivity
+
+__all__ = ["IterativePruner", "conv_widths"]
+
+Copies = Iterable[tuple[nn.Module, str]]
+
+
+def conv_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution, in model order."""
+    return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+
+
+class IterativePruner:
+    r"""Iterative filter pruning (Pavlitska et al., 2024) for any training loop.
+
+    Args:
+        model: the model to prune in place (filters are physically removed).
+        example_input: what ``model`` is called with to trace it and count FLOPs.
+        config: a :class:`PruningConfig`; keyword arguments override its fields (or build one).
+        evaluate: returns the validation metric the sensitivity probes read (``config.mode`` says which way is
+            better); required by ``strategy="sensitivity"``, optional otherwise (then ``metric_before/after``).
+        measure_latency: returns the model's latency in ms; default: :func:`lightning_prune.profiling.
+            measure_latency` on ``config.latency_backend`` (latency targets only).
+        accumulate_gradients: fills ``.grad`` of the parameters (a few training batches), for ``criterion="taylor"``.
+        communicator: for several processes (:class:`~lightning_prune.pruning.communication.Communicator`);
+            rank 0 decides, everyone prunes the same.
+        surgery_guard: a context-manager factory entered around each surgery (e.g. to drop a DDP wrapper).
+        progress: wraps the sensitivity task list, e.g. ``tqdm``.
+
+    Example — the whole method in a plain loop:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_prune.pruning import IterativePruner
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        ...                     nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                     nn.Linear(16, 2))
+        >>> x, y = torch.randn(64, 3, 8, 8), torch.randint(0, 2, (64,))
+        >>> accuracy = lambda: float((net(x).argmax(1) == y).float().mean())
+        >>> pruner = IterativePruner(net, x[:1], schedule=[1, 2], target=0.5, evaluate=accuracy)
+        >>> optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        >>> def train_one_epoch():
+        ...     optimizer.zero_grad()
+        ...     nn.functional.cross_entropy(net(x), y).backward()
+        ...     optimizer.step()
+        >>> for epoch in range(4):
+        ...     if pruner.due(epoch):
+        ...         result = pruner.step(epoch, optimizers=[optimizer])
+        ...     train_one_epoch()
+        >>> len(pruner.history), round(result.flops_ratio, 1)
+        (2, 0.5)
+
+    Keep no autograd graph of an earlier forward alive across a step (a ``loss`` variable from the last
+    iteration): it remembers the old parameter shapes, and its next ``backward`` fails.
+    """
+
+    def __init__(self, model: nn.Module, example_input: Any, config: PruningConfig | None = None, *,
+                 evaluate: Callable[[], float] | None = None,
+                 measure_latency: Callable[[], float] | None = None,
+                 accumulate_gradients: Callable[[], None] | None = None,
+                 communicator: Communicator | None = None,
+                 surgery_guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 progress: Callable[[Sequence[Any]], Iterable[Any]] | None = None,
+                 **overrides: Any) -> None:
+        if config is None:
+            config = PruningConfig(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        self.model = model
+        self.example_input = example_input
+        self.evaluate = evaluate
+        self.accumulate_gradients = accumulate_gradients
+        self.communicator = communicator or LocalCommunicator()
+        self.surgery_guard = surgery_guard or contextlib.nullcontext
+        self.progress = progress
+        self._measure_latency = measure_latency
+        self.graph = DependencyGraph(model, example_input)
+        self.history: list[dict[str, Any]] = []
+        self.baseline: dict[str, float] = {"flops": float(count_flops(model, example_input)),
+                                           "params": float(count_params(model))}
+        self.latency_efficiency = 1.0
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: the history (one entry per applied plan), the baseline costs, the learned efficiency."""
+        return {"history": list(self.history), "baseline": dict(self.baseline),
+                "latency_efficiency": self.latency_efficiency}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned. The model must already have the recorded architecture
+        (replay the history with :func:`lightning_prune.checkpoint.replay_history` first)."""
+        self.history = list(state_dict.get("history", []))
+        self.baseline = {**self.baseline, **dict(state_dict.get("baseline", {}))}
+        self.latency_efficiency = float(state_dict.get("latency_efficiency", 1.0))
+
+    # -- schedule -------------------------------------------------------------------------------------------------
+    @property
+    def done_epochs(self) -> list[int]:
+        return sorted({entry["epoch"] for entry in self.history if entry.get("epoch") is not None})
+
+    @property
+    def steps_done(self) -> int:
+        return len({entry["step"] for entry in self.history})
+
+    def pending(self, epoch: int | None = None) -> list[int]:
+        """Scheduled epochs still to prune at (from ``epoch`` on, when given)."""
+        return pending_epochs(self.config.schedule, self.done_epochs, epoch)
+
+    def due(self, epoch: int) -> bool:
+        """Whether a step is scheduled at ``epoch`` and has not run."""
+        return epoch in self.pending()
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending()
+
+    # -- checks ---------------------------------------------------------------------------------------------------
+    def candidates(self) -> list[Group]:
+        return candidate_groups(self.graph, self.config.ignore)
+
+    def check(self) -> None:
+        """Fail now, with one line, on what would fail at the first step: no evaluation for the sensitivity
+        strategy, no gradients for ``taylor``, a target the prunable channels cannot reach, a custom criterion that
+        returns the wrong number of scores. Measures the latency baseline for a latency target."""
+        config = self.config
+        if self.finished:
+            return
+        if config.strategy == "sensitivity" and self.evaluate is None:
+            raise ValueError("strategy 'sensitivity' needs `evaluate`: the validation metric its probes read")
+        if config.criterion == "taylor" and self.accumulate_gradients is None:
+            raise ValueError("criterion 'taylor' needs `accumulate_gradients`: something that fills the gradients")
+        groups = self.candidates()
+        if not groups:
+            raise ValueError("no prunable group is left to reach the target (all pinned or ignored); "
+                             "see the graph summary for reasons")
+        removable = max_removable(self.graph, groups, config.round_to, config.min_channels)
+        key = config.cost_key
+        baseline = self.baseline[key]
+        reachable = (baseline - self._cost(key) + removable[1 if key == "params" else 0]) / baseline
+        if reachable < config.target:
+            raise ValueError(f"target {config.target:.0%} of {config.target_metric} is unreachable: pruning every "
+                             f"prunable group to its minimum removes at most {reachable:.0%}")
+        if callable(config.criterion):
+            for group in groups:
+                channel_scores(group, self.model, config.criterion)
+        if config.target_metric == "latency" and "latency" not in self.baseline:
+            self.baseline["latency"] = self._latency()
+
+    # -- the step -------------------------------------------------------------------------------------------------
+    def step(self, epoch: int | None = None, *, optimizers: Iterable[torch.optim.Optimizer] = (),
+             copies: Copies = ()) -> StepResult:
+        """Run one pruning step: spread the remaining budget, select with the strategy, prune the model, slice
+        ``optimizers``' state and prune every averaged ``(copy, prefix)`` alike. ``epoch`` defaults to the next
+        scheduled one."""
+        config, comm = self.config, self.communicator
+        optimizers, copies = list(optimizers), list(copies)
+        if config.target_metric == "latency" and "latency" not in self.baseline:
+            self.baseline["latency"] = self._latency()
+        pending = self.pending(epoch)
+        if epoch is None and pending:
+            epoch = pending[0]
+        remaining = max(len(pending), 1)
+        step = self.steps_done + 1
+        flops_before, params_before = count_flops(self.model, self.example_input), count_params(self.model)
+        local_before = self._evaluate()
+        metric_before = comm.broadcast(local_before)
+
+        latency_before = controller = None
+        if config.target_metric == "latency":
+            controller = LatencyController(self.baseline["latency"], config.target, config.latency_tolerance,
+                                           self.latency_efficiency)
+            latency_before = self._latency()
+            goal = controller.step_goal(latency_before, remaining)
+            budget = controller.flops_budget(flops_before, latency_before, goal)
+        else:
+            cost_before = flops_before if config.cost_key == "flops" else params_before
+            budget = step_budget(cost_before, self.baseline[config.cost_key], config.target, remaining)
+
+        widths_before = conv_widths(self.model)
+        sizes = {group.name: group.size for group in self.graph.groups}
+        plan, probes, picks = self._select(budget, config.strategy, step, local_before, metric_before)
+        self._apply(plan, optimizers, copies)
+        plans = [plan]
+        latency_after = None
+        if controller is not None:
+            latency_after = self._correct_latency(controller, goal, flops_before, latency_before, step,
+                                                  final=remaining == 1, plans=plans, optimizers=optimizers,
+                                                  copies=copies)
+            self.latency_efficiency = controller.efficiency
+
+        result = StepResult(
+            step=step, epoch=epoch, plan=compose_plans(plans, sizes), plans=plans,
+            flops_before=int(flops_before), flops_after=int(count_flops(self.model, self.example_input)),
+            params_before=int(params_before), params_after=int(count_params(self.model)),
+            baseline=dict(self.baseline), metric_before=metric_before, metric_after=comm.broadcast(self._evaluate()),
+            latency_before=latency_before, latency_after=latency_after, probes=probes, picks=picks,
+            widths_before=widths_before, widths_after=conv_widths(self.model),
+        )
+        self.history.extend(result.history_entries())
+        return result
+
+    def _cost(self, key: str) -> float:
+        if key == "params":
+            return float(count_params(self.model))
+        return float(count_flops(self.model, self.example_input))
+
+    def _evaluate(self) -> float | None:
+        if self.evaluate is None:
+            return None
+        with torch.no_grad():
+            return float(self.evaluate())
+
+    def _latency(self) -> float:
+        """Measured on rank 0, the same number everywhere."""
+        comm = self.communicator
+        value = None
+        if comm.rank == 0:
+            if self._measure_latency is not None:
+                value = float(self._measure_latency())
+            else:
+                from lightning_prune.profiling import measure_latency
+
+                value = measure_latency(self.model, self.example_input, self.config.latency_backend,
+                                        repeats=self.config.latency_repeats).median_ms
+        return float(comm.broadcast(value))
+
+    def _select(self, budget: float, strategy: str, step: int, local_before: float | None,
+                metric_before: float | None) -> tuple[dict[str, list[int]], list[Probe], list[str]]:
+        config = self.config
+        groups = self.candidates()
+        generator = np.random.default_rng(config.seed + step)
+        if config.criterion == "taylor":
+            self.model.zero_grad(set_to_none=True)
+            self.accumulate_gradients()
+        try:
+            scores, ranking = score_channels(groups, self.model, config.criterion, generator)
+        finally:
+            if config.criterion == "taylor":
+                self.model.zero_grad(set_to_none=True)
+        probes: list[Probe] = []
+
+        def scored() -> list:
+            if metric_before is None:
+                raise ValueError("strategy 'sensitivity' needs `evaluate`: the validation metric its probes read")
+            scale = metric_before / local_before if local_before else 1.0
+            probes.extend(self._probe(groups, ranking, scale))
+            return score_probes(probes, metric_before, config.mode, config.exponent)
+
+        counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, config.cost_key,
+                                     config.round_to, config.min_channels, scored, config.params_layers,
+                                     config.flops_layers)
+        plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
+        return plan, probes, [item.probe.group for item in used]
+
+    def _probe(self, groups: list[Group], ranking: dict[str, np.ndarray], scale: float) -> list[Probe]:
+        """This rank's share of (group, rate) probes, gathered from every rank. Each rank evaluates its own data
+        shard, so its metrics are rescaled by rank 0's unpruned metric over its own (``scale``)."""
+        config, comm = self.config, self.communicator
+        mine = analyze_sensitivity(self.graph, self.evaluate, groups, ranking, config.sensitivity_rates,
+                                   config.round_to, config.min_channels, shard=(comm.rank, comm.world_size),
+                                   progress=self.progress)
+        if comm.world_size <= 1:
+            return mine
+        gathered = comm.all_gather([{**p.to_dict(), "metric": p.metric * scale} for p in mine])
+        probes = [Probe(**item) for part in gathered for item in part]
+        order = {(g.name, r): i for i, g in enumerate(groups) for r in config.sensitivity_rates}
+        return sorted(probes, key=lambda p: order.get((p.group, p.rate), 0))
+
+    def _apply(self, plan: dict[str, list[int]], optimizers: list[torch.optim.Optimizer], copies: list) -> None:
+        if not plan:
+            return
+        with self.surgery_guard():
+            result = self.graph.prune(plan)
+        slice_optimizer_state(optimizers, result.changes)
+        mirror_all(copies, result, self.model)
+
+    def _correct_latency(self, controller: LatencyController, goal: float, flops_before: float,
+                         latency_before: float, step: int, final: bool, plans: list, optimizers: list,
+                         copies: list) -> float:
+        """Measure after the prune, learn the efficiency, and on the final step prune more (a cheap importance-
+        based re-selection) until the measured latency meets the goal. Every decision reads broadcast numbers."""
+        flops_now, latency_now = self._cost("flops"), self._latency()
+        controller.observe(flops_before, latency_before, flops_now, latency_now)
+        for _ in range(self.config.latency_corrections if final else 0):
+            if not controller.needs_correction(latency_now, goal):
+                break
+            strategy = "global" if self.config.strategy == "sensitivity" else self.config.strategy
+            budget = controller.flops_budget(flops_now, latency_now, goal, cap=0.25)
+            plan, _, _ = self._select(budget, strategy, step, None, None)
+            if not plan:
+                break
+            self._apply(plan, optimizers, copies)
+            plans.append(plan)
+            flops_before, latency_before = flops_now, latency_now
+            flops_now, latency_now = self._cost("flops"), self._latency()
+            controller.observe(flops_before, latency_before, flops_now, latency_now)
+        return latency_now
