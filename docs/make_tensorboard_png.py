@@ -46,7 +46,7 @@ def main(log_dir: str, out: str) -> None:
 
     steps, values = scalars(events, "val/mAP50-95")
     metric.plot(steps, values, marker=".", label="val/mAP50-95")
-    for tag, style in (("pruning/metric_before", "^"), ("pruning/metric_after", "v")):
+    for tag, style in (("pruning/probe_metric_before", "^"), ("pruning/probe_metric_after", "v")):
         s, v = scalars(events, tag)
         metric.plot(s, v, style, markersize=9, label=tag)
     metric.set_title("validation mAP and the monitored metric around each prune")

@@ -5,15 +5,18 @@ A Lightning checkpoint written while :class:`~lightning_prune.callbacks.Iterativ
 the example input's shape. Replaying the plans on the unpruned architecture rebuilds the pruned one exactly, after
 which the state dict fits.
 
-Loading for inference in a fresh process::
+``MyModule.load_from_checkpoint(path)`` works when the module mixes in :class:`PrunedCheckpointMixin` (Lightning
+calls its ``on_load_checkpoint`` before loading the weights); any module can also use :func:`load_pruned`::
 
-    model = MyLightningModule(...)                       # the unpruned architecture, as built for training
-    load_pruned(model, "epoch=9.ckpt")                   # prunes it like the checkpoint, then loads the weights
+    class MyModule(PrunedCheckpointMixin, LightningModule): ...
+    model = MyModule.load_from_checkpoint("epoch=9.ckpt", weights_only=True)
+
+    model = load_pruned(MyModule(...), "epoch=9.ckpt")   # prunes it like the checkpoint, then loads the weights
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Any
 
@@ -21,8 +24,10 @@ import torch
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph
+from lightning_prune.pruning import declared_copies, mirror_all
 
-__all__ = ["CHECKPOINT_KEY", "load_pruned", "replay_history", "example_input_for"]
+__all__ = ["CHECKPOINT_KEY", "PrunedCheckpointMixin", "example_input_for", "load_pruned", "replay_history",
+           "restore_pruned"]
 
 CHECKPOINT_KEY = "lightning_prune"
 
@@ -42,13 +47,40 @@ def example_input_for(model: nn.Module, example_input: Any = None, shape: Sequen
     return example_input
 
 
-def replay_history(model: nn.Module, history: Sequence[Mapping[str, Any]], example_input: Any) -> None:
-    """Apply the recorded plans to ``model`` in order (each entry has a ``"plan"``)."""
+def replay_history(model: nn.Module, history: Sequence[Mapping[str, Any]], example_input: Any,
+                   copies: Iterable[tuple[nn.Module, str]] = ()) -> None:
+    """Apply the recorded plans to ``model`` in order (each entry has a ``"plan"``), and the same surgery to every
+    averaged ``(copy, prefix)``."""
     if not history:
         return
+    copies = list(copies)
     graph = DependencyGraph(model, example_input)
     for entry in history:
-        graph.prune(entry["plan"])
+        result = graph.prune(entry["plan"])
+        mirror_all(copies, result, model)
+
+
+def _fits(model: nn.Module, state_dict: Mapping[str, Any]) -> bool:
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return all(tuple(own[name].shape) == tuple(value.shape) for name, value in state_dict.items()
+               if name in own and isinstance(value, torch.Tensor))
+
+
+def restore_pruned(model: nn.Module, checkpoint: Mapping[str, Any], example_input: Any = None,
+                   copies: Iterable[tuple[nn.Module, str]] | None = None) -> bool:
+    """Give ``model`` the architecture recorded in ``checkpoint`` (weights are not loaded). Does nothing when the
+    checkpoint has no pruning history or ``model`` already fits its state dict; True when it pruned.
+
+    ``copies`` default to what the model declares with ``averaged_copies()``.
+    """
+    record = checkpoint.get(CHECKPOINT_KEY) or {}
+    history = record.get("history", [])
+    state = checkpoint.get("state_dict", checkpoint)
+    if not history or _fits(model, state):
+        return False
+    example = example_input_for(model, example_input, record.get("example_input_shape"))
+    replay_history(model, history, example, declared_copies(model) if copies is None else copies)
+    return True
 
 
 def load_pruned(model: nn.Module, checkpoint: str | PathLike | Mapping[str, Any], example_input: Any = None,
@@ -60,9 +92,36 @@ def load_pruned(model: nn.Module, checkpoint: str | PathLike | Mapping[str, Any]
     """
     if not isinstance(checkpoint, Mapping):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    record = checkpoint.get(CHECKPOINT_KEY) or {}
-    history = record.get("history", [])
-    if history:
-        replay_history(model, history, example_input_for(model, example_input, record.get("example_input_shape")))
+    restore_pruned(model, checkpoint, example_input)
     model.load_state_dict(checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint, strict=strict)
     return model
+
+
+class PrunedCheckpointMixin:
+    """Mix into a ``LightningModule`` (before it in the bases) so that ``load_from_checkpoint`` — and
+    ``Trainer.fit(ckpt_path=...)`` — rebuild a pruned architecture before the weights load.
+
+    Example:
+        >>> import lightning.pytorch as pl, torch
+        >>> class Net(PrunedCheckpointMixin, pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1))
+        ...         self.example_input_array = torch.zeros(1, 3, 4, 4)
+        ...     def forward(self, x):
+        ...         return self.body(x)
+        >>> pruned = Net()
+        >>> _ = DependencyGraph(pruned, pruned.example_input_array).prune({"body.0": [0, 1, 2]})
+        >>> checkpoint = {"state_dict": pruned.state_dict(),
+        ...               CHECKPOINT_KEY: {"history": [{"plan": {"body.0": [0, 1, 2]}}]}}
+        >>> fresh = Net()
+        >>> fresh.on_load_checkpoint(checkpoint)
+        >>> fresh.body[0].out_channels
+        5
+    """
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_pruned(self, checkpoint)
+        parent = getattr(super(), "on_load_checkpoint", None)
+        if callable(parent):
+            parent(checkpoint)

@@ -401,7 +401,7 @@ def test_module_can_be_pickled_during_fit() -> None:
     (dict(criterion="l3"), "unknown criterion 'l3'"),
     (dict(strategy="random"), "unknown strategy 'random'"),
     (dict(target_metric="macs"), "unknown target_metric 'macs'"),
-    (dict(mode="best"), "mode must be 'max' or 'min'"),
+    (dict(mode="best"), "unknown mode 'best'; choose one of max, min"),
     (dict(strategy="sensitivity", monitor=None), "needs `monitor`"),
     (dict(sensitivity_rates=[0.5, 1.0]), "sensitivity_rates"),
     (dict(sensitivity_rates=[]), "sensitivity_rates"),
@@ -457,8 +457,8 @@ def test_bad_input_fails_at_fit_start(kwargs: dict[str, Any], module: dict[str, 
 
 
 # -- 5. loggers -------------------------------------------------------------------------------------------------------
-SCALARS = ("pruning/flops", "pruning/params", "pruning/flops_ratio", "pruning/step", "pruning/metric_before",
-           "pruning/metric_after")
+SCALARS = ("pruning/flops", "pruning/params", "pruning/flops_ratio", "pruning/step", "pruning/probe_metric_before",
+           "pruning/probe_metric_after")
 
 
 def test_tensorboard_gets_scalars_figures_and_plan(tmp_path: Any) -> None:
@@ -481,8 +481,8 @@ def test_tensorboard_gets_scalars_figures_and_plan(tmp_path: Any) -> None:
     assert values["pruning/flops"] == [pytest.approx(entry["flops"], rel=1e-6)]
     assert values["pruning/params"] == [pytest.approx(entry["params"], rel=1e-6)]
     assert values["pruning/flops_ratio"] == [pytest.approx(entry["flops"] / flops0, rel=1e-6)]
-    assert values["pruning/metric_before"] == [pytest.approx(entry["metric_before"], rel=1e-6)]
-    assert values["pruning/metric_after"] == [pytest.approx(entry["metric_after"], rel=1e-6)]
+    assert values["pruning/probe_metric_before"] == [pytest.approx(entry["metric_before"], rel=1e-6)]
+    assert values["pruning/probe_metric_after"] == [pytest.approx(entry["metric_after"], rel=1e-6)]
 
     assert {"pruning/sensitivity", "pruning/widths"} <= set(tags["images"])
     for tag in ("pruning/sensitivity", "pruning/widths"):
@@ -511,7 +511,7 @@ def test_csv_logger_gets_scalars(tmp_path: Any) -> None:
     assert float(row["pruning/step"]) == 1
     assert float(row["pruning/flops"]) == entry["flops"]
     assert float(row["pruning/params"]) == entry["params"]
-    assert float(row["pruning/metric_after"]) == pytest.approx(entry["metric_after"])
+    assert float(row["pruning/probe_metric_after"]) == pytest.approx(entry["metric_after"])
 
 
 # -- 6. criteria and group options ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ValidationProbe", "captured_logs"]
+__all__ = ["ValidationProbe", "accumulate_training_gradients", "captured_logs"]
 
 
 def _as_float(value: Any) -> float | None:
@@ -165,3 +165,22 @@ def _val_dataloader(trainer: Any, module: Any) -> Any:
     elif isinstance(loaders, dict):
         loaders = next(iter(loaders.values()), None)
     return loaders
+
+
+def accumulate_training_gradients(trainer: Any, module: Any, num_batches: int) -> None:
+    """Gradients for the ``taylor`` criterion: a few training batches, forward + backward, no optimizer step, in
+    eval mode (BatchNorm running statistics must not move)."""
+    loader = trainer.train_dataloader
+    if loader is None:
+        raise ValueError("criterion 'taylor' needs the train dataloader to compute gradients")
+    training = module.training
+    module.eval()
+    try:
+        with captured_logs(module):
+            for index, batch in enumerate(itertools.islice(iter(loader), num_batches)):
+                batch = trainer.strategy.batch_to_device(batch, module.device)
+                output = module.training_step(batch, index)
+                loss = output["loss"] if isinstance(output, dict) else output
+                loss.backward()
+    finally:
+        module.train(training)

@@ -27,11 +27,14 @@ class PruningStep:
     Attributes:
         step: 1-based index of the step in the schedule.
         epoch: the epoch at whose start it ran.
-        plan: channels removed per group name.
+        plan: every channel removed in this step, per group name, in the group's indices before the step
+            (latency corrections included).
         flops_before, flops_after, params_before, params_after: model cost around the prune.
         baseline_flops, baseline_params: cost of the unpruned model at fit start.
         metric_before, metric_after: the monitored metric around the prune (None when not measured).
         example_input: the input the pruning callback traces the model with (a tensor or a tuple).
+        plans: the plans in the order they were applied (the strategy's, then any latency corrections).
+        latency_before, latency_after: measured latency in ms (latency targets only).
     """
 
     step: int
@@ -46,6 +49,19 @@ class PruningStep:
     metric_before: float | None = None
     metric_after: float | None = None
     example_input: Any = field(default=None, repr=False)
+    plans: list[dict[str, list[int]]] = field(default_factory=list, repr=False)
+    latency_before: float | None = None
+    latency_after: float | None = None
+
+    @classmethod
+    def from_result(cls, result: Any, example_input: Any = None) -> PruningStep:
+        """The event for a :class:`~lightning_prune.pruning.StepResult`."""
+        return cls(step=result.step, epoch=result.epoch, plan=result.plan, flops_before=result.flops_before,
+                   flops_after=result.flops_after, params_before=result.params_before,
+                   params_after=result.params_after, baseline_flops=int(result.baseline["flops"]),
+                   baseline_params=int(result.baseline["params"]), metric_before=result.metric_before,
+                   metric_after=result.metric_after, example_input=example_input, plans=list(result.plans),
+                   latency_before=result.latency_before, latency_after=result.latency_after)
 
 
 @runtime_checkable

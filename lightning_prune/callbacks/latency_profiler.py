@@ -1,8 +1,12 @@
-"""Measured latency of the model while it is being pruned: a Lightning callback."""
+"""Measured latency of the model while it is being pruned: a Lightning callback.
+
+A thin shell: :class:`~lightning_prune.profiling.LatencyTracker` measures and keeps the history; this callback maps
+Lightning's hooks onto it (fit start, pruning steps, epoch ends), measures on rank 0 only, logs to the trainer's
+loggers and puts the history into checkpoints.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,23 +14,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.callbacks.events import PruningStep
-from lightning_prune.profiling.flops import count_flops, count_params
-from lightning_prune.profiling.latency import (
-    BACKENDS,
-    LatencyResult,
-    LayerTime,
-    _batched,
-    _device,
-    _map_tensors,
-    measure_latency,
-    require_onnx,
-)
+from lightning_prune.profiling import LatencyTracker, LayerTime, batched_input
 
 __all__ = ["LatencyProfiler"]
-
-log = logging.getLogger(__name__)
-
-_REASON_LABELS = {"fit_start": "start", "pruning_step": "p", "epoch_end": "e"}
 
 
 class LatencyProfiler(pl.Callback):
@@ -104,59 +94,50 @@ class LatencyProfiler(pl.Callback):
         top_layers: int = 10,
         device: str | None = None,
     ) -> None:
-        if isinstance(backends, str):
-            backends = [backends]
-        backends = ["eager"] if backends is None else [str(b) for b in backends]
-        unknown = [b for b in backends if b not in BACKENDS]
-        if unknown or not backends:
-            raise ValueError(f"LatencyProfiler backends must be some of {', '.join(BACKENDS)}, got {backends}")
-        if "onnxruntime" in backends:
-            require_onnx()
-        for name, value, low in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1),
-                                 ("every_n_epochs", every_n_epochs, 0), ("top_layers", top_layers, 0)):
+        self.tracker = LatencyTracker(backends, warmup=warmup, repeats=repeats, num_threads=num_threads,
+                                      per_layer=per_layer, top_layers=top_layers, device=device,
+                                      owner=type(self).__name__, warn=rank_zero_warn)
+        for name, value, low in (("batch_size", batch_size, 1), ("every_n_epochs", every_n_epochs, 0)):
             if int(value) != value or value < low:
                 raise ValueError(f"LatencyProfiler {name} must be an integer >= {low}, got {value!r}")
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"LatencyProfiler num_threads must be >= 1, got {num_threads}")
         if input_shape is not None and (not input_shape or any(int(s) < 1 for s in input_shape)):
             raise ValueError(f"LatencyProfiler input_shape must be a list of positive sizes, got {input_shape}")
-        self.backends = list(dict.fromkeys(backends))
+        self.backends = self.tracker.backends
         self.batch_size = int(batch_size)
         self.input_shape = [int(s) for s in input_shape] if input_shape is not None else None
-        self.warmup = int(warmup)
-        self.repeats = int(repeats)
-        self.num_threads = num_threads
         self.every_n_epochs = int(every_n_epochs)
-        self.per_layer = bool(per_layer)
-        self.top_layers = int(top_layers)
-        self.device = device
-        #: every measurement, oldest first: dicts with ``epoch``, ``step`` (global step), ``reason`` (``fit_start``,
-        #: ``pruning_step``, ``epoch_end``), ``pruning_step`` (its index or None), ``backend``, ``ms``, ``iqr_ms``,
-        #: ``speedup``, ``flops``, ``params``.
-        self.history: list[dict[str, Any]] = []
-        #: the first measurement per backend: ``{"ms", "flops", "params"}``.
-        self.baseline: dict[str, dict[str, float]] = {}
-        #: the latest per-layer breakdown per backend.
-        self.last_layers: dict[str, list[LayerTime]] = {}
-        self._skipped: set[str] = set()
         self._example: Any = None
+
+    # -- the tracker's state, under the names this callback always had --------------------------------------------
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every measurement, oldest first (see :attr:`LatencyTracker.history`)."""
+        return self.tracker.history
+
+    @property
+    def baseline(self) -> dict[str, dict[str, float]]:
+        """The first measurement per backend: ``{"ms", "flops", "params"}``."""
+        return self.tracker.baseline
+
+    @property
+    def last_layers(self) -> dict[str, list[LayerTime]]:
+        """The latest per-layer breakdown per backend."""
+        return self.tracker.last_layers
+
+    @property
+    def active_backends(self) -> list[str]:
+        """The backends still measured (a backend whose export or run failed is dropped)."""
+        return self.tracker.active_backends
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(backends=self.backends, batch_size=self.batch_size,
                                         input_shape=self.input_shape)
 
-    @property
-    def active_backends(self) -> list[str]:
-        """The backends still measured (a backend whose export or run failed is dropped)."""
-        return [b for b in self.backends if b not in self._skipped]
-
-    # -- input ----------------------------------------------------------------------------------------------------
     def _resolve_input(self, pl_module: pl.LightningModule, fallback: Any = None) -> Any:
         if self._example is None:
             if self.input_shape is not None:
-                generator = torch.Generator().manual_seed(0)
-                self._example = torch.randn(*self.input_shape, generator=generator)
+                self._example = torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
             elif getattr(pl_module, "example_input_array", None) is not None:
                 self._example = pl_module.example_input_array
             elif fallback is not None:
@@ -166,7 +147,7 @@ class LatencyProfiler(pl.Callback):
                     "LatencyProfiler needs an example input: set `self.example_input_array` in the LightningModule "
                     "or pass input_shape=[1, 3, H, W]"
                 )
-        return _batched(self._example, self.batch_size)
+        return batched_input(self._example, self.batch_size)
 
     # -- hooks ----------------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -181,85 +162,28 @@ class LatencyProfiler(pl.Callback):
             self.measure(trainer, pl_module, reason="epoch_end")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"baseline": dict(self.baseline), "history": list(self.history)}
+        return self.tracker.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.baseline = dict(state_dict.get("baseline", {}))
-        # measurements taken before the state arrived (strategies that restore after setup) stay, after the old ones
-        self.history = list(state_dict.get("history", [])) + [row for row in self.history
-                                                               if row not in state_dict.get("history", [])]
+        self.tracker.load_state_dict(state_dict)
 
-    # -- measuring --------------------------------------------------------------------------------------------------
+    # -- measuring and logging ------------------------------------------------------------------------------------
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str = "manual",
                 pruning_step: PruningStep | None = None) -> dict[str, float]:
         """Measure now (rank 0 only), log, and return the logged metrics (empty on other ranks)."""
         if not trainer.is_global_zero:
             return {}
         fallback = pruning_step.example_input if pruning_step is not None else None
-        example = self._resolve_input(pl_module, fallback)
-        original = _device(pl_module)
-        target = torch.device(self.device) if self.device is not None else original
-        moved = target != original
-        if moved:
-            pl_module.to(target)
-        try:
-            example = _map_tensors(example, lambda t: t.to(target))
-            flops = count_flops(pl_module, example)
-            params = count_params(pl_module)
-            results: dict[str, LatencyResult] = {}
-            for backend in self.active_backends:
-                result = self._measure_backend(pl_module, example, backend)
-                if result is not None:
-                    results[backend] = result
-        finally:
-            if moved:
-                pl_module.to(original)
-        metrics: dict[str, float] = {}
-        for backend, result in results.items():
-            base = self.baseline.setdefault(backend, {"ms": result.median_ms, "flops": flops, "params": params})
-            speedup = base["ms"] / result.median_ms if result.median_ms > 0 else float("nan")
-            metrics[f"latency/{backend}_ms"] = result.median_ms
-            metrics[f"latency/{backend}_speedup"] = speedup
-            if result.layers is not None:
-                self.last_layers[backend] = result.layers
-            self.history.append({
-                "epoch": trainer.current_epoch,
-                "step": trainer.global_step,
-                "reason": reason,
-                "pruning_step": pruning_step.step if pruning_step is not None else None,
-                "backend": backend,
-                "ms": result.median_ms,
-                "iqr_ms": result.iqr_ms,
-                "speedup": speedup,
-                "flops": flops,
-                "params": params,
-            })
-        metrics["latency/flops"] = float(flops)
-        metrics["latency/params"] = float(params)
-        self._log(trainer, metrics)
-        return metrics
-
-    def _measure_backend(self, pl_module: pl.LightningModule, example: Any, backend: str) -> LatencyResult | None:
-        try:
-            return measure_latency(pl_module, example, backend, warmup=self.warmup, repeats=self.repeats,
-                                   num_threads=self.num_threads, per_layer=self.per_layer)
-        except Exception as err:
-            if backend == "eager":
-                raise
-            self._skipped.add(backend)
-            cause = (str(err).strip().splitlines() or [""])[0][:300]
-            rank_zero_warn(f"LatencyProfiler: the {backend} backend failed ({type(err).__name__}: {cause}); "
-                           f"it is skipped from now on, training goes on")
-            return None
-
-    # -- logging --------------------------------------------------------------------------------------------------
-    def _log(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        metrics = self.tracker.measure(pl_module, self._resolve_input(pl_module, fallback), reason=reason,
+                                       epoch=trainer.current_epoch, step=trainer.global_step,
+                                       pruning_step=pruning_step.step if pruning_step is not None else None)
         from lightning.pytorch.loggers import TensorBoardLogger
 
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             if isinstance(logger, TensorBoardLogger):
                 self._log_tensorboard(logger.experiment, trainer.global_step)
+        return metrics
 
     def _log_tensorboard(self, writer: Any, step: int) -> None:
         table = self.slowest_layers_markdown()
@@ -271,44 +195,8 @@ class LatencyProfiler(pl.Callback):
 
     def slowest_layers_markdown(self) -> str:
         """The latest per-layer breakdown as a Markdown table per backend (empty without ``per_layer``)."""
-        parts = []
-        for backend, layers in self.last_layers.items():
-            if not layers or not self.top_layers:
-                continue
-            rows = [f"**{backend}**: conv layers take {sum(layer.share for layer in layers):.0%} of the forward", "",
-                    "| layer | op | ms | share |", "|---|---|---:|---:|"]
-            rows += [f"| `{layer.name}` | {layer.op_type} | {layer.ms:.3f} | {layer.share:.1%} |"
-                     for layer in layers[: self.top_layers]]
-            parts.append("\n".join(rows))
-        return "\n\n".join(parts)
+        return self.tracker.slowest_layers_markdown()
 
     def figure(self) -> Any:
         """Latency against FLOPs over :attr:`history`, one line per backend (``None`` without matplotlib)."""
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            log.debug("matplotlib is not installed: no latency figure")
-            return None
-        figure = Figure(figsize=(6, 4), layout="tight")
-        axes = figure.subplots()
-        for backend in self.backends:
-            rows = [row for row in self.history if row["backend"] == backend]
-            if not rows:
-                continue
-            xs = [row["flops"] / 1e9 for row in rows]
-            ys = [row["ms"] for row in rows]
-            axes.plot(xs, ys, marker="o", label=backend)
-            for x, y, row in zip(xs, ys, rows):
-                label = _REASON_LABELS.get(row["reason"], row["reason"])
-                if row["reason"] == "pruning_step":
-                    label += str(row["pruning_step"])
-                elif row["reason"] == "epoch_end":
-                    label += str(row["epoch"])
-                axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axes.set_xlabel("GFLOPs per forward")
-        axes.set_ylabel("latency (ms, median)")
-        axes.set_title("latency vs FLOPs")
-        axes.grid(True, alpha=0.3)
-        if axes.lines:
-            axes.legend()
-        return figure
+        return self.tracker.figure()

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 
-__all__ = ["log_scalars", "log_step_figures", "log_text"]
+__all__ = ["log_figure", "log_scalars", "log_step_figures", "log_text", "report_step", "step_scalars"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,43 @@ def _pyplot() -> Any:
     return plt
 
 
-def log_step_figures(trainer: Trainer, entry: dict[str, Any], graph: Any, probes: list[Any], picks: list[Any],
-                     widths_before: dict[str, int], widths_after: dict[str, int], monitor: str | None) -> None:
-    """Plan table (text), sensitivity curves and per-layer widths (figures) of one pruning step."""
+def step_scalars(result: Any) -> dict[str, float]:
+    """The scalars one pruning step logs. ``pruning/probe_metric_*`` is the monitored metric on the probe batches
+    (``sensitivity_batches`` validation batches), not on the full validation set."""
+    scalars = {
+        "pruning/step": float(result.step),
+        "pruning/flops": float(result.flops_after),
+        "pruning/params": float(result.params_after),
+        "pruning/flops_ratio": result.flops_ratio,
+        "pruning/params_ratio": result.params_ratio,
+    }
+    if result.latency_after is not None:
+        scalars["pruning/latency_ms"] = float(result.latency_after)
+        scalars["pruning/latency_ratio"] = result.latency_after / result.baseline["latency"]
+    if result.metric_before is not None:
+        scalars["pruning/probe_metric_before"] = float(result.metric_before)
+    if result.metric_after is not None:
+        scalars["pruning/probe_metric_after"] = float(result.metric_after)
+    return scalars
+
+
+def report_step(trainer: Trainer, result: Any, graph: Any, monitor: str | None) -> None:
+    """Scalars to every logger; plan table and figures to TensorBoard."""
+    log_scalars(trainer, step_scalars(result))
+    log_step_figures(trainer, result, graph, monitor)
+
+
+def log_step_figures(trainer: Trainer, result: Any, graph: Any, monitor: str | None) -> None:
+    """Plan table (text), sensitivity curves and per-layer widths (figures) of one pruning step
+    (a :class:`~lightning_prune.pruning.StepResult`)."""
     writers = _tensorboard_writers(trainer)
     if not writers:
         return
-    step = entry["step"]
+    step = result.step
     sizes = {group.name: group.size for group in graph.groups}
-    picked = {item.probe.group for item in picks}
+    picked = set(result.picks)
     rows = ["| group | removed | kept | paper pick |", "|---|---:|---:|:---:|"]
-    for name, channels in entry["plan"].items():
+    for name, channels in result.plan.items():
         kept = sizes.get(name, 0)
         rows.append(f"| `{name}` | {len(channels)} | {kept} | {'✓' if name in picked else ''} |")
     log_text(trainer, f"pruning/plan_step_{step}", "\n".join(rows))
@@ -67,10 +93,10 @@ def log_step_figures(trainer: Trainer, entry: dict[str, Any], graph: Any, probes
     plt = _pyplot()
     if plt is None:
         return
-    if probes:
+    if result.probes:
         figure, axis = plt.subplots(figsize=(8, 5))
         curves: dict[str, list[tuple[float, float]]] = {}
-        for probe in probes:
+        for probe in result.probes:
             curves.setdefault(probe.group, []).append((probe.rate, probe.metric))
         for name, points in curves.items():
             points.sort()
@@ -84,6 +110,7 @@ def log_step_figures(trainer: Trainer, entry: dict[str, Any], graph: Any, probes
         figure.tight_layout()
         log_figure(trainer, "pruning/sensitivity", figure)
         plt.close(figure)
+    widths_before, widths_after = result.widths_before, result.widths_after
     names = list(widths_before)
     figure, axis = plt.subplots(figsize=(max(8, len(names) * 0.12), 4))
     axis.bar(range(len(names)), [widths_before[n] for n in names], color="lightgray", label="before")

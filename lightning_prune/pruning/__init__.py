@@ -6,7 +6,7 @@ functional is to its class: the same computation, callable from any training loo
 trainer, Lightning).
 """
 
-from lightning_prune.pruning.averaged import mirror_all, mirror_prune
+from lightning_prune.pruning.averaged import declared_copies, mirror_all, mirror_prune
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator, TorchDistributedCommunicator
 from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
 from lightning_prune.pruning.latency_control import LatencyController
@@ -29,6 +29,7 @@ __all__ = [
     "TargetMetric",
     "TorchDistributedCommunicator",
     "compose_plans",
+    "declared_copies",
     "conv_widths",
     "mirror_all",
     "mirror_prune",

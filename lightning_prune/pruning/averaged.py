@@ -16,7 +16,7 @@ from torch import nn
 
 from lightning_prune.graph import PruneResult
 
-__all__ = ["mirror_all", "mirror_prune"]
+__all__ = ["declared_copies", "mirror_all", "mirror_prune"]
 
 
 def _relative(name: str, prefix: str) -> str | None:
@@ -93,3 +93,19 @@ def mirror_all(copies: Iterable[tuple[nn.Module, str]], result: PruneResult, sou
     """:func:`mirror_prune` for every ``(copy, prefix)``."""
     for copy, prefix in copies:
         mirror_prune(copy, result, source, prefix)
+
+
+def declared_copies(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The ``(copy, prefix)`` pairs a module declares with an ``averaged_copies()`` method (e.g. an EMA of one of
+    its submodules, ``[(self.ema.module, "model")]``); none without one."""
+    declare = getattr(module, "averaged_copies", None)
+    if not callable(declare):
+        return []
+    copies = []
+    for item in declare() or ():
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module)
+                and isinstance(item[1], str)):
+            raise ValueError(f"{type(module).__name__}.averaged_copies() must return (module, prefix) pairs, got "
+                             f"{item!r}")
+        copies.append(item)
+    return copies
