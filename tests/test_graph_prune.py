@@ -355,13 +355,48 @@ class SplitWithGain(nn.Module):
         return self.cv2(torch.cat([a * self.gain, b], 1))
 
 
-def test_split_size_matching_several_attributes_is_pinned(lp) -> None:
-    """Which of `c` and `gain` sets the split size cannot be told from one forward: the channels are pinned."""
+def test_split_size_attribute_is_the_one_passed_to_split(lp) -> None:
+    """`c` and `gain` both equal the piece size; only `c` is passed to `split` in the class's code, so only `c`
+    follows the prune and `gain` (a multiplier) keeps its value."""
+    torch.manual_seed(0)
     model = SplitWithGain().eval()
-    graph = DependencyGraph(model, torch.randn(1, 3, 8, 8))
+    x = torch.randn(1, 3, 8, 8)
+    graph = DependencyGraph(model, x)
+    assert graph["cv1"].prunable and graph["cv1"].exact
+    with graph.masked({"cv1": [0]}):
+        expected = lp.run(model, x)
+    graph.prune({"cv1": [0]})
+    assert (model.c, model.gain) == (3, 4)
+    lp.assert_outputs_close(lp.run(model, x), expected)
+
+
+class ChunkWithScale(nn.Module):
+    """``chunk(2)`` needs no attribute; ``self.scale`` happens to equal the piece size and must never change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 8
+        self.cv1 = nn.Conv2d(3, 16, 1)
+        self.cv2 = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).chunk(2, 1)
+        return self.cv2(torch.cat([a * self.scale, b], 1))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_chunk_leaves_an_unrelated_attribute_equal_to_the_piece_size(lp, verify: bool) -> None:
+    torch.manual_seed(0)
+    model = ChunkWithScale().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = DependencyGraph(model, x)
     group = graph["cv1"]
-    assert not group.prunable
-    assert "several attributes" in group.reason and "c" in group.reason and "gain" in group.reason
+    assert group.prunable and group.exact and group.size == 8
+    with graph.masked({"cv1": [1, 5]}):
+        expected = lp.run(model, x)
+    graph.prune({"cv1": [1, 5]}, verify=verify)
+    assert model.scale == 8 and model.cv1.out_channels == 12
+    lp.assert_outputs_close(lp.run(model, x), expected)
 
 
 def test_split_prune_updates_the_one_size_attribute(lp) -> None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lightning_prune.graph.records import Role
-from lightning_prune.graph.tracer import OUTPUT_REASON, TraceResult
+from lightning_prune.graph.labels import UnionFind
+from lightning_prune.graph.records import OUTPUT_REASON, Role, TraceResult
 
 __all__ = ["Group", "Member", "build_groups"]
 
@@ -74,13 +74,6 @@ class Group:
         return [m for m in self.members if m.role == Role.PRODUCER]
 
 
-def _find(parent: list[int], x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
 def build_groups(result: TraceResult) -> list[Group]:
     """Turn a channel trace into groups, in trace order."""
     forest = result.forest
@@ -89,15 +82,13 @@ def build_groups(result: TraceResult) -> list[Group]:
 
     # producer blocks that share a class belong to one group
     blocks = forest.blocks
-    parent = list(range(len(blocks)))
+    block_sets = UnionFind(len(blocks))
     first_block_of_root: dict[int, int] = {}
     for b, (_, labels) in enumerate(blocks):
         for r in np.unique(roots[labels]).tolist():
             other = first_block_of_root.setdefault(r, b)
             if other != b:
-                ra, rb = _find(parent, other), _find(parent, b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
+                block_sets.unite(other, b)
 
     group_of_root = np.full(n, -1, dtype=np.int64)
     channel_of_root = np.full(n, -1, dtype=np.int64)
@@ -105,7 +96,7 @@ def build_groups(result: TraceResult) -> list[Group]:
     index_of_lead: dict[int, int] = {}
     class_roots: list[list[int]] = []
     for b, (_, labels) in enumerate(blocks):
-        lead = _find(parent, b)
+        lead = block_sets.find(b)
         g = index_of_lead.get(lead)
         if g is None:
             g = index_of_lead[lead] = len(order)

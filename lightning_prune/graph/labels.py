@@ -11,10 +11,51 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LabelForest"]
+__all__ = ["LabelForest", "UnionFind"]
 
 
-class LabelForest:
+class UnionFind:
+    """A growable disjoint-set forest over ``0..n-1`` (path compression; the smaller index stays root, so class
+    order follows insertion order). The package's one union-find: labels and producer blocks both use it.
+
+    Example:
+        >>> sets = UnionFind(4)
+        >>> sets.unite(3, 1)
+        >>> sets.find(3), sets.find(2), len(sets)
+        (1, 2, 4)
+    """
+
+    def __init__(self, n: int = 0) -> None:
+        self._parent: list[int] = list(range(n))
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def add(self, n: int) -> int:
+        """Add ``n`` singletons; return the first new index."""
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        return start
+
+    def find(self, x: int) -> int:
+        parent = self._parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def unite(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self._parent[rb] = ra
+            else:
+                self._parent[ra] = rb
+
+
+class LabelForest(UnionFind):
     """A growable union-find over integer labels, with per-label pins.
 
     Example:
@@ -27,41 +68,19 @@ class LabelForest:
     """
 
     def __init__(self) -> None:
-        self._parent: list[int] = []
+        super().__init__()
         self.block_of: list[int] = []  # label -> index into ``blocks``
         self.blocks: list[tuple[str, np.ndarray]] = []  # (block name, its labels), in allocation order
         self.pins: dict[int, str] = {}  # label -> first reason it may not be pruned
         self.inexact: dict[int, str] = {}  # label -> why masking and pruning differ for it
 
-    def __len__(self) -> int:
-        return len(self._parent)
-
     def allocate(self, n: int, block: str) -> np.ndarray:
         """Return ``n`` fresh labels forming one producer block called ``block``."""
-        start = len(self._parent)
+        start = self.add(n)
         labels = np.arange(start, start + n, dtype=np.int64)
-        self._parent.extend(range(start, start + n))
         self.block_of.extend([len(self.blocks)] * n)
         self.blocks.append((block, labels))
         return labels
-
-    def find(self, label: int) -> int:
-        parent = self._parent
-        root = label
-        while parent[root] != root:
-            root = parent[root]
-        while parent[label] != root:  # path compression
-            parent[label], label = root, parent[label]
-        return root
-
-    def unite(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # the older label stays root, so class order follows trace order
-            if ra < rb:
-                self._parent[rb] = ra
-            else:
-                self._parent[ra] = rb
 
     def unite_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
         """Unite ``a[i]`` with ``b[i]`` for every ``i`` (arrays of equal length)."""

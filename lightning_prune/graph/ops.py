@@ -11,17 +11,22 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from lightning_prune.graph.records import ChannelInfo, LayerCall, Role, SplitRecord
-from lightning_prune.graph.tracer import ChannelTracer, channel_info, iter_tensors, set_channel_info
+from lightning_prune.graph.records import ChannelInfo, LayerCall, Role, SplitRecord, channel_info, set_channel_info
+from lightning_prune.profiling.flops import conv_flops, linear_flops
+from lightning_prune.utils.tree import iter_tensors, map_tensors
 
-__all__ = ["handle", "op_name"]
+if TYPE_CHECKING:  # the tracer calls into this module, never the other way round
+    from lightning_prune.graph.tracer import ChannelTracer
 
-Handler = Callable[[ChannelTracer, str, Any, tuple, dict, Any], None]
+__all__ = ["RESHAPES", "handle", "is_pointwise", "op_name"]
+
+#: ``handler(tracer, name, func, args, kwargs, out)``
+Handler = Callable[..., None]
 _HANDLERS: dict[str, Handler] = {}
 
 # Pass-through ops whose aten twin has no ``pointwise`` tag but which act channel by channel.
@@ -197,9 +202,8 @@ def _weighted_layer(tracer: ChannelTracer, name: str, x: torch.Tensor, weight: t
         tracer.bind(bias, 0, labels, Role.PRODUCER)
     # a depthwise layer's cost scales with its channels once, not with input x output
     in_labels = None if info is None or depthwise else info.labels
-    # conv/linear: every output element is a dot product over weight[0]; transposed conv: every *input* element is
-    # scattered into weight[0] (= its group's outputs x kernel) — counted as torch.utils.flop_counter does
-    flops = 2 * (out.numel() if in_dim == 1 else x.numel()) * weight[0].numel()
+    # the cost model of count_flops (torch.utils.flop_counter's formulas)
+    flops = conv_flops(tuple(x.shape), tuple(weight.shape), tuple(out.shape), transposed=in_dim == 0)
     tracer.result.layer_calls.append(LayerCall(tracer.owner(weight)[0], flops, in_labels, labels))
     _label(out, channel_dim, labels, None)
 
@@ -220,8 +224,9 @@ def _linear(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: di
     labels = tracer.produce(weight, 0)
     if bias is not None:
         tracer.bind(bias, 0, labels, Role.PRODUCER)
-    tracer.result.layer_calls.append(LayerCall(tracer.owner(weight)[0], 2 * out.numel() * weight.shape[1],
-                                               None if info is None else info.labels, labels))
+    flops = linear_flops(tuple(x.shape), tuple(weight.shape))
+    tracer.result.layer_calls.append(LayerCall(tracer.owner(weight)[0], flops, None if info is None else info.labels,
+                                               labels))
     _label(out, out.ndim - 1, labels, None)
 
 
@@ -307,19 +312,15 @@ def _prelu(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
 def _probe_zero(func: Any, args: tuple, kwargs: dict, in_place: bool) -> bool:
     """Does the op map masked (zero) channels to zero? Evaluate it on scalars standing in for labelled inputs."""
 
-    def stand_in(obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            info = channel_info(obj)
-            if info is None:
-                return obj.clone() if in_place else obj
-            value = 0.5 if info.taint else 0.0
-            return torch.full((), value, dtype=obj.dtype, device=obj.device)
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(stand_in(item) for item in obj)
-        return obj
+    def stand_in(tensor: torch.Tensor) -> torch.Tensor:
+        info = channel_info(tensor)
+        if info is None:
+            return tensor.clone() if in_place else tensor
+        value = 0.5 if info.taint else 0.0
+        return torch.full((), value, dtype=tensor.dtype, device=tensor.device)
 
     try:
-        result = func(*stand_in(args), **{k: stand_in(v) for k, v in kwargs.items()})
+        result = func(*map_tensors(args, stand_in), **map_tensors(kwargs, stand_in))
     except Exception:
         return False
     if isinstance(result, torch.Tensor):
@@ -619,16 +620,64 @@ def _pieces_along(tracer: ChannelTracer, name: str, x: torch.Tensor, pieces: lis
         tracer.forest.unite_arrays(parts[0], part)
     module = tracer.current_module
     attrs = _size_attributes(module, size)
-    # the piece size follows a module attribute (ultralytics C2f.c) only when exactly one attribute can be it
-    tracer.result.splits.append(SplitRecord(module, attrs if len(attrs) == 1 else [], parts[0]))
+    # the piece size follows the module attributes its code passes to split (ultralytics C2f.c), and no others
+    tracer.result.splits.append(SplitRecord(module, attrs, parts[0]))
     for piece, part in zip(pieces, parts):
         _label(piece, dim, part, info.taint)
 
 
 def _size_attributes(module: Any, size: int) -> list[str]:
-    """Public integer attributes of ``module`` equal to ``size``."""
-    return [key for key, value in vars(module).items()
-            if type(value) is int and value == size and not key.startswith("_")]
+    """Integer attributes of ``module`` equal to ``size`` that its class's code passes as a split size."""
+    return [key for key in split_size_attributes(type(module))
+            if type(getattr(module, key, None)) is int and getattr(module, key) == size]
+
+
+_SPLIT_METHODS = {"split": ("split_size_or_sections", "split_size"), "split_with_sizes": ("split_sizes",)}
+
+
+@functools.cache
+def split_size_attributes(cls: type) -> frozenset[str]:
+    """Attributes ``self.<name>`` that the source of ``cls`` (and its bases) passes as the sizes of a ``split``.
+
+    This is what ties an attribute to a split: ultralytics ``C2f`` runs ``x.chunk(2, 1)`` in ``forward`` and
+    ``x.split((self.c, self.c), 1)`` in ``forward_split``, so ``c`` is the piece size and must follow pruning. An
+    attribute that merely equals the piece size (``self.scale = 8``) is never touched. Classes without readable
+    source yield nothing (their literal split sizes are then pinned).
+
+    Example:
+        >>> import torch
+        >>> sorted(split_size_attributes(torch.nn.Conv2d))  # torch's own modules are never read
+        []
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    found: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object or klass.__module__.startswith("torch."):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError, IndentationError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            method = node.func.attr
+            if method not in _SPLIT_METHODS:
+                continue
+            # x.split(sizes, dim) or torch.split(x, sizes, dim)
+            is_function = isinstance(node.func.value, ast.Name) and node.func.value.id in ("torch", "F")
+            position = 1 if is_function else 0
+            sizes = [node.args[position]] if len(node.args) > position else []
+            sizes += [kw.value for kw in node.keywords if kw.arg in _SPLIT_METHODS[method]]
+            for size in sizes:
+                for sub in ast.walk(size):
+                    if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self"
+                            and not sub.attr.startswith("_")):
+                        found.add(sub.attr)
+    return frozenset(found)
 
 
 @_register("chunk", "split", "split_with_sizes", "tensor_split", "unbind", "unsafe_split", "unsafe_chunk")
@@ -646,10 +695,9 @@ def _split(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
         literal = [sizes] if isinstance(sizes, int) else list(sizes)
         for size in set(literal):
             attrs = _size_attributes(tracer.current_module, size)
-            if len(attrs) != 1:
-                why = (f"split size {size} is fixed in code" if not attrs else
-                       f"split size {size} matches several attributes ({', '.join(attrs)}): which one sets it?")
-                _unsupported(tracer, name, (x,), {}, pieces, why)
+            if not attrs:
+                _unsupported(tracer, name, (x,), {}, pieces, f"split size {size} is fixed in code (not a module "
+                             "attribute passed to split, which pruning could update)")
                 return
     if name == "tensor_split" and dim == info.dim:
         _unsupported(tracer, name, (x,), {}, pieces, "split points are fixed in code")

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["ChannelInfo", "Binding", "LayerCall", "SplitRecord", "Role"]
+from lightning_prune.graph.labels import LabelForest
+
+__all__ = ["OUTPUT_REASON", "ChannelInfo", "Binding", "LayerCall", "SplitRecord", "Role", "TraceResult", "channel_info",
+           "set_channel_info"]
+
+OUTPUT_REASON = "reaches the model output"
+
+_ATTR = "_lightning_prune_channels"  # where a traced tensor carries its ChannelInfo
 
 
 class Role:
@@ -65,10 +72,38 @@ class LayerCall:
 
 @dataclass
 class SplitRecord:
-    """An equal split of channels (``chunk``/``split``) inside ``module``; ``attrs`` are its integer attributes
-    that equal the piece size (e.g. ultralytics ``C2f.c``) and must follow it when channels are pruned."""
+    """An equal split of channels (``chunk``/``split``) inside ``module``; ``attrs`` are the integer attributes its
+    class's code passes as split sizes and that equal the piece size (e.g. ultralytics ``C2f.c``): they follow the
+    piece size when channels are pruned. No other attribute is ever touched."""
 
     module: torch.nn.Module | None
     attrs: list[str]
     piece_labels: np.ndarray
     extra: dict = field(default_factory=dict)
+
+
+class TraceResult:
+    """Everything one trace learned: the label forest, parameter bindings, layer calls and splits."""
+
+    def __init__(self) -> None:
+        self.forest = LabelForest()
+        self.bindings: dict[tuple[int, int], Binding] = {}
+        self.layer_calls: list[LayerCall] = []
+        self.splits: list[SplitRecord] = []
+        self.op_count = 0
+        self.output_shapes: list[tuple[int, ...]] = []
+        self.build_seconds = 0.0
+
+
+def channel_info(obj: object) -> ChannelInfo | None:
+    """The :class:`ChannelInfo` a traced tensor carries (``None`` for anything else)."""
+    return getattr(obj, _ATTR, None) if isinstance(obj, torch.Tensor) else None
+
+
+def set_channel_info(tensor: torch.Tensor, info: ChannelInfo | None) -> None:
+    """Attach ``info`` to ``tensor`` (``None``: remove what it carries)."""
+    if info is None:
+        if hasattr(tensor, _ATTR):
+            delattr(tensor, _ATTR)
+        return
+    setattr(tensor, _ATTR, info)

@@ -18,64 +18,30 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
+from lightning_prune.graph import ops
 from lightning_prune.graph.conventions import default_output_filter
-from lightning_prune.graph.labels import LabelForest
-from lightning_prune.graph.records import Binding, ChannelInfo, LayerCall, Role, SplitRecord
+from lightning_prune.graph.records import (
+    OUTPUT_REASON,
+    Binding,
+    ChannelInfo,
+    Role,
+    TraceResult,
+    channel_info,
+    set_channel_info,
+)
+from lightning_prune.utils.model import call_model, eval_mode
+from lightning_prune.utils.tree import iter_tensors
 
 __all__ = ["ChannelTracer", "GraphTraceError", "trace_channels", "TraceResult", "call_model", "eval_mode",
-           "flatten_output"]
-
-_ATTR = "_lightning_prune_channels"
-OUTPUT_REASON = "reaches the model output"
+           "flatten_output", "iter_tensors", "OUTPUT_REASON"]
 
 
 class GraphTraceError(RuntimeError):
     """The model's forward failed on the example input, so no graph could be built."""
 
 
-def channel_info(obj: Any) -> ChannelInfo | None:
-    return getattr(obj, _ATTR, None) if isinstance(obj, torch.Tensor) else None
-
-
-def set_channel_info(tensor: torch.Tensor, info: ChannelInfo | None) -> None:
-    if info is None:
-        if hasattr(tensor, _ATTR):
-            delattr(tensor, _ATTR)
-        return
-    setattr(tensor, _ATTR, info)
-
-
-def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Tensors in ``obj`` and in the lists/tuples/dicts nested in it."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from iter_tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from iter_tensors(item)
-
-
 def _has_labels(obj: Any) -> bool:
-    if isinstance(obj, torch.Tensor):
-        return hasattr(obj, _ATTR)
-    if isinstance(obj, (list, tuple)):
-        return any(_has_labels(item) for item in obj)
-    return False
-
-
-class TraceResult:
-    """Everything one trace learned: the label forest, parameter bindings, layer calls and splits."""
-
-    def __init__(self) -> None:
-        self.forest = LabelForest()
-        self.bindings: dict[tuple[int, int], Binding] = {}
-        self.layer_calls: list[LayerCall] = []
-        self.splits: list[SplitRecord] = []
-        self.op_count = 0
-        self.output_shapes: list[tuple[int, ...]] = []
-        self.build_seconds = 0.0
+    return any(channel_info(tensor) is not None for tensor in iter_tensors(obj))
 
 
 class ChannelTracer(TorchFunctionMode):
@@ -159,8 +125,6 @@ class ChannelTracer(TorchFunctionMode):
         """An untraced tensor reshaped to a channel count read from a traced tensor's shape (e.g. ultralytics
         ``Attention``: ``B, C, H, W = x.shape ... (v @ attn).view(B, C, H, W)``): those channels are tied to
         something the trace cannot follow, so they are pinned."""
-        from lightning_prune.graph import ops
-
         if ops.op_name(func) not in ops.RESHAPES:
             return
         sizes = set(out.shape[1:])
@@ -182,8 +146,6 @@ class ChannelTracer(TorchFunctionMode):
                 self._check_sized_by_channels(func, out)
             return out
         self.result.op_count += 1
-        from lightning_prune.graph import ops  # local: ops imports this module
-
         name = ops.op_name(func)
         try:
             ops.handle(self, name, func, args, kwargs, out)
@@ -217,14 +179,6 @@ def _module_stack_hooks(tracer: ChannelTracer) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-def call_model(model: torch.nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 def trace_channels(model: torch.nn.Module, example_inputs: Any,
@@ -281,39 +235,7 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
     return tracer.result
 
 
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode inside the block; on exit every module gets its own training flag back (one added meanwhile keeps
-    its own).
-
-    Example:
-        >>> net = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.BatchNorm1d(2).eval())
-        >>> with eval_mode(net):
-        ...     [m.training for m in net.modules()]
-        [False, False, False]
-        >>> [m.training for m in net.modules()]
-        [True, True, False]
-    """
-    modes = {name: module.training for name, module in model.named_modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for name, module in model.named_modules():
-            module.training = modes.get(name, module.training)
-
-
 def flatten_output(output: Any) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
-    stack = [output]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            found.append(item)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif hasattr(item, "__dict__") and not isinstance(item, torch.nn.Module):  # e.g. a dataclass of outputs
-            stack.extend(v for v in vars(item).values() if isinstance(v, (torch.Tensor, list, tuple, dict)))
-    return found
+    """Every tensor in a model output, dataclass-like records included (see :func:`~lightning_prune.utils.tree.
+    iter_tensors`)."""
+    return list(iter_tensors(output, attributes=True))

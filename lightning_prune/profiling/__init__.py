@@ -1,6 +1,46 @@
-"""Cost measurement: FLOPs and parameters, and measured latency (eager and ONNX Runtime)."""
+"""Cost measurement: FLOPs and parameters, and measured latency (eager and ONNX Runtime).
 
-from lightning_prune.profiling.flops import count_flops, count_params
-from lightning_prune.profiling.latency import LatencyResult, compare_latency, measure_latency
+Modules by concern: :mod:`~lightning_prune.profiling.flops` (the cost model), :mod:`~lightning_prune.profiling.timing`
+(whole-forward latency), :mod:`~lightning_prune.profiling.onnx_runtime` (export and ONNX Runtime),
+:mod:`~lightning_prune.profiling.layers` (per-layer timers), :mod:`~lightning_prune.profiling.channels` (channel
+speed tables), :mod:`~lightning_prune.profiling.results` (records) and :mod:`~lightning_prune.profiling.tracker`
+(a measurement history with baseline and speedups, what :class:`~lightning_prune.callbacks.LatencyProfiler` keeps).
+"""
 
-__all__ = ["LatencyResult", "compare_latency", "count_flops", "count_params", "measure_latency"]
+from lightning_prune.profiling.channels import ChannelSpeed, channel_speed_table, suggest_round_to
+from lightning_prune.profiling.flops import conv_flops, count_flops, count_params, linear_flops
+from lightning_prune.profiling.onnx_runtime import (
+    ONNX_EXTRA_HINT,
+    export_onnx,
+    onnx_outputs,
+    ort_max_abs_diff,
+    ort_outputs_match,
+    require_onnx,
+)
+from lightning_prune.profiling.results import LatencyResult, LayerTime
+from lightning_prune.profiling.timing import BACKENDS, batched_input, check_backend, compare_latency, measure_latency
+from lightning_prune.profiling.tracker import LatencyTracker
+
+__all__ = [
+    "BACKENDS",
+    "ONNX_EXTRA_HINT",
+    "ChannelSpeed",
+    "LatencyResult",
+    "LatencyTracker",
+    "LayerTime",
+    "batched_input",
+    "channel_speed_table",
+    "check_backend",
+    "compare_latency",
+    "conv_flops",
+    "count_flops",
+    "count_params",
+    "export_onnx",
+    "linear_flops",
+    "measure_latency",
+    "onnx_outputs",
+    "ort_max_abs_diff",
+    "ort_outputs_match",
+    "require_onnx",
+    "suggest_round_to",
+]
