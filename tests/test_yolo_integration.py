@@ -142,8 +142,8 @@ def test_synthetic_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 # -- data module -----------------------------------------------------------------------------------------------------
 def test_datamodule_batches(tmp_path: Path) -> None:
     data = YOLODataModule(synthetic=True, synthetic_root=str(tmp_path / "synthetic"), imgsz=IMGSZ, batch_size=4,
-                          synthetic_num_train=6, synthetic_num_val=3, seed=1)
-    assert data.names == list(CLASS_NAMES) and data.nc == 3
+                          synthetic_num_train=6, synthetic_num_val=3, synthetic_num_test=2, seed=1)
+    assert data.names == list(CLASS_NAMES) and data.nc == 3 and data.has_test
     data.prepare_data()
     assert (tmp_path / "synthetic" / "data.yaml").is_file()
     data.setup("fit")
@@ -153,21 +153,37 @@ def test_datamodule_batches(tmp_path: Path) -> None:
     assert batch["img"].shape == (4, 3, IMGSZ, IMGSZ) and batch["img"].dtype == torch.float32
     assert 0.0 <= float(batch["img"].min()) and float(batch["img"].max()) <= 1.0
     assert batch["batch_idx"].shape == (n,) and batch["cls"].shape == (n, 1) and batch["bboxes"].shape == (n, 4)
-    assert set(batch["batch_idx"].tolist()) == {0.0, 1.0, 2.0, 3.0}  # every synthetic image has objects
     assert batch["bboxes"].min() >= 0 and batch["bboxes"].max() <= 1
-    assert batch["ori_shape"] == [(IMGSZ, IMGSZ)] * 4 and len(batch["ratio_pad"]) == 4 and len(batch["im_file"]) == 4
-    # seeded: the same epoch gives the same batches, another epoch a different shuffle/augmentation
-    again = next(iter(data.train_dataloader()))
-    assert torch.equal(batch["img"], again["img"]) and torch.equal(batch["bboxes"], again["bboxes"])
-    loader.sampler.set_epoch(1)
-    assert not torch.equal(next(iter(loader))["img"], batch["img"])
+    assert len(batch["ori_shape"]) == 4 and len(batch["ratio_pad"]) == 4 and len(batch["im_file"]) == 4
+    # ultralytics' own pipeline: its YOLODataset with mosaic for training, a letterbox for evaluation
+    from ultralytics.data.dataset import YOLODataset
+
+    assert isinstance(data.dataset("train"), YOLODataset) and data.dataset("train").augment
+    assert data.mosaic_probability == 1.0 and not data.dataset("val").augment
     val = next(iter(data.val_dataloader()))  # validation: file order, no augmentation
     assert [Path(f).name for f in val["im_file"]] == ["000000.png", "000001.png", "000002.png"]
-    first = data.val_dataset[0]
-    assert torch.equal(val["img"][0], first["img"].float() / 255)
+    again = next(iter(data.val_dataloader()))
+    assert torch.equal(val["img"], again["img"])
+    test = next(iter(data.test_dataloader()))  # the held-out split
+    assert [Path(f).parent.name for f in test["im_file"]] == ["test", "test"]
 
 
-def test_letterbox_keeps_boxes_on_their_objects(tmp_path: Path) -> None:
+def test_close_mosaic_for_the_last_epochs(tmp_path: Path, shapes: Path) -> None:
+    data = YOLODataModule(str(shapes / "data.yaml"), imgsz=IMGSZ, batch_size=4, close_mosaic=1)
+    module = YOLOModule("yolov8n.yaml", nc=3, imgsz=IMGSZ)
+    seen: list[bool] = []
+
+    class Watch(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(data.mosaic_probability > 0)
+
+    _fit(module, data, tmp_path, max_epochs=3, limit_train_batches=1, limit_val_batches=0, callbacks=[Watch()])
+    assert seen == [True, True, False]  # ultralytics' close_mosaic: the last epoch trains without mosaic
+    _fit(module, data, tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    assert data.mosaic_probability == 0  # close_mosaic=1 of 1 epoch: closed from the start
+
+
+def test_val_letterboxes_non_square_images(tmp_path: Path) -> None:
     from PIL import Image
 
     (tmp_path / "images" / "val").mkdir(parents=True)
@@ -178,19 +194,14 @@ def test_letterbox_keeps_boxes_on_their_objects(tmp_path: Path) -> None:
     (tmp_path / "labels" / "val" / "wide.txt").write_text("2 0.7 0.375 0.2 0.25\n")
     (tmp_path / "data.yaml").write_text("train: images/val\nval: images/val\nnames: [a, b, c]\n")
     data = YOLODataModule(str(tmp_path / "data.yaml"), imgsz=64, batch_size=1)
-    data.setup("validate")
-    item = data.val_dataset[0]
-    assert item["img"].shape == (3, 64, 64) and item["ori_shape"] == (40, 100)
-    (ratio, _), (left, top) = item["ratio_pad"]
-    assert ratio == pytest.approx(0.64) and left == 0 and top == 19  # 100x40 -> 64x26, padded 19 + 19 rows
-    assert int(item["img"][0, 0, 0]) == 114  # ultralytics' grey
-    cx, cy, w, h = (item["bboxes"][0] * 64).tolist()
-    block = item["img"][0] > 128
-    ys, xs = torch.nonzero(block, as_tuple=True)
-    assert cx == pytest.approx((xs.min() + xs.max() + 1).item() / 2, abs=1.0)
-    assert cy == pytest.approx((ys.min() + ys.max() + 1).item() / 2, abs=1.0)
-    assert w == pytest.approx(12.8, abs=0.01) and h == pytest.approx(6.4, abs=0.01)
-    assert item["cls"].tolist() == [[2.0]]
+    batch = next(iter(data.val_dataloader()))
+    assert batch["img"].shape == (1, 3, 64, 64) and tuple(batch["ori_shape"][0]) == (40, 100)
+    assert abs(float(batch["img"][0, 0, 0, 0]) - 114 / 255) < 1e-6  # ultralytics' grey padding
+    cx, cy, w, h = (batch["bboxes"][0] * 64).tolist()
+    ys, xs = torch.nonzero(batch["img"][0, 0] > 0.5, as_tuple=True)
+    assert cx == pytest.approx((xs.min() + xs.max() + 1).item() / 2, abs=1.5)
+    assert cy == pytest.approx((ys.min() + ys.max() + 1).item() / 2, abs=1.5)
+    assert batch["cls"].tolist() == [[2.0]]
 
 
 def _single_line(err: pytest.ExceptionInfo) -> str:
@@ -231,14 +242,21 @@ def test_bad_data_sets_fail_early_with_one_line(tmp_path: Path, shapes: Path) ->
         YOLODataModule(str(shapes / "data.yaml"), imgsz=100)
 
 
-def test_bad_label_file_names_file_and_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("line", "cause"), [("0 0.5 0.5 0.2\n", ":2: expected 5 ('cls cx cy w h') fields, got 4"),
+                                           ("7 0.5 0.5 0.2 0.2\n", "Label class 7 exceeds dataset class count 3"),
+                                           ("0 0.5 0.5 0.2 1.7\n", "out of bounds")])
+def test_bad_label_file_names_file_and_cause(tmp_path: Path, line: str, cause: str) -> None:
+    """ultralytics warns and skips a corrupt label file; YOLODataModule stops with one line and leaves no cache."""
     root = make_synthetic_dataset(tmp_path, num_train=2, num_val=1, imgsz=IMGSZ)
     label = root / "labels" / "train" / "000001.txt"
-    label.write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
+    label.write_text("0 0.5 0.5 0.2 0.2\n" + line)
+    before = _hashes(root)
     data = YOLODataModule(str(root / "data.yaml"), imgsz=IMGSZ)
     with pytest.raises(ValueError) as err:
         data.setup("fit")
-    assert f"{label}:2" in _single_line(err) and "class 7" in str(err.value)
+    message = _single_line(err)
+    assert message.startswith(f"{label}") and cause in message and "'train' split" in message, message
+    assert _hashes(root) == before  # no label cache left behind: the next run scans (and fails) again
 
 
 # -- the model -------------------------------------------------------------------------------------------------------
@@ -397,9 +415,9 @@ def test_save_yolo_pruned_loads_predicts_exports(pruned: tuple[YOLOModule, YOLOD
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
     (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    module.eval()
+    saved = module.export_model().eval()  # the EMA copy: what YOLOModule validates and save_yolo writes
     with torch.no_grad():
-        torch_out = module(x)[0].numpy()
+        torch_out = saved(x)[0].numpy()
     assert onnx_out.shape == torch_out.shape == (1, 4 + 3, 84)
     np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-3, atol=1e-2)
 

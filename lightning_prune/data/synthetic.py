@@ -10,23 +10,27 @@ images appends new ones and leaves the first ones unchanged.
 Layout (the YOLO convention ultralytics and :class:`~lightning_prune.integrations.ultralytics.YOLODataModule` read)::
 
     root/
-      data.yaml                      # path, train, val, nc, names
+      data.yaml                      # path, train, val, test (when num_test > 0), nc, names
       images/train/000000.png ...    # RGB, imgsz x imgsz
       labels/train/000000.txt ...    # one "cls cx cy w h" line per object, normalised to 0-1
       images/val/...  labels/val/...
+      images/test/... labels/test/...  # held out: tune (and probe sensitivity) on val, report on test
 
 Example:
     >>> import tempfile
     >>> from lightning_prune.data import make_synthetic_dataset
-    >>> root = make_synthetic_dataset(tempfile.mkdtemp(), num_train=2, num_val=1, imgsz=64)
+    >>> root = make_synthetic_dataset(tempfile.mkdtemp(), num_train=2, num_val=1, imgsz=64, num_test=1)
     >>> sorted(p.name for p in (root / "images" / "train").iterdir())
     ['000000.png', '000001.png']
+    >>> sorted(p.name for p in (root / "images").iterdir())
+    ['test', 'train', 'val']
     >>> (root / "data.yaml").is_file()
     True
 
 Command line::
 
-    python -m lightning_prune.data.synthetic --root datasets/shapes --num-train 200 --num-val 50 --imgsz 160 --seed 0
+    python -m lightning_prune.data.synthetic --root datasets/shapes --num-train 200 --num-val 50 --num-test 50 \
+        --imgsz 160 --seed 0
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ __all__ = ["CLASS_NAMES", "SyntheticObject", "draw_synthetic_image", "main", "ma
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 
-_SPLIT_IDS = {"train": 0, "val": 1}
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _SUPERSAMPLE = 4  # sub-pixel samples per axis for anti-aliased shape edges
 _MAX_OVERLAP = 0.3  # most a new object's box may cover of a smaller box already placed (and vice versa)
 
@@ -188,12 +192,13 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     Path(path).write_bytes(png)
 
 
-def _data_yaml(root: Path, seed: int, imgsz: int) -> str:
+def _data_yaml(root: Path, seed: int, imgsz: int, test: bool) -> str:
     lines = [
         f"# Synthetic shapes ({imgsz}x{imgsz}, seed {seed}) written by lightning_prune.data.synthetic",
         f"path: {json.dumps(str(root))}",  # a JSON string is a valid double-quoted YAML scalar
         "train: images/train",
         "val: images/val",
+        *(["test: images/test"] if test else []),
         f"nc: {len(CLASS_NAMES)}",
         "names:",
         *(f"  {i}: {name}" for i, name in enumerate(CLASS_NAMES)),
@@ -218,7 +223,7 @@ def _write_split(root: Path, split: str, count: int, imgsz: int, seed: int) -> N
 
 
 def make_synthetic_dataset(root: str | Path, num_train: int = 200, num_val: int = 50, imgsz: int = 160,
-                           seed: int = 0) -> Path:
+                           seed: int = 0, num_test: int = 0) -> Path:
     """Write the synthetic shapes data set in YOLO format under ``root`` and return ``root`` (absolute).
 
     Existing files of the same names are overwritten, so the same arguments always leave the same bytes.
@@ -227,6 +232,8 @@ def make_synthetic_dataset(root: str | Path, num_train: int = 200, num_val: int 
         root: output folder (created if missing).
         num_train: number of training images.
         num_val: number of validation images.
+        num_test: number of held-out test images (``0``: no ``test`` split); drawn like the others, from their own
+            seeds, so no test image repeats a training or validation image.
         imgsz: image side in pixels (images are square).
         seed: seed of :func:`numpy.random.default_rng`; image ``i`` of a split uses ``default_rng([seed, split, i])``.
 
@@ -235,13 +242,17 @@ def make_synthetic_dataset(root: str | Path, num_train: int = 200, num_val: int 
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"need at least one training and one validation image, got {num_train} and {num_val}")
+    if num_test < 0:
+        raise ValueError(f"num_test must be >= 0, got {num_test}")
     if imgsz < 32:
         raise ValueError(f"imgsz must be at least 32 pixels, got {imgsz}")
     root = Path(root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     _write_split(root, "train", num_train, imgsz, seed)
     _write_split(root, "val", num_val, imgsz, seed)
-    (root / "data.yaml").write_text(_data_yaml(root, seed, imgsz))
+    if num_test:
+        _write_split(root, "test", num_test, imgsz, seed)
+    (root / "data.yaml").write_text(_data_yaml(root, seed, imgsz, test=num_test > 0))
     return root
 
 
@@ -254,14 +265,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--root", required=True, help="output folder")
     parser.add_argument("--num-train", type=int, default=200, help="training images (default: 200)")
     parser.add_argument("--num-val", type=int, default=50, help="validation images (default: 50)")
+    parser.add_argument("--num-test", type=int, default=50, help="held-out test images (default: 50)")
     parser.add_argument("--imgsz", type=int, default=160, help="image side in pixels (default: 160)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
     try:
-        root = make_synthetic_dataset(args.root, args.num_train, args.num_val, args.imgsz, args.seed)
+        root = make_synthetic_dataset(args.root, args.num_train, args.num_val, args.imgsz, args.seed, args.num_test)
     except ValueError as err:
         parser.error(str(err))
-    print(f"wrote {args.num_train} train + {args.num_val} val images to {root}; data set file: {root / 'data.yaml'}")
+    print(f"wrote {args.num_train} train + {args.num_val} val + {args.num_test} test images to {root}; "
+          f"data set file: {root / 'data.yaml'}")
     return root
 
 

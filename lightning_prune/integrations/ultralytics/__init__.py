@@ -5,9 +5,11 @@ module level, and this package loads its submodules only when one of their names
 
 By concern:
 
-* :mod:`.data` — :class:`YOLODataModule` (YOLO-format ``data.yaml`` sets, or the synthetic shapes set).
-* :mod:`.build` — :func:`build_detection_model` (from a model YAML, a ``.pt`` checkpoint or a module).
-* :mod:`.module` — :class:`YOLOModule` (ultralytics' loss, NMS + torchmetrics mAP, optimizer and LR schedule).
+* :mod:`.data` — :class:`YOLODataModule` (ultralytics' data pipeline on YOLO-format ``data.yaml`` sets, or the
+  synthetic shapes set; strict, one-line errors for bad labels).
+* :mod:`.build` — :func:`build_yolo_model` (detect/segment/pose/obb from a model YAML, a ``.pt`` or a module).
+* :mod:`.ema` — :class:`ModelEMA` (weight averaging with ultralytics' semantics, prunable with the model).
+* :mod:`.module` — :class:`YOLOModule` (ultralytics' loss and EMA, NMS + torchmetrics mAP, optimizer, LR schedule).
 * :mod:`.export` — :func:`save_yolo` (checkpoints ``ultralytics.YOLO(path)`` loads, pruned ones included).
 * :mod:`.validation` — :func:`ultralytics_val_metrics` / :func:`ultralytics_val_map` (ultralytics' own validator).
 * :mod:`.common` — optional-import helpers shared by the others.
@@ -30,18 +32,18 @@ from typing import Any
 
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
-    "IMAGE_SUFFIXES": "data",
+    "TASKS": "data",
     "DataConfig": "data",
+    "DataSetError": "data",
     "EpochSampler": "data",
     "YOLODataModule": "data",
-    "YOLODataset": "data",
-    "label_path": "data",
-    "letterbox": "data",
     "load_data_yaml": "data",
-    "read_labels": "data",
     "yolo_collate": "data",
     "build_detection_model": "build",
+    "build_yolo_model": "build",
+    "model_task": "build",
     "resolve_model_yaml": "build",
+    "ModelEMA": "ema",
     "WarmupDecay": "module",
     "YOLOModule": "module",
     "coco_map": "module",

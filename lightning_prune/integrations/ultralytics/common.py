@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["INSTALL_HINT", "is_detection_model", "no_font_download", "require_pil", "require_ultralytics"]
+__all__ = ["INSTALL_HINT", "is_detection_model", "no_font_download", "one_line", "require_pil", "require_ultralytics"]
 
 INSTALL_HINT = 'pip install "lightning-prune[yolo]"'
 
@@ -50,3 +50,12 @@ def no_font_download() -> Iterator[None]:
         data_utils.check_font = original
 
 
+def one_line(err: BaseException | str) -> str:
+    """An exception (or text) as one line: ultralytics' messages span lines and carry emojis and colour codes."""
+    import re
+
+    text = str(err) if str(err) else type(err).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # ANSI colours
+    text = "".join(ch for ch in text if ch.isascii() or ch.isalnum() or ch in "−×≥≤")
+    parts = [part.strip() for part in text.splitlines() if part.strip()]
+    return "; ".join(parts) if parts else type(err).__name__

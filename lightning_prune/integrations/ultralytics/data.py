@@ -1,39 +1,61 @@
-"""YOLO-format data sets for Lightning: ``data.yaml`` checks, labels, letterboxing and :class:`YOLODataModule`."""
+"""YOLO-format data sets for Lightning, built with ultralytics' own data pipeline.
+
+:class:`YOLODataModule` reads a ``data.yaml`` with ultralytics' ``check_det_dataset`` and builds its splits with
+``build_yolo_dataset`` (ultralytics' ``YOLODataset``: label caching, mosaic and the rest of its augmentation for
+training, letterboxing for evaluation), for the ``detect``, ``segment``, ``pose`` and ``obb`` tasks. Mosaic is
+switched off for the last ``close_mosaic`` epochs, as ultralytics' trainer does. What this module adds is strictness:
+where ultralytics warns and skips (a corrupt label line, a class id outside the data set), it raises one
+``ValueError`` naming the file and the cause, before any training.
+
+Example::
+
+    from lightning_prune.integrations.ultralytics import YOLODataModule
+
+    data = YOLODataModule("path/to/data.yaml", imgsz=320, batch_size=16, close_mosaic=5)
+    data = YOLODataModule(synthetic=True, imgsz=128)   # the synthetic shapes set, written on first use
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lightning_prune.integrations.ultralytics.common import require_pil
+from lightning_prune.integrations.ultralytics.common import no_font_download, one_line, require_ultralytics
 
-__all__ = ["IMAGE_SUFFIXES", "DataConfig", "EpochSampler", "YOLODataModule", "YOLODataset", "label_path",
-           "letterbox", "load_data_yaml", "read_labels", "yolo_collate"]
+__all__ = ["TASKS", "DataConfig", "DataSetError", "EpochSampler", "Task", "YOLODataModule", "load_data_yaml",
+           "yolo_collate"]
 
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-_PAD_VALUE = 114  # ultralytics' letterbox grey
+Task = Literal["detect", "segment", "pose", "obb"]
+TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class DataSetError(FileNotFoundError, ValueError):
+    """A data set that cannot be used as given: a ``ValueError`` (and, for missing files, a ``FileNotFoundError``)."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """A parsed, checked ``data.yaml``: the file, the data set root, image files per split, and class names."""
+    """A checked ``data.yaml``: its file, the data set root, the split paths, class names and ultralytics' dict.
+
+    ``data`` is what ultralytics' ``check_det_dataset`` returned (absolute split paths, ``names``, ``nc``, and
+    ``kpt_shape`` for pose sets); it is what :func:`build_yolo_dataset` and the validators read.
+    """
 
     yaml_path: Path
     root: Path
-    train: tuple[Path, ...]
-    val: tuple[Path, ...]
+    splits: dict[str, str]
     names: tuple[str, ...]
+    data: dict[str, Any] = field(repr=False)
 
     @property
     def nc(self) -> int:
@@ -43,304 +65,252 @@ class DataConfig:
 def _names(raw: Any, nc: Any, path: Path) -> tuple[str, ...]:
     if raw is None:
         if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
-            raise ValueError(f"{path}: missing key 'names' (or a positive integer 'nc')")
+            raise DataSetError(f"{path}: missing key 'names' (or a positive integer 'nc')")
         return tuple(f"class_{i}" for i in range(nc))
     if isinstance(raw, Mapping):
         try:
             keys = sorted(int(k) for k in raw)
         except (TypeError, ValueError):
-            raise ValueError(f"{path}: 'names' keys must be class indices 0..n-1") from None
+            raise DataSetError(f"{path}: 'names' keys must be class indices 0..n-1") from None
         if keys != list(range(len(keys))):
-            raise ValueError(f"{path}: 'names' keys must be the class indices 0..{len(keys) - 1}, got {keys}")
+            raise DataSetError(f"{path}: 'names' keys must be the class indices 0..{len(keys) - 1}, got {keys}")
         names = tuple(str(raw[k] if k in raw else raw[str(k)]) for k in keys)
     elif isinstance(raw, (list, tuple)):
         names = tuple(str(n) for n in raw)
     else:
-        raise ValueError(f"{path}: 'names' must be a list or a mapping of class index to name")
+        raise DataSetError(f"{path}: 'names' must be a list or a mapping of class index to name")
     if not names:
-        raise ValueError(f"{path}: 'names' is empty")
+        raise DataSetError(f"{path}: 'names' is empty")
     if nc is not None and nc != len(names):
-        raise ValueError(f"{path}: 'nc: {nc}' does not match the {len(names)} entries of 'names'")
+        raise DataSetError(f"{path}: 'nc: {nc}' does not match the {len(names)} entries of 'names'")
     return names
 
 
-def _image_files(spec: Any, key: str, root: Path, yaml_path: Path) -> tuple[Path, ...]:
-    """Image files of one split: folders (searched recursively), ``.txt`` image lists, or single image files."""
-    if isinstance(spec, (str, os.PathLike)):
-        specs = [spec]
-    elif isinstance(spec, (list, tuple)) and spec and all(isinstance(s, (str, os.PathLike)) for s in spec):
-        specs = list(spec)
-    else:
-        raise ValueError(f"{yaml_path}: '{key}' must be a path or a list of paths, got {spec!r}")
-    files: list[Path] = []
+def _check_split(spec: Any, key: str, root: Path, yaml_path: Path) -> None:
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else spec
+    if not isinstance(specs, (list, tuple)) or not specs or not all(isinstance(s, (str, os.PathLike)) for s in specs):
+        raise DataSetError(f"{yaml_path}: '{key}' must be a path or a list of paths, got {spec!r}")
     for item in specs:
         path = Path(item).expanduser()
         path = path if path.is_absolute() else root / path
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file() and path.suffix.lower() == ".txt":
-            for line in path.read_text().splitlines():
-                line = line.strip()
-                if line:
-                    entry = Path(line)
-                    files.append(entry if entry.is_absolute() else
-                                 path.parent / line[2:] if line.startswith("./") else root / entry)
-        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{yaml_path}: '{key}' images not found: {path}")
-    if not files:
-        raise FileNotFoundError(f"{yaml_path}: no images ({', '.join(IMAGE_SUFFIXES)}) found for '{key}' in {specs}")
-    return tuple(files)
+        if not path.exists():
+            raise DataSetError(f"{yaml_path}: '{key}' images not found: {path}")
 
 
-def load_data_yaml(path: str | Path) -> DataConfig:
-    """Read and check a YOLO ``data.yaml``; one-line ``FileNotFoundError``/``ValueError`` naming the path or key.
+def load_data_yaml(path: str | os.PathLike) -> DataConfig:
+    """Read and check a YOLO ``data.yaml`` with ultralytics' ``check_det_dataset``; one-line errors.
 
-    ``path`` (the data set root) defaults to the YAML's folder; a relative ``path`` is taken relative to the YAML's
-    folder. ``train`` and ``val`` (required) are folders, ``.txt`` image lists or lists of either, relative to the
-    root. Class names come from ``names`` (list or ``{index: name}``), or ``nc`` alone (``class_0``, ...).
+    A missing file, invalid YAML, a missing ``train``/``val`` key, a split path (``train``, ``val``, optional
+    ``test``) that does not exist, or ``names``/``nc`` that disagree raise :class:`DataSetError` (a ``ValueError``)
+    naming the file and the key. Nothing is downloaded (ultralytics would fetch a missing data set or font).
+
+    Example:
+        >>> import tempfile
+        >>> from lightning_prune.data import make_synthetic_dataset
+        >>> root = make_synthetic_dataset(tempfile.mkdtemp(), num_train=1, num_val=1, num_test=1, imgsz=32)
+        >>> config = load_data_yaml(root / "data.yaml")
+        >>> config.names, sorted(config.splits)
+        (('circle', 'square', 'triangle'), ['test', 'train', 'val'])
     """
     yaml_path = Path(path).expanduser()
     if not yaml_path.is_file():
-        raise FileNotFoundError(f"data set file not found: {yaml_path}")
+        raise DataSetError(f"data set file not found: {yaml_path}")
     try:
-        data = yaml.safe_load(yaml_path.read_text())
+        raw = yaml.safe_load(yaml_path.read_text())
     except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{yaml_path}: not valid YAML ({first})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{yaml_path}: expected a mapping with keys 'train', 'val' and 'names'")
+        raise DataSetError(f"{yaml_path}: not valid YAML ({one_line(err)})") from None
+    if not isinstance(raw, dict):
+        raise DataSetError(f"{yaml_path}: expected a mapping with keys 'train', 'val' and 'names'")
     for key in ("train", "val"):
-        if not data.get(key):
-            raise ValueError(f"{yaml_path}: missing key '{key}'")
-    names = _names(data.get("names"), data.get("nc"), yaml_path)
-    root = Path(str(data["path"])).expanduser() if data.get("path") else yaml_path.parent
+        if not raw.get(key):
+            raise DataSetError(f"{yaml_path}: missing key '{key}'")
+    names = _names(raw.get("names"), raw.get("nc"), yaml_path)
+    root = Path(str(raw["path"])).expanduser() if raw.get("path") else yaml_path.parent
     root = (root if root.is_absolute() else yaml_path.parent / root).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"{yaml_path}: data set root 'path' not found: {root}")
-    train = _image_files(data["train"], "train", root, yaml_path)
-    val = _image_files(data["val"], "val", root, yaml_path)
-    return DataConfig(yaml_path.resolve(), root, train, val, names)
+        raise DataSetError(f"{yaml_path}: data set root 'path' not found: {root}")
+    for key in SPLITS:
+        if raw.get(key):
+            _check_split(raw[key], key, root, yaml_path)
+    require_ultralytics()
+    from ultralytics.data.utils import check_det_dataset
 
-
-def label_path(image: Path) -> Path:
-    """The YOLO label file of an image: the last ``images`` folder becomes ``labels``, the suffix ``.txt``."""
-    parts = list(image.parts)
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            break
-    return Path(*parts).with_suffix(".txt")
-
-
-def read_labels(path: Path, nc: int) -> np.ndarray:
-    """Read one YOLO label file as an ``(n, 5)`` float32 array ``cls cx cy w h``; a missing file means no objects.
-
-    Polygon lines (``cls x1 y1 x2 y2 ...``, the segmentation format) become their bounding boxes. A malformed line,
-    a class outside ``0..nc-1`` or coordinates outside 0-1 raise ``ValueError`` naming ``file:line``.
-    """
-    if not path.is_file():
-        return np.zeros((0, 5), dtype=np.float32)
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            raise ValueError(f"{path}:{number}: expected numbers 'cls cx cy w h', got {line.strip()!r}") from None
-        cls = values[0]
-        if cls != int(cls) or not 0 <= cls < nc:
-            raise ValueError(f"{path}:{number}: class {fields[0]} is not one of 0..{nc - 1}")
-        if len(values) == 5:
-            box = values[1:]
-        elif len(values) >= 7 and len(values) % 2 == 1:  # polygon
-            xs, ys = values[1::2], values[2::2]
-            box = [(min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)]
-        else:
-            raise ValueError(f"{path}:{number}: expected 5 values 'cls cx cy w h', got {len(values)}")
-        if min(values[1:]) < -0.01 or max(values[1:]) > 1.01:
-            raise ValueError(f"{path}:{number}: box coordinates must be normalised to 0-1, got {line.strip()!r}")
-        rows.append([cls, *box])
-    labels = np.asarray(rows, dtype=np.float32).reshape(-1, 5)
-    labels[:, 1:] = labels[:, 1:].clip(0.0, 1.0)
-    return labels[(labels[:, 3] > 0) & (labels[:, 4] > 0)]
-
-
-def letterbox(image: np.ndarray, imgsz: int) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize ``image`` (HWC uint8) so its long side is ``imgsz``, then pad it to a centred ``imgsz`` square.
-
-    Follows ultralytics (``load_image`` + ``LetterBox``): grey ``114`` padding, ``round(d -/+ 0.1)`` pad split.
-    Returns the square image, the scale ratio and the ``(left, top)`` padding.
-    """
-    h0, w0 = image.shape[:2]
-    ratio = imgsz / max(h0, w0)
-    if ratio != 1:
-        w, h = min(math.ceil(w0 * ratio), imgsz), min(math.ceil(h0 * ratio), imgsz)
-        pil = require_pil()
-        image = np.asarray(pil.fromarray(image).resize((w, h), pil.Resampling.BILINEAR))
-    h, w = image.shape[:2]
-    dw, dh = (imgsz - w) / 2, (imgsz - h) / 2
-    top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
-    if top or bottom or left or right:
-        image = np.pad(image, ((top, bottom), (left, right), (0, 0)), constant_values=_PAD_VALUE)
-    return image, ratio, (left, top)
-
-
-class YOLODataset(Dataset):
-    """Letterboxed images and YOLO labels; with ``augment``, a seeded horizontal flip and colour jitter.
-
-    Items are dicts ``img`` (3xHxW uint8), ``cls`` (n x 1), ``bboxes`` (n x 4, normalised xywh in the letterboxed
-    image), ``ori_shape``, ``ratio_pad`` and ``im_file``; :func:`yolo_collate` batches them. An item may be asked for
-    as ``index`` or ``(index, epoch)`` (what :class:`EpochSampler` yields): the augmentation of an item depends only
-    on ``(seed, epoch, index)``, so it is the same with any number of workers.
-    """
-
-    def __init__(self, images: Sequence[Path], nc: int, imgsz: int, augment: bool = False, fliplr: float = 0.5,
-                 brightness: float = 0.25, saturation: float = 0.4, seed: int = 0) -> None:
-        self.images = [Path(p) for p in images]
-        self.labels = [read_labels(label_path(p), nc) for p in self.images]  # parsed up front: bad files fail early
-        self.imgsz = imgsz
-        self.augment = augment
-        self.fliplr = fliplr
-        self.brightness = brightness
-        self.saturation = saturation
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def _load(self, index: int) -> np.ndarray:
-        pil = require_pil()
-        with pil.open(self.images[index]) as image:
-            return np.asarray(image.convert("RGB"))
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
-        image = self._load(index)
-        h0, w0 = image.shape[:2]
-        image, ratio, (left, top) = letterbox(image, self.imgsz)
-        labels = self.labels[index].copy()
-        boxes = labels[:, 1:]
-        boxes[:, [0, 2]] = (boxes[:, [0, 2]] * w0 * ratio + np.array([left, 0])) / self.imgsz
-        boxes[:, [1, 3]] = (boxes[:, [1, 3]] * h0 * ratio + np.array([top, 0])) / self.imgsz
-        if self.augment:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            if rng.random() < self.fliplr:
-                image = image[:, ::-1]
-                boxes[:, 0] = 1.0 - boxes[:, 0]
-            image = self._jitter(image, rng)
-        return {
-            "img": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "cls": torch.from_numpy(labels[:, :1]),
-            "bboxes": torch.from_numpy(np.ascontiguousarray(boxes)),
-            "ori_shape": (h0, w0),
-            "ratio_pad": ((ratio, ratio), (left, top)),
-            "im_file": str(self.images[index]),
-        }
-
-    def _jitter(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        value = 1.0 + rng.uniform(-self.brightness, self.brightness)
-        sat = 1.0 + rng.uniform(-self.saturation, self.saturation)
-        pixels = image.astype(np.float32)
-        grey = pixels.mean(axis=2, keepdims=True)
-        pixels = (grey + (pixels - grey) * sat) * value
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    try:
+        with no_font_download():
+            data = check_det_dataset(str(yaml_path.resolve()), autodownload=False)
+    except Exception as err:  # ultralytics' messages span lines and carry emojis
+        raise DataSetError(f"{yaml_path}: {one_line(err)}") from None
+    splits = {key: data[key] for key in SPLITS if data.get(key)}
+    return DataConfig(yaml_path.resolve(), root, splits, names, data)
 
 
 def yolo_collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Batch :class:`YOLODataset` items into the dict ultralytics' loss and validator use.
+    """ultralytics' ``YOLODataset.collate_fn``, then ``img`` as float in 0-1 (what the model and loss read).
 
-    ``img`` float BxCxHxW in 0-1, ``batch_idx`` (N,), ``cls`` (N, 1), ``bboxes`` (N, 4) normalised xywh,
-    ``ori_shape``/``ratio_pad``/``im_file`` lists.
+    The batch is ultralytics' dict: ``img`` (B x 3 x H x W), ``batch_idx`` (N,), ``cls`` (N x 1), ``bboxes``
+    (N x 4 normalised xywh; N x 5 xywhr for obb), ``masks``/``keypoints`` for segment/pose, and ``im_file``,
+    ``ori_shape``, ``resized_shape``, ``ratio_pad`` per image.
     """
-    counts = [len(item["cls"]) for item in items]
-    return {
-        "img": torch.stack([item["img"] for item in items]).float().div_(255.0),
-        "batch_idx": torch.repeat_interleave(torch.arange(len(items), dtype=torch.float32), torch.tensor(counts)),
-        "cls": torch.cat([item["cls"] for item in items]).float().reshape(-1, 1),
-        "bboxes": torch.cat([item["bboxes"] for item in items]).float().reshape(-1, 4),
-        "ori_shape": [item["ori_shape"] for item in items],
-        "ratio_pad": [item["ratio_pad"] for item in items],
-        "im_file": [item["im_file"] for item in items],
-    }
+    from ultralytics.data.dataset import YOLODataset
+
+    batch = YOLODataset.collate_fn(list(items))
+    batch["img"] = batch["img"].float().div_(255.0)
+    return batch
 
 
 class EpochSampler(Sampler):
-    """Yields ``(index, epoch)``: a seeded per-epoch shuffle (or the plain order) that tells items their epoch.
+    """A seeded per-epoch shuffle (or the file order) that also closes mosaic at ``close_at``.
 
-    Lightning calls :meth:`set_epoch` at the start of every training epoch.
+    Lightning calls :meth:`set_epoch` at the start of every training epoch, before the loader's workers start
+    (workers are not persistent while mosaic may still be closed), so the dataset change reaches every worker.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int = 0) -> None:
-        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+    def __init__(self, dataset: Dataset, shuffle: bool, seed: int = 0, close_at: int | None = None,
+                 hyp: Any = None) -> None:
+        self.dataset, self.shuffle, self.seed, self.epoch = dataset, shuffle, seed, 0
+        self.close_at, self.hyp, self.closed = close_at, hyp, False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if self.close_at is not None and self.epoch >= self.close_at and not self.closed:
+            self.dataset.close_mosaic(self.hyp)
+            self.closed = True
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.dataset)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle else range(
-            self.size)
-        return iter([(int(i), self.epoch) for i in order])
+    def __iter__(self) -> Iterator[int]:
+        size = len(self.dataset)
+        if not self.shuffle:
+            return iter(range(size))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(size, generator=generator).tolist())
 
 
-def _default_synthetic_root(imgsz: int, seed: int, num_train: int, num_val: int) -> Path:
-    name = f"synthetic-shapes-{imgsz}px-seed{seed}-{num_train}-{num_val}"
+def _default_synthetic_root(imgsz: int, seed: int, num_train: int, num_val: int, num_test: int) -> Path:
+    name = f"synthetic-shapes-v2-{imgsz}px-seed{seed}-{num_train}-{num_val}-{num_test}"
     return Path(tempfile.gettempdir()) / "lightning_prune" / name
 
 
+def _field_problem(label: Path, task: str, data: Mapping[str, Any]) -> str | None:
+    """The first line of ``label`` whose number of fields does not fit ``task`` (``file:line: ...``), or None.
+
+    Only read once ultralytics has reported the file corrupt, to say *which* line is wrong: ultralytics parses
+    the whole file as one array, so a short line among good ones surfaces as a numpy shape error.
+    """
+    nkpt, ndim = (data.get("kpt_shape") or (0, 0))[:2]
+    expected = {"detect": "5 ('cls cx cy w h')", "segment": "5, or an odd number >= 7 (a polygon)",
+                "pose": f"{5 + nkpt * ndim} ('cls cx cy w h' + {nkpt}x{ndim} keypoint values)",
+                "obb": "9 ('cls x1 y1 ... x4 y4')"}[task]
+    try:
+        lines = label.read_text().splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, start=1):
+        n = len(line.split())
+        if not n:
+            continue
+        ok = {"detect": n == 5, "segment": n == 5 or (n >= 7 and n % 2 == 1), "pose": n == 5 + nkpt * ndim,
+              "obb": n == 9 or n == 5}[task]
+        if not ok:
+            return f"{label}:{number}: expected {expected} fields, got {n}"
+    return None
+
+
+def _corrupt_message(msgs: Sequence[str], task: str, data: Mapping[str, Any]) -> str | None:
+    """``"<label file>: <cause>"`` of the first corrupt entry in ultralytics' label-scan messages."""
+    from ultralytics.data.utils import img2label_paths
+
+    for msg in msgs:
+        msg = one_line(msg)
+        if "ignoring corrupt image/label: " in msg:
+            where, _, cause = msg.partition(": ignoring corrupt image/label: ")
+            image = where.split(": ")[-1].strip()
+            label = Path(img2label_paths([image])[0]) if image else None
+            if label is None or not label.is_file():
+                return f"{image}: {cause}"
+            return _field_problem(label, task, data) or f"{label}: {cause}"
+    return None
+
+
 class YOLODataModule(pl.LightningDataModule):
-    """A YOLO-format detection data set for Lightning: letterboxed ``imgsz`` batches in ultralytics' dict format.
+    """A YOLO-format data set for Lightning, with ultralytics' data pipeline (``build_yolo_dataset``).
 
     Args:
-        data: path to a ``data.yaml`` (keys ``path``, ``train``, ``val``, ``names``); checked in the constructor,
-            so a bad path or a missing key fails at once with a one-line error naming it.
-        imgsz: images are letterboxed to ``imgsz x imgsz`` (a multiple of the model stride, 32).
-        batch_size: images per batch (training and validation).
+        data: path to a ``data.yaml`` (``path``, ``train``, ``val``, optional ``test``, ``names``; ``kpt_shape``
+            for pose); checked in the constructor, so a bad path or key fails at once with one line.
+        task: ``"detect"``, ``"segment"``, ``"pose"`` or ``"obb"``: which labels ultralytics reads.
+        imgsz: training and evaluation image size (a multiple of 32).
+        batch_size: images per batch (training and evaluation).
         num_workers: data loader worker processes.
-        augment: random horizontal flip and brightness/saturation jitter on the training split.
-        fliplr: flip probability; ``brightness``, ``saturation``: largest relative jitter.
-        seed: seeds the training shuffle and augmentation (a function of seed, epoch and image index).
+        augment: ultralytics' training augmentation (mosaic, random perspective, HSV, flips); ``False``: letterbox
+            only.
+        mosaic: probability of ultralytics' 4-image mosaic.
+        close_mosaic: turn mosaic (and mixup/copy-paste) off for the last this many epochs of ``fit``.
+        hyp: more ultralytics hyperparameters (``{"scale": 0.3, "mixup": 0.1, "degrees": 5, ...}``).
+        cache: ultralytics' image cache: ``False``, ``"ram"`` or ``"disk"``.
+        seed: seeds the training shuffle.
         synthetic: use the synthetic shapes set of :mod:`lightning_prune.data.synthetic` instead of ``data``;
             :meth:`prepare_data` writes it to ``synthetic_root`` if it is not there yet.
         synthetic_root: where the synthetic set lives (default: a folder in the system temp directory named after
-            ``imgsz``, ``seed`` and the sizes); ``synthetic_num_train``, ``synthetic_num_val``: its sizes.
+            ``imgsz``, ``seed`` and the sizes); ``synthetic_num_train``/``_val``/``_test``: its sizes.
         pin_memory: passed to the data loaders.
+
+    :meth:`val_dataloader` reads ``val`` (what the pruning callback's sensitivity probes read), :meth:`test_dataloader`
+    reads ``test`` when the set has one (else ``val``). Bad labels — a line with the wrong number of fields, a class
+    id ≥ ``nc``, coordinates outside 0-1 — raise :class:`DataSetError` naming the file in :meth:`setup`.
     """
 
-    def __init__(self, data: str | None = None, imgsz: int = 160, batch_size: int = 16, num_workers: int = 0,
-                 augment: bool = True, fliplr: float = 0.5, brightness: float = 0.25, saturation: float = 0.4,
-                 seed: int = 0, synthetic: bool = False, synthetic_root: str | None = None,
-                 synthetic_num_train: int = 200, synthetic_num_val: int = 50, pin_memory: bool = False) -> None:
+    def __init__(self, data: str | None = None, task: Task = "detect", imgsz: int = 160, batch_size: int = 16,
+                 num_workers: int = 0, augment: bool = True, mosaic: float = 1.0, close_mosaic: int = 10,
+                 hyp: dict[str, Any] | None = None, cache: bool | str = False, seed: int = 0,
+                 synthetic: bool = False, synthetic_root: str | None = None, synthetic_num_train: int = 200,
+                 synthetic_num_val: int = 50, synthetic_num_test: int = 50, pin_memory: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         if data is None and not synthetic:
             raise ValueError("YOLODataModule needs data=<path to data.yaml> or synthetic=True")
         if data is not None and synthetic:
             raise ValueError("YOLODataModule takes data=<path to data.yaml> or synthetic=True, not both")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        if synthetic and task != "detect":
+            raise ValueError(f"the synthetic shapes set has box labels only (task 'detect'), got task={task!r}")
         if imgsz < 32 or imgsz % 32:
             raise ValueError(f"imgsz must be a positive multiple of 32 (the largest YOLO stride), got {imgsz}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if close_mosaic < 0:
+            raise ValueError(f"close_mosaic must be >= 0 epochs, got {close_mosaic}")
+        self.task = task
         self.imgsz = imgsz
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.hyp = self._make_hyp(hyp or {})
         if synthetic:
             root = Path(synthetic_root) if synthetic_root else _default_synthetic_root(
-                imgsz, seed, synthetic_num_train, synthetic_num_val)
+                imgsz, seed, synthetic_num_train, synthetic_num_val, synthetic_num_test)
             self.data_yaml = root.expanduser().resolve() / "data.yaml"
             self.config: DataConfig | None = None
         else:
             self.data_yaml = Path(str(data)).expanduser().resolve()
             self.config = load_data_yaml(self.data_yaml)
-        self.train_dataset: YOLODataset | None = None
-        self.val_dataset: YOLODataset | None = None
+        self.datasets: dict[str, Dataset] = {}
+        self._train_sampler: EpochSampler | None = None
 
+    def _make_hyp(self, extra: Mapping[str, Any]) -> Any:
+        require_ultralytics()
+        from ultralytics.cfg import get_cfg
+        from ultralytics.utils import DEFAULT_CFG_DICT
+
+        unknown = sorted(set(extra) - set(DEFAULT_CFG_DICT))
+        if unknown:
+            raise ValueError(f"hyp: unknown ultralytics hyperparameter(s) {', '.join(unknown)}")
+        overrides = {**extra, "task": self.task, "imgsz": self.imgsz, "mosaic": self.hparams.mosaic,
+                     "cache": self.hparams.cache, "rect": False}
+        return get_cfg(overrides=overrides)
+
+    # -- metadata --------------------------------------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
         """Class names (the synthetic set's are known before it is written)."""
@@ -354,12 +324,30 @@ class YOLODataModule(pl.LightningDataModule):
     def nc(self) -> int:
         return len(self.names)
 
+    @property
+    def has_test(self) -> bool:
+        """Whether the data set has a ``test`` split (the synthetic set does)."""
+        return self.config is None or "test" in self.config.splits
+
+    @property
+    def mosaic_probability(self) -> float:
+        """The training set's current mosaic probability (``0`` once ``close_mosaic`` switched it off)."""
+        pending = [getattr(self.dataset("train"), "transforms", None)]
+        while pending:
+            transform = pending.pop()
+            if type(transform).__name__ == "Mosaic":
+                return float(transform.p)
+            pending.extend(getattr(transform, "transforms", None) or [])
+        return 0.0
+
+    # -- Lightning hooks -------------------------------------------------------------------------------------------
     def _make_synthetic(self) -> None:
         if self.hparams.synthetic and not self.data_yaml.is_file():
             from lightning_prune.data.synthetic import make_synthetic_dataset
 
-            make_synthetic_dataset(self.data_yaml.parent, self.hparams.synthetic_num_train,
-                                   self.hparams.synthetic_num_val, self.imgsz, self.hparams.seed)
+            hp = self.hparams
+            make_synthetic_dataset(self.data_yaml.parent, hp.synthetic_num_train, hp.synthetic_num_val, self.imgsz,
+                                   hp.seed, num_test=hp.synthetic_num_test)
 
     def prepare_data(self) -> None:
         self._make_synthetic()
@@ -368,32 +356,84 @@ class YOLODataModule(pl.LightningDataModule):
         self._make_synthetic()  # when used without a Trainer (which calls prepare_data first)
         if self.config is None:
             self.config = load_data_yaml(self.data_yaml)
-        hp = self.hparams
-        if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = YOLODataset(self.config.train, self.config.nc, self.imgsz, hp.augment, hp.fliplr,
-                                             hp.brightness, hp.saturation, hp.seed)
-        if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
-            self.val_dataset = YOLODataset(self.config.val, self.config.nc, self.imgsz)
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("val",)}
+        for split in splits.get(stage, SPLITS) if stage is not None else SPLITS:
+            self.dataset(split)
 
-    def _loader(self, dataset: YOLODataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            self.setup("fit" if train else "validate")
-            dataset = self.train_dataset if train else self.val_dataset
-        return DataLoader(dataset, batch_size=self.batch_size,
-                          sampler=EpochSampler(len(dataset), shuffle=train, seed=self.hparams.seed),
-                          num_workers=self.num_workers, collate_fn=yolo_collate, pin_memory=self.hparams.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+    def dataset(self, split: str) -> Dataset:
+        """ultralytics' ``YOLODataset`` of ``split`` (built once; ``test`` falls back to ``val`` when absent)."""
+        if split == "test" and self.config is not None and "test" not in self.config.splits:
+            split = "val"
+        if split not in self.datasets:
+            self._make_synthetic()
+            if self.config is None:
+                self.config = load_data_yaml(self.data_yaml)
+            self.datasets[split] = self._build(split)
+        return self.datasets[split]
+
+    def _build(self, split: str) -> Dataset:
+        from ultralytics.data import build_yolo_dataset
+        from ultralytics.data.utils import load_dataset_cache_file
+
+        assert self.config is not None
+        path = self.config.splits[split]
+        train = split == "train" and self.hparams.augment
+        try:
+            with no_font_download():
+                dataset = build_yolo_dataset(self._hyp_copy(), path, self.batch_size, self.config.data,
+                                             mode="train" if train else "val", stride=32)
+        except Exception as err:
+            raise DataSetError(f"{self.data_yaml}: '{split}' split: {one_line(err)}") from None
+        files = getattr(dataset, "label_files", None) or []
+        cache = Path(files[0]).parent.with_suffix(".cache") if files else None
+        msgs: list[str] = []
+        if cache is not None and cache.is_file():
+            try:
+                msgs = list(load_dataset_cache_file(cache).get("msgs", []))
+            except Exception:  # an unreadable cache: ultralytics rebuilt it, nothing to report from it
+                msgs = []
+        problem = _corrupt_message(msgs, self.task, self.config.data)
+        if problem is None and len(dataset.im_files) < len(files):
+            problem = f"{len(files) - len(dataset.im_files)} corrupt image(s) or label file(s) in {path}"
+        if problem is not None:
+            if cache is not None:
+                cache.unlink(missing_ok=True)  # the next run scans again instead of skipping the bad files
+            raise DataSetError(f"{problem} ('{split}' split of {self.data_yaml})")
+        return dataset
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split)
+        train = split == "train"
+        sampler = EpochSampler(dataset, shuffle=train, seed=self.hparams.seed)
+        persistent = self.num_workers > 0
+        if train and self._train_sampler is not None and self._train_sampler.closed:
+            dataset.transforms = dataset.build_transforms(self._hyp_copy())  # a new fit starts with mosaic again
+        if train and self.hparams.augment and self.hparams.close_mosaic > 0 and self.hyp.mosaic > 0:
+            max_epochs = getattr(self.trainer, "max_epochs", None) if self._trainer_attached() else None
+            if max_epochs is not None and max_epochs > 0:
+                sampler.close_at = max(max_epochs - self.hparams.close_mosaic, 0)
+                sampler.hyp = self._hyp_copy()  # close_mosaic() writes into it
+                persistent = False  # workers must be re-forked to see the closed mosaic
+        if train:
+            self._train_sampler = sampler
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=yolo_collate, pin_memory=self.hparams.pin_memory, persistent_workers=persistent,
+                          drop_last=False)
+
+    def _hyp_copy(self) -> Any:
+        return type(self.hyp)(**vars(self.hyp))
+
+    def _trainer_attached(self) -> bool:
+        return getattr(self, "trainer", None) is not None
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, train=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, train=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, train=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, train=False)
-
-
+        return self._loader("val")

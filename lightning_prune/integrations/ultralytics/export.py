@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.integrations.ultralytics.build import model_task
 from lightning_prune.integrations.ultralytics.common import is_detection_model, require_ultralytics
 
 __all__ = ["save_yolo"]
@@ -29,20 +30,31 @@ def _names_dict(names: Any, nc: int) -> dict[int, str]:
 
 def save_yolo(module_or_model: nn.Module, path: str | os.PathLike,
               names: Sequence[str] | Mapping[int, str] | None = None, imgsz: int | None = None,
-              data: str | os.PathLike | None = None, half: bool = False) -> Path:
+              data: str | os.PathLike | None = None, half: bool = False, ema: bool = True) -> Path:
     """Write a checkpoint ``ultralytics.YOLO(path)`` loads, predicts with, validates and exports (pruned or not).
 
     The model module itself is pickled (as ultralytics does), so a pruned model keeps its pruned channel counts;
-    only ultralytics and torch classes end up in the file. The live model is not changed.
+    only ultralytics and torch classes end up in the file. The task (detect, segment, pose, obb, read from the
+    model's head), the class names and the image size are stored where ``YOLO(path)`` reads them, so
+    ``YOLO(path).predict``, ``.val`` and ``.export`` work, and ``YOLOModule(path)`` trains and prunes it further.
+    The live model is not changed.
 
     Args:
-        module_or_model: a :class:`YOLOModule` (or any LightningModule with a ``model``), or a ``DetectionModel``.
+        module_or_model: a :class:`YOLOModule` (its EMA weights, as ultralytics saves them; see ``ema``), any
+            LightningModule with a ``model``, or an ultralytics detect/segment/pose/obb model.
         path: the ``.pt`` file to write (folders are created).
         names: class names (list or ``{index: name}``); default: the model's ``names`` (set from the data set by
             :class:`YOLOModule` during fit).
         imgsz: image size stored for ultralytics (default: the module's ``imgsz``, else 640).
         data: the ``data.yaml`` stored as ``train_args["data"]``, so ``YOLO(path).val()`` finds the data set.
         half: store fp16 weights like ultralytics' final checkpoints (default: fp32, exactly what was trained).
+        ema: write a :class:`YOLOModule`'s EMA copy (default, what it validates) rather than the live model.
+
+    Example::
+
+        path = save_yolo(module, "pruned.pt", data="data.yaml")
+        from ultralytics import YOLO
+        YOLO(path).predict("image.png"); YOLO(path).export(format="onnx")
 
     Returns:
         The written path.
@@ -50,10 +62,15 @@ def save_yolo(module_or_model: nn.Module, path: str | os.PathLike,
     ultralytics = require_ultralytics()
     from ultralytics.utils import DEFAULT_CFG_DICT
 
-    model = module_or_model if is_detection_model(module_or_model) else getattr(module_or_model, "model", None)
+    if is_detection_model(module_or_model):
+        model = module_or_model
+    else:
+        export_model = getattr(module_or_model, "export_model", None)
+        model = export_model(ema) if callable(export_model) else getattr(module_or_model, "model", None)
     if not is_detection_model(model):
-        raise TypeError(f"save_yolo needs a YOLOModule or an ultralytics DetectionModel, got "
+        raise TypeError(f"save_yolo needs a YOLOModule or an ultralytics detect/segment/pose/obb model, got "
                         f"{type(module_or_model).__name__}")
+    task = model_task(model)
     if imgsz is None:
         hparams = getattr(module_or_model, "hparams", {})
         imgsz = int(hparams.get("imgsz", 640)) if isinstance(hparams, Mapping) else 640
@@ -61,7 +78,7 @@ def save_yolo(module_or_model: nn.Module, path: str | os.PathLike,
     export = copy.deepcopy(model).cpu()
     export.names = _names_dict(names if names is not None else getattr(model, "names", range(nc)), nc)
     export.criterion = None
-    export.task = "detect"
+    export.task = task
     for module in export.modules():  # hooks (profilers, summaries) may hold unpicklable closures
         for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                       "_state_dict_hooks", "_load_state_dict_pre_hooks"):
@@ -71,7 +88,7 @@ def save_yolo(module_or_model: nn.Module, path: str | os.PathLike,
         p.grad = None
     export = export.half() if half else export.float()
     export.eval()
-    train_args = {"task": "detect", "imgsz": int(imgsz), "data": str(data) if data is not None else None,
+    train_args = {"task": task, "imgsz": int(imgsz), "data": str(data) if data is not None else None,
                   "model": str(path), "box": DEFAULT_CFG_DICT["box"], "cls": DEFAULT_CFG_DICT["cls"],
                   "dfl": DEFAULT_CFG_DICT["dfl"]}
     old_args = getattr(model, "args", None)

@@ -1,20 +1,36 @@
-""":class:`YOLOModule`: an ultralytics YOLO detector as a LightningModule (ultralytics' loss, torchmetrics mAP)."""
+""":class:`YOLOModule`: an ultralytics YOLO model as a LightningModule (ultralytics' loss and EMA, torchmetrics mAP).
+
+Example::
+
+    import lightning.pytorch as pl
+    from lightning_prune.callbacks import IterativePruningCallback
+    from lightning_prune.integrations.ultralytics import YOLODataModule, YOLOModule
+
+    module = YOLOModule("runs/detect/train/weights/best.pt")      # or "yolov8n.yaml" with nc=...
+    data = YOLODataModule("my/data.yaml", imgsz=640)
+    pruning = IterativePruningCallback(schedule=[1, 3, 5], target=0.5, monitor="val/mAP50-95")
+    pl.Trainer(max_epochs=8, callbacks=[pruning]).fit(module, data)
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_prune.integrations.ultralytics.build import build_detection_model
+from lightning_prune.integrations.ultralytics.build import build_yolo_model
 from lightning_prune.integrations.ultralytics.common import INSTALL_HINT
+from lightning_prune.integrations.ultralytics.ema import ModelEMA
 
 __all__ = ["WarmupDecay", "YOLOModule", "coco_map"]
+
+#: task -> what ``val/mAP50-95`` measures in :class:`YOLOModule`'s validation loop
+VAL_METRIC = {"detect": "box mAP", "segment": "box mAP", "pose": "box mAP", "obb": "none (val/loss only)"}
 
 
 class WarmupDecay:
@@ -51,13 +67,24 @@ def coco_map(result: Mapping[str, Any]) -> tuple[float, float]:
 
 
 class YOLOModule(pl.LightningModule):
-    """An ultralytics YOLO detector as a LightningModule: ultralytics' loss, NMS + torchmetrics mAP validation.
+    """An ultralytics YOLO model (detect, segment, pose or obb) as a LightningModule.
+
+    Training uses the model's own ultralytics loss (``init_criterion``: detection, segmentation, pose or OBB loss),
+    gradient-norm clipping at 10 and an exponential moving average of the weights with ultralytics' semantics
+    (:class:`~lightning_prune.integrations.ultralytics.ema.ModelEMA`, updated after every optimizer step).
+    Lightning's validation and test loops evaluate the EMA copy, and :func:`save_yolo` writes it; a
+    ``validation_step`` called while the trainer is *training* — the pruning callback's sensitivity probes, which
+    mask the live model — evaluates the live model. Validation runs NMS and
+    :class:`torchmetrics.detection.MeanAveragePrecision`, logging ``val/mAP50-95``, ``val/mAP50`` and ``val/loss``
+    (box mAP for detect, segment and pose; obb logs ``val/loss`` only: use :func:`ultralytics_val_metrics` for its
+    mAP). The test loop logs the same under ``test/``.
 
     Args:
-        model: a model YAML (``"yolov8n.yaml"``, ``"yolo11n.yaml"``, ``"yolov7-tiny"``, a path), a ``.pt`` checkpoint
-            (ultralytics' or :func:`save_yolo`'s, pruned ones included) or a ``DetectionModel``; see
-            :func:`build_detection_model`.
-        nc: number of classes (default: the YAML's or the checkpoint's).
+        model: a model YAML (``"yolov8n.yaml"``, ``"yolo11n-seg.yaml"``, ``"yolov7-tiny"``, a path), a ``.pt``
+            checkpoint (ultralytics' trainer's ``best.pt``/``last.pt`` or :func:`save_yolo`'s, pruned ones
+            included: weights, task and class names are loaded) or a model; see :func:`build_yolo_model`.
+        nc: number of classes (default: the YAML's or the checkpoint's; must match a checkpoint's).
+        task: the expected task (default: the model's own); a mismatch raises ``ValueError``.
         imgsz: input size of :attr:`example_input_array` (``1 x 3 x imgsz x imgsz``) and of saved checkpoints.
         optimizer: ``"SGD"`` (Nesterov), ``"AdamW"`` or ``"Adam"``; weights get ``weight_decay``, biases and norm
             parameters none.
@@ -66,22 +93,26 @@ class YOLOModule(pl.LightningModule):
         warmup_epochs: linear learning-rate warm-up, in epochs (fractions allowed).
         scheduler: ``"cosine"``, ``"linear"`` or ``None``: decay per step from ``lr`` to ``lr * lrf`` over the run.
         box_gain, cls_gain, dfl_gain: ultralytics' loss gains ``box``, ``cls`` and ``dfl``.
+        ema: keep the EMA (ultralytics' default); ``ema_decay``, ``ema_tau``: its largest decay and ramp.
+        clip_grad_norm: gradient-norm clipping (ultralytics clips at 10); ``None`` leaves it to the Trainer.
         conf, iou, max_det: validation NMS settings; the defaults are ultralytics' validator's (0.001, 0.7, 300).
         predict_conf: confidence threshold of :meth:`predict_step`.
 
-    The model lives in :attr:`model`; :meth:`forward` is the ultralytics model's forward (a raw-prediction dict in
-    training mode, ``(decoded, raw)`` in eval mode). Nothing here caches channel counts, so pruning :attr:`model`
-    in place (parameters keep their identity) between steps is fine. Class names come from the data module's
-    ``names`` when it has them.
+    Nothing here caches channel counts, so pruning :attr:`model` in place (parameters keep their identity) between
+    steps is fine; :meth:`averaged_copies` tells the pruning callback where the EMA copy is, so it gets the same
+    surgery. Class names come from the data module's ``names`` when it has them; an ``nc`` or a task that disagrees
+    with the data module raises ``ValueError`` in :meth:`setup`, before any training.
     """
 
-    def __init__(self, model: str | nn.Module = "yolov8n.yaml", nc: int | None = None, imgsz: int = 160,
-                 optimizer: str = "AdamW", lr: float = 0.002, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 warmup_epochs: float = 1.0, scheduler: str | None = "cosine", lrf: float = 0.01,
-                 box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5, conf: float = 0.001,
-                 iou: float = 0.7, max_det: int = 300, predict_conf: float = 0.25) -> None:
+    def __init__(self, model: str | nn.Module = "yolov8n.yaml", nc: int | None = None,
+                 task: Literal["detect", "segment", "pose", "obb"] | None = None, imgsz: int = 160,
+                 optimizer: Literal["SGD", "AdamW", "Adam"] = "AdamW", lr: float = 0.002, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0,
+                 scheduler: Literal["cosine", "linear"] | None = "cosine", lrf: float = 0.01,
+                 box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5, ema: bool = True,
+                 ema_decay: float = 0.9999, ema_tau: float = 2000.0, clip_grad_norm: float | None = 10.0,
+                 conf: float = 0.001, iou: float = 0.7, max_det: int = 300, predict_conf: float = 0.25) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if optimizer.lower() not in ("sgd", "adamw", "adam"):
             raise ValueError(f"optimizer must be 'SGD', 'AdamW' or 'Adam', got {optimizer!r}")
         if scheduler is not None and scheduler not in ("cosine", "linear"):
@@ -90,11 +121,19 @@ class YOLOModule(pl.LightningModule):
             raise ValueError(f"imgsz must be a positive multiple of 32 (the largest YOLO stride), got {imgsz}")
         from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
 
-        self.model = build_detection_model(model, nc)
+        self.model = build_yolo_model(model, nc, task)
+        self.task: str = self.model.task
+        task = self.model.task  # noqa: F841  (recorded resolved: Lightning compares it with the data module's task)
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, "box": box_gain, "cls": cls_gain,
-                                                     "dfl": dfl_gain, "imgsz": imgsz})
+                                                     "dfl": dfl_gain, "imgsz": imgsz, "task": self.task})
         self.model.criterion = None  # ultralytics' own cache; ours is below and follows the device
+        if not isinstance(getattr(self.model, "names", None), Mapping) or len(self.model.names) != self.nc:
+            self.model.names = {i: f"class_{i}" for i in range(self.nc)}
         self.example_input_array = torch.zeros(1, 3, imgsz, imgsz)
+        self.ema: ModelEMA | None = ModelEMA(self.model, ema_decay, ema_tau) if ema else None
+        self._ema_step = -1
+        self._pending_ema: dict[str, Any] | None = None
         self._criterion: Any = None
         self._criterion_key: tuple[Any, ...] | None = None
         self.val_map = self._make_metric()
@@ -114,8 +153,13 @@ class YOLOModule(pl.LightningModule):
         return int(self.model.model[-1].nc)
 
     @property
+    def names(self) -> dict[int, str]:
+        """Class names, ``{index: name}``."""
+        return dict(self.model.names)
+
+    @property
     def criterion(self) -> Any:
-        """ultralytics' detection loss for the model, rebuilt when the model moves (it keeps the device and strides)."""
+        """ultralytics' loss for the model's task, rebuilt when the model moves (it keeps the device and strides)."""
         head = self.model.model[-1]
         key = (head.stride.device, head.stride.dtype, id(head.stride), head.nc)
         if self._criterion is None or self._criterion_key != key:
@@ -126,15 +170,77 @@ class YOLOModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> Any:
         return self.model(x)
 
+    # -- the EMA ---------------------------------------------------------------------------------------------------
+    def averaged_copies(self) -> list[tuple[nn.Module, str]]:
+        """``[(copy, prefix)]``: the averaged copies of submodules of this module, for the pruning callback.
+
+        After every pruning step the callback applies the same surgery to each copy (``copy`` is a twin of the
+        submodule at dotted path ``prefix``). Here: the EMA of :attr:`model`, when ``ema=True``.
+
+        Example:
+            >>> module = YOLOModule("yolov8n.yaml", nc=3, imgsz=64)
+            >>> [(type(copy).__name__, prefix) for copy, prefix in module.averaged_copies()]
+            [('DetectionModel', 'model')]
+        """
+        return [(self.ema.ema, "model")] if self.ema is not None else []
+
+    def export_model(self, ema: bool = True) -> nn.Module:
+        """The model to save: the EMA copy (``ema=True``, when the module keeps one) or the live model."""
+        if ema and self.ema is not None:
+            self._sync_ema()
+            self.ema.ema.names = self.model.names
+            return self.ema.ema
+        return self.model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model validation reads: the EMA copy in Lightning's evaluation loops, else the live model."""
+        if self.ema is None or (self._trainer is not None and self.trainer.training):
+            return self.model
+        self._sync_ema()
+        return self.ema.ema
+
+    def _sync_ema(self) -> None:
+        assert self.ema is not None
+        if not self.ema.matches(self.model):
+            rank_zero_warn("YOLOModule: the model changed shape without the same surgery on its EMA copy (pruned "
+                           "outside IterativePruningCallback?); the EMA restarts from the model")
+            self.ema.reset(self.model)
+        device = next(self.model.parameters()).device
+        if next(self.ema.ema.parameters()).device != device:
+            self.ema.to(device)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is None:
+            return
+        step = self.trainer.global_step if self._trainer is not None else self._ema_step + 1
+        if step != self._ema_step:  # an optimizer step happened (not an accumulation micro-batch)
+            self._ema_step = step
+            self._sync_ema()
+            self.ema.update(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["yolo_ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_ema = checkpoint.get("yolo_ema")  # restored in on_fit_start, once the architecture is final
+
     # -- hooks -----------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        data_task = getattr(datamodule, "task", None)
+        if isinstance(data_task, str) and data_task != self.task:
+            raise ValueError(f"the model is a {self.task} model but the data module reads {data_task} labels: pass "
+                             f"task={self.task!r} to YOLODataModule (or a {data_task} model)")
         names = getattr(datamodule, "names", None)
         if names:
             if len(names) != self.nc:
                 raise ValueError(f"the model predicts {self.nc} classes but the data set has {len(names)}: pass "
-                                 f"nc={len(names)} to YOLOModule")
+                                 f"nc={len(names)} to YOLOModule (a checkpoint's class count cannot change)")
             self.model.names = dict(enumerate(names))
+            if self.ema is not None:
+                self.ema.ema.names = self.model.names
         imgsz = getattr(datamodule, "imgsz", None)
         if isinstance(imgsz, int) and imgsz != self.hparams.imgsz:
             rank_zero_warn(f"YOLOModule(imgsz={self.hparams.imgsz}) but the data module letterboxes to {imgsz}")
@@ -142,11 +248,28 @@ class YOLOModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.model.args.epochs = max(int(self.trainer.max_epochs or 1), 1)  # E2E (YOLO26) loss decays over epochs
         self._criterion = None
+        if self.ema is not None:
+            self._sync_ema()
+            if self._pending_ema is not None:
+                try:
+                    self.ema.load_state_dict(self._pending_ema)
+                except ValueError as err:
+                    rank_zero_warn(f"YOLOModule: {err}; the EMA restarts from the model")
+                    self.ema.reset(self.model)
+                self._pending_ema = None
+        self._ema_step = self.trainer.global_step
 
     def on_train_epoch_end(self) -> None:
         update = getattr(self._criterion, "update", None)
         if callable(update):
             update()
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if gradient_clip_val is None and self.hparams.clip_grad_norm is not None:
+            gradient_clip_val, gradient_clip_algorithm = self.hparams.clip_grad_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     # -- steps -----------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -154,23 +277,36 @@ class YOLOModule(pl.LightningModule):
         loss, items = self.criterion(preds, batch)
         batch_size = batch["img"].shape[0]
         if self._trainer is not None:  # also usable as a plain function, outside a Trainer
-            self.log_dict({f"train/{name}": value for name, value in items.items()}, batch_size=batch_size)
-            self.log("train/loss", sum(items.values()), prog_bar=True, batch_size=batch_size)
+            names = getattr(self._criterion, "loss_names", None) or ("box_loss", "cls_loss", "dfl_loss")
+            parts = items.detach().flatten() if isinstance(items, torch.Tensor) else None
+            if parts is not None and len(parts) == len(names):
+                self.log_dict({f"train/{name}": value for name, value in zip(names, parts)}, batch_size=batch_size)
+                self.log("train/loss", parts.sum(), prog_bar=True, batch_size=batch_size)
+            elif isinstance(items, Mapping):
+                self.log_dict({f"train/{name}": value for name, value in items.items()}, batch_size=batch_size)
+                self.log("train/loss", sum(items.values()), prog_bar=True, batch_size=batch_size)
         return loss.sum()  # ultralytics' scale: summed components times batch size
 
     def _detections(self, decoded: Any, conf: float) -> list[torch.Tensor]:
         from ultralytics.utils.nms import non_max_suppression
 
-        end2end = bool(getattr(self.model, "end2end", False))
+        model = self.eval_model
+        end2end = bool(getattr(model, "end2end", False))
         return non_max_suppression(decoded, conf, self.hparams.iou, multi_label=not end2end,
-                                   max_det=self.hparams.max_det, end2end=end2end, max_time_img=10.0)
+                                   max_det=self.hparams.max_det, end2end=end2end, max_time_img=10.0,
+                                   nc=0 if self.task == "detect" else self.nc, rotated=self.task == "obb")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        decoded, raw = self.model(batch["img"])
+    def _evaluate(self, batch: dict[str, Any], prefix: str) -> None:
+        model = self.eval_model
+        decoded, raw = model(batch["img"])
+        if isinstance(decoded, (list, tuple)):  # segment: (detections with mask coefficients, protos)
+            decoded = decoded[0]
         batch_size = batch["img"].shape[0]
-        loss, items = self.criterion(raw, batch)
+        loss, items = self._loss(model, raw, batch)
         if self._trainer is not None:
-            self.log("val/loss", sum(items.values()), on_epoch=True, prog_bar=True, batch_size=batch_size)
+            self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=prefix == "val", batch_size=batch_size)
+        if self.task == "obb":
+            return
         detections = self._detections(decoded, self.hparams.conf)
         height, width = batch["img"].shape[2:]
         scale = torch.tensor([width, height, width, height], device=batch["bboxes"].device, dtype=torch.float32)
@@ -184,17 +320,40 @@ class YOLOModule(pl.LightningModule):
             targets.append({"boxes": xyxy, "labels": batch["cls"][mine].view(-1).long()})
         self.val_map.update(preds, targets)
 
-    def on_validation_epoch_end(self) -> None:
+    def _loss(self, model: nn.Module, raw: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        criterion = self.criterion
+        if model is not self.model:  # the EMA copy: the loss reads only the model's strides and head sizes
+            criterion = model.init_criterion()
+        loss, items = criterion(raw, batch)
+        total = items.sum() if isinstance(items, torch.Tensor) else sum(items.values())
+        return total, items
+
+    def _log_map(self, prefix: str) -> None:
+        if self.task == "obb":
+            return
         map50_95, map50 = coco_map(self.val_map.compute())
         self.val_map.reset()
-        self.log("val/mAP50-95", map50_95, on_epoch=True, prog_bar=True)
-        self.log("val/mAP50", map50, on_epoch=True, prog_bar=True)
+        self.log(f"{prefix}/mAP50-95", map50_95, on_epoch=True, prog_bar=prefix == "val")
+        self.log(f"{prefix}/mAP50", map50, on_epoch=True, prog_bar=prefix == "val")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:
-        """Detections per image, ``(n, 6)``: ``x1 y1 x2 y2 conf cls`` in letterboxed-image pixels."""
+        """Detections per image, ``(n, 6+)``: ``x1 y1 x2 y2 conf cls`` (and mask/keypoint columns) in input pixels."""
         images = batch["img"] if isinstance(batch, Mapping) else batch
-        decoded = self.model(images)
-        decoded = decoded[0] if isinstance(decoded, tuple) else decoded
+        decoded = self.eval_model(images)
+        decoded = decoded[0] if isinstance(decoded, (tuple, list)) else decoded
+        decoded = decoded[0] if isinstance(decoded, (tuple, list)) else decoded
         return self._detections(decoded, self.hparams.predict_conf)
 
     # -- optimisation ----------------------------------------------------------------------------------------------
@@ -224,5 +383,3 @@ class YOLOModule(pl.LightningModule):
         warmup = round(hp.warmup_epochs * steps_per_epoch)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(warmup, total, hp.scheduler, hp.lrf))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
