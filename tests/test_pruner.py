@@ -1,0 +1,189 @@
+"""The Lightning-free core: IterativePruner in a plain loop, its state, its distributed decisions, latency targets."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from toy_modules import IMAGE_SIZE, ToyNet
+
+from lightning_prune import DependencyGraph, count_flops
+from lightning_prune.checkpoint import replay_history
+from lightning_prune.pruning import IterativePruner, PruningConfig, compose_plans
+
+X = torch.randn(32, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()
+EXAMPLE = X[:1]
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded() -> Any:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return ToyNet(32)
+
+
+def accuracy_of(net: nn.Module) -> Any:
+    def evaluate() -> float:
+        net.eval()
+        value = float((net(X).argmax(1) == Y).float().mean())
+        net.train()
+        return value
+
+    return evaluate
+
+
+def train(net: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 3) -> None:
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(X), Y).backward()
+        optimizer.step()
+
+
+def test_the_core_imports_without_lightning() -> None:
+    code = ("import sys, lightning_prune.pruning, lightning_prune.checkpoint; "
+            "bad = [m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr[-2000:]
+
+
+def test_plain_loop_runs_the_papers_method() -> None:
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    pruner = IterativePruner(net, EXAMPLE, schedule=[1, 2], target=0.5, strategy="sensitivity",
+                             evaluate=accuracy_of(net), sensitivity_rates=(0.25, 0.5))
+    pruner.check()
+    results = []
+    for epoch in range(4):
+        if pruner.due(epoch):
+            results.append(pruner.step(epoch, optimizers=[optimizer]))
+        train(net, optimizer)
+    assert [r.epoch for r in results] == [1, 2] and pruner.finished
+    assert results[0].probes and results[0].picks
+    assert results[-1].flops_ratio == pytest.approx(0.5, abs=0.03)
+    assert count_flops(net, EXAMPLE) == results[-1].flops_after
+    assert all(r.metric_before is not None and r.metric_after is not None for r in results)
+    # optimizer state followed the surviving channels
+    for parameter in net.parameters():
+        assert optimizer.state[parameter]["momentum_buffer"].shape == parameter.shape
+
+
+def test_state_round_trip_resumes_the_schedule() -> None:
+    net = make_net()
+    pruner = IterativePruner(net, EXAMPLE, schedule=[1, 3], target=0.4, strategy="uniform")
+    pruner.step(1)
+    state = copy.deepcopy(pruner.state_dict())
+    fresh = make_net()
+    replay_history(fresh, state["history"], EXAMPLE)
+    resumed = IterativePruner(fresh, EXAMPLE, schedule=[1, 3], target=0.4, strategy="uniform")
+    resumed.load_state_dict(state)
+    assert resumed.pending() == [3] and resumed.baseline == pruner.baseline
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+    a, b = pruner.step(3), resumed.step(3)
+    assert a.plan == b.plan and a.flops_after == b.flops_after
+
+
+def test_bad_input_is_named_before_anything_changes() -> None:
+    net = make_net()
+    with pytest.raises(ValueError, match="needs `evaluate`"):
+        IterativePruner(net, EXAMPLE, strategy="sensitivity").check()
+    with pytest.raises(ValueError, match="needs `accumulate_gradients`"):
+        IterativePruner(net, EXAMPLE, strategy="uniform", criterion="taylor").check()
+    with pytest.raises(ValueError, match="unreachable"):
+        IterativePruner(net, EXAMPLE, strategy="uniform", target=0.9, min_channels=16).check()
+    with pytest.raises(ValueError, match="no prunable group is left"):
+        IterativePruner(net, EXAMPLE, strategy="uniform", ignore=["*"]).check()
+    with pytest.raises(ValueError, match="unknown target_metric 'macs'"):
+        PruningConfig(target_metric="macs")
+    assert count_flops(net, EXAMPLE) == count_flops(make_net(), EXAMPLE)
+
+
+def test_taylor_criterion_in_a_plain_loop() -> None:
+    net = make_net()
+
+    def gradients() -> None:
+        nn.functional.cross_entropy(net(X), Y).backward()
+
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.3, strategy="uniform", criterion="taylor",
+                             accumulate_gradients=gradients)
+    result = pruner.step()
+    assert result.removed_channels > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+class RankOne:
+    """Rank 1 of two: everything it is 'broadcast' comes from a script of rank 0's values."""
+
+    rank, world_size = 1, 2
+
+    def __init__(self, latencies: list[float]) -> None:
+        self.latencies = list(latencies)
+        self.received: list[Any] = []
+
+    def broadcast(self, obj: Any) -> Any:
+        self.received.append(obj)
+        if obj is None and self.latencies:  # a latency reading: rank 1 never measured it itself
+            return self.latencies.pop(0)
+        return obj
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return [obj, obj]
+
+
+def flops_latency(net: nn.Module, efficiency: float = 0.5) -> Any:
+    """A 'measured' latency that falls at half the rate of FLOPs (latency saturates)."""
+    baseline = count_flops(net, EXAMPLE)
+
+    def measure() -> float:
+        return 10.0 * (1 - efficiency * (1 - count_flops(net, EXAMPLE) / baseline))
+
+    return measure
+
+
+def test_latency_decisions_are_rank_zeros() -> None:
+    net = make_net()
+    measured: list[float] = []
+
+    def measure() -> float:
+        measured.append(1.0)
+        return 1.0
+
+    comm = RankOne(latencies=[10.0, 10.0, 6.0, 5.0])
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.5, target_metric="latency", strategy="uniform",
+                             measure_latency=measure, communicator=comm, latency_corrections=2,
+                             evaluate=accuracy_of(net))  # a metric, so that only latency readings are None
+    result = pruner.step(0)
+    assert measured == []  # rank 1 never timed anything
+    assert result.baseline["latency"] == 10.0 and result.latency_after == 5.0
+    assert len(result.plans) == 2  # one correction, decided from rank 0's readings
+
+
+def test_latency_target_is_met_with_corrections_and_the_plan_is_composed() -> None:
+    net = make_net()
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0, 1], target=0.3, target_metric="latency",
+                             strategy="uniform", measure_latency=flops_latency(net), latency_corrections=3,
+                             latency_tolerance=0.02)
+    pruner.step(0)
+    sizes = {g.name: g.size for g in pruner.graph.groups}
+    before = copy.deepcopy(net)
+    result = pruner.step(1)
+    assert result.latency_after <= 10.0 * 0.7 * 1.02
+    assert len(result.plans) > 1
+    assert result.plan == compose_plans(result.plans, sizes)
+    # the composed plan, applied at once, gives the same model as the plans applied one by one
+    DependencyGraph(before, EXAMPLE).prune(result.plan)
+    net.eval()
+    before.eval()
+    torch.testing.assert_close(before(X), net(X))
