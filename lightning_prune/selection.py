@@ -17,6 +17,7 @@ from lightning_prune.sensitivity import Probe, removal_count
 
 __all__ = [
     "Scored",
+    "boundary_probes",
     "score_probes",
     "paper_selection",
     "plan_from_counts",
@@ -43,10 +44,15 @@ def score_probes(probes: Sequence[Probe], baseline_metric: float, mode: str = "m
     """The paper's ``value = Δcost × mAP^k``, with the metric taken relative to the unpruned one (which ranks the
     same way for ``mode="max"`` and lets ``mode="min"`` metrics such as a loss work too).
 
+    Quality is not clipped at 1: a probe that *improves* the metric ranks above one that leaves it unchanged.
+
     Example:
         >>> probes = [Probe("a", 0.5, 4, 0.9, 100.0, 10.0), Probe("b", 0.5, 4, 0.5, 200.0, 20.0)]
         >>> [round(s.value_flops, 3) for s in score_probes(probes, baseline_metric=1.0, exponent=2)]
         [81.0, 50.0]
+        >>> better, same = Probe("c", 0.5, 4, 1.1, 100.0, 10.0), Probe("d", 0.5, 4, 1.0, 100.0, 10.0)
+        >>> [s.probe.group for s in sorted(score_probes([same, better], 1.0), key=lambda s: -s.value_flops)]
+        ['c', 'd']
     """
     scored = []
     for probe in probes:
@@ -54,10 +60,43 @@ def score_probes(probes: Sequence[Probe], baseline_metric: float, mode: str = "m
             quality = probe.metric / baseline_metric if baseline_metric > 0 else float(probe.metric >= baseline_metric)
         else:
             quality = baseline_metric / probe.metric if probe.metric > 0 else float(probe.metric <= baseline_metric)
-        quality = max(0.0, min(quality, 1.0)) if np.isfinite(quality) else 0.0
+        quality = max(0.0, quality) if np.isfinite(quality) else 0.0
         weight = quality**exponent
         scored.append(Scored(probe, quality, probe.params * weight, probe.flops * weight))
     return scored
+
+
+def boundary_probes(scored: Sequence[Scored], params_layers: int = 6, flops_layers: int = 5,
+                    count: int = 1) -> list[Probe]:
+    """The ``count`` probes whose paper decision is least certain: per group its best-rate probe, ranked by how close
+    its value lies (in log scale) to the cut between the ``params_layers``-th and the next group by parameter value,
+    or the ``flops_layers``-th and the next by FLOPs value. Re-measuring these on more data steadies the picks.
+
+    Example:
+        >>> probes = [Probe(g, 0.5, 4, 1.0, f, 1.0) for g, f in zip("abcd", (8.0, 4.0, 3.9, 1.0))]
+        >>> [p.group for p in boundary_probes(score_probes(probes, 1.0), params_layers=0, flops_layers=2, count=2)]
+        ['b', 'c']
+    """
+    if count <= 0:
+        return []
+    candidates: dict[tuple[str, float], float] = {}
+    for value, layers in ((lambda s: s.value_params, params_layers), (lambda s: s.value_flops, flops_layers)):
+        best: dict[str, Scored] = {}
+        for item in scored:
+            name = item.probe.group
+            if name not in best or value(item) > value(best[name]):
+                best[name] = item
+        ranked = sorted(best.values(), key=lambda s: -value(s))
+        if layers <= 0 or layers >= len(ranked):
+            continue
+        cut = np.sqrt(max(value(ranked[layers - 1]), 1e-30) * max(value(ranked[layers]), 1e-30))
+        for item in ranked:
+            distance = abs(np.log(max(value(item), 1e-30) / cut))
+            key = (item.probe.group, item.probe.rate)
+            candidates[key] = min(candidates.get(key, np.inf), distance)
+    by_key = {(s.probe.group, s.probe.rate): s.probe for s in scored}
+    order = sorted(candidates, key=lambda key: candidates[key])
+    return [by_key[key] for key in order[:count]]
 
 
 def paper_selection(scored: Sequence[Scored], params_layers: int = 6, flops_layers: int = 5,

@@ -15,12 +15,13 @@ import numpy as np
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import Criterion, channel_scores
 
-__all__ = ["Probe", "analyze_sensitivity", "rank_channels", "removal_count"]
+__all__ = ["Probe", "analyze_sensitivity", "rank_channels", "remeasure", "removal_count"]
 
 
 @dataclass(frozen=True)
 class Probe:
-    """One (group, rate) evaluation: ``removed`` channels masked, ``metric`` measured, cost that would go."""
+    """One (group, rate) evaluation: ``removed`` channels masked, ``metric`` measured (the mean over ``repeats``
+    evaluations on different batches), cost that would go."""
 
     group: str
     rate: float
@@ -28,6 +29,7 @@ class Probe:
     metric: float
     flops: float
     params: float
+    repeats: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,3 +119,32 @@ def analyze_sensitivity(
     for _ in range(-(-len(tasks) // world) - len(mine)):
         evaluate()
     return probes
+
+
+def remeasure(graph: DependencyGraph, evaluate: Callable[[], float], probes: Sequence[Probe],
+              ranking: Mapping[str, np.ndarray], shard: tuple[int, int] = (0, 1)) -> list[Probe]:
+    """Evaluate ``probes`` again with ``evaluate`` (on other batches than the first measurement) and return them
+    with the running mean as ``metric``. Like :func:`analyze_sensitivity`, shards the work over ``shard`` and keeps
+    every rank's number of evaluations equal.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1))
+        >>> graph = DependencyGraph(net, torch.randn(1, 3, 4, 4))
+        >>> probe = Probe("0", 0.5, 4, 0.2, 0.0, 0.0)
+        >>> [(p.metric, p.repeats) for p in remeasure(graph, lambda: 0.4, [probe], {"0": np.arange(8)})]
+        [(0.30000000000000004, 2)]
+    """
+    from dataclasses import replace
+
+    rank, world = shard
+    mine = list(probes)[rank::world]
+    updated = []
+    for probe in mine:
+        with graph.masked({probe.group: ranking[probe.group][:probe.removed].tolist()}):
+            value = float(evaluate())
+        metric = (probe.metric * probe.repeats + value) / (probe.repeats + 1)
+        updated.append(replace(probe, metric=metric, repeats=probe.repeats + 1))
+    for _ in range(-(-len(probes) // world) - len(mine)):
+        evaluate()
+    return updated

@@ -187,3 +187,71 @@ def test_latency_target_is_met_with_corrections_and_the_plan_is_composed() -> No
     net.eval()
     before.eval()
     torch.testing.assert_close(before(X), net(X))
+
+
+# -- probes you can trust -----------------------------------------------------------------------------------------
+def masked_groups(net: nn.Module) -> set[str]:
+    """The prunable groups whose producing conv has zeroed filters right now (inside ``graph.masked``)."""
+    names = ("stem.0", "block1.pw.0", "block1.fuse.0", "block2.pw.0", "block2.fuse.0")
+    return {name for name in names if (net.get_submodule(name).weight.flatten(1).abs().sum(1) == 0).any()}
+
+
+def scripted_metric(net: nn.Module, noise: dict[str, float]) -> Any:
+    """1.0 unmasked; masking block1.pw.0 or block2.pw.0 (equal FLOPs: a tie) costs nothing but this batch set's
+    ``noise``; masking any other group costs 0.2 (clearly worse)."""
+
+    def evaluate() -> float:
+        value = 1.0
+        for name in masked_groups(net):
+            value += noise.get(name, 0.0) if name.endswith("pw.0") else -0.2
+        return value
+
+    return evaluate
+
+
+def first_pick(noise_a: dict[str, float], noise_b: dict[str, float], remeasure: bool) -> tuple[str, Any]:
+    net = make_net()
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.02, strategy="sensitivity",
+                             sensitivity_rates=(0.5,), params_layers=0, flops_layers=1, remeasure_fraction=0.4,
+                             evaluate=scripted_metric(net, noise_a),
+                             remeasure=scripted_metric(net, noise_b) if remeasure else None)
+    result = pruner.step()
+    return result.picks[0], result
+
+
+def test_remeasured_probes_keep_the_picks_stable_across_batches() -> None:
+    a = {"block1.pw.0": 0.004, "block2.pw.0": -0.004}
+    b = {"block1.pw.0": -0.004, "block2.pw.0": 0.004}
+    # one batch set's noise decides a tie: two runs on different batches disagree
+    assert first_pick(a, b, remeasure=False)[0] != first_pick(b, a, remeasure=False)[0]
+    # the probes nearest the cut are measured again on the other batches: both runs pick the same group
+    (pick1, result1), (pick2, _) = first_pick(a, b, remeasure=True), first_pick(b, a, remeasure=True)
+    assert pick1 == pick2
+    again = [p for p in result1.probes if p.repeats == 2]
+    assert sorted(p.group for p in again) == ["block1.pw.0", "block2.pw.0"]
+
+
+def test_remeasuring_costs_at_most_the_configured_share() -> None:
+    net = make_net()
+    calls = {"evaluate": 0, "remeasure": 0}
+
+    def counted(key: str) -> Any:
+        def evaluate() -> float:
+            calls[key] += 1
+            return 1.0 - 0.01 * len(masked_groups(net))
+
+        return evaluate
+
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.2, strategy="sensitivity",
+                             evaluate=counted("evaluate"), remeasure=counted("remeasure"))
+    result = pruner.step()
+    probes = len(result.probes)
+    assert calls["evaluate"] == probes + 2  # the probes, plus the metric before and after the step
+    assert calls["remeasure"] <= 0.2 * probes + 1  # + 1: the unpruned model on the other batches
+
+
+def test_a_zero_baseline_metric_warns_with_what_to_do() -> None:
+    net = make_net()
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.2, strategy="sensitivity", evaluate=lambda: 0.0)
+    with pytest.warns(UserWarning, match="cannot tell groups apart.*train the model before pruning"):
+        pruner.step()

@@ -75,14 +75,18 @@ class ValidationProbe:
         self._to_device = batch_to_device
 
     @classmethod
-    def from_trainer(cls, trainer: Any, module: Any, num_batches: int) -> ValidationProbe:
-        """Cache the first ``num_batches`` batches of the trainer's (first) validation dataloader."""
+    def from_trainer(cls, trainer: Any, module: Any, num_batches: int, skip: int = 0,
+                     allow_empty: bool = False) -> ValidationProbe | None:
+        """Cache ``num_batches`` batches of the trainer's (first) validation dataloader, after the first ``skip``.
+        With ``allow_empty``, None when the loader has no batch there (else ``ValueError``)."""
         loader = _val_dataloader(trainer, module)
         if loader is None:
             raise ValueError("pruning needs validation data to read its monitored metric: the trainer has no "
                              "val dataloader (define val_dataloader or pass val_dataloaders to fit)")
-        batches = list(itertools.islice(iter(loader), num_batches))
+        batches = list(itertools.islice(iter(loader), skip, skip + num_batches))
         if not batches:
+            if allow_empty:
+                return None
             raise ValueError("the validation dataloader yielded no batch")
         strategy = trainer.strategy
         return cls(module, batches, module.device, lambda b: strategy.batch_to_device(b, module.device))

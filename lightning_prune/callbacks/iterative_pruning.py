@@ -76,6 +76,8 @@ class IterativePruningCallback(Callback):
         seed: seeds the ``random`` criterion.
         verbose: print the graph summary and each step's summary (rank 0).
         latency_backend, latency_repeats, latency_corrections, latency_tolerance: for ``target_metric="latency"``.
+        remeasure_fraction: share of the probes measured again on the next ``sensitivity_batches`` validation
+            batches — those nearest the paper's selection cut — so that one batch's noise does not decide.
 
     Example::
 
@@ -118,6 +120,7 @@ class IterativePruningCallback(Callback):
         latency_repeats: int = 20,
         latency_corrections: int = 2,
         latency_tolerance: float = 0.05,
+        remeasure_fraction: float = 0.2,
     ) -> None:
         super().__init__()
         self.config = PruningConfig(
@@ -125,7 +128,8 @@ class IterativePruningCallback(Callback):
             mode=mode, sensitivity_rates=sensitivity_rates, exponent=exponent, params_layers=params_layers,
             flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
             latency_backend=latency_backend, latency_repeats=latency_repeats,
-            latency_corrections=latency_corrections, latency_tolerance=latency_tolerance)
+            latency_corrections=latency_corrections, latency_tolerance=latency_tolerance,
+            remeasure_fraction=remeasure_fraction)
         if strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
         if int(sensitivity_batches) < 1:
@@ -142,6 +146,7 @@ class IterativePruningCallback(Callback):
         self._state: dict[str, Any] = {"history": [], "baseline": {}}  # before the pruner exists (resume)
         self._example: Any = None
         self._probe: ValidationProbe | None = None
+        self._second: ValidationProbe | None = None
         self._warned_mixin = False
 
     # -- plain views of the state ---------------------------------------------------------------------------------
@@ -235,6 +240,9 @@ class IterativePruningCallback(Callback):
                    and e >= trainer.current_epoch]
         if self.monitor and pending:
             self._probe = ValidationProbe.from_trainer(trainer, pl_module, self.sensitivity_batches)
+            # the next batches re-measure the probes nearest the selection cut (None if the loader has no more)
+            self._second = ValidationProbe.from_trainer(trainer, pl_module, self.sensitivity_batches,
+                                                        skip=self.sensitivity_batches, allow_empty=True)
             values = self._probe.run()
             if self.monitor not in values:
                 logged = ", ".join(sorted(values)) or "nothing"
@@ -243,6 +251,7 @@ class IterativePruningCallback(Callback):
         self.pruner = IterativePruner(
             pl_module, self._example, self.config,
             evaluate=self._evaluate if self.monitor else None,
+            remeasure=self._remeasure if self.monitor and self._second is not None else None,
             accumulate_gradients=lambda: accumulate_training_gradients(trainer, pl_module, self.sensitivity_batches),
             communicator=StrategyCommunicator(trainer), surgery_guard=ddp_surgery_guard(trainer),
             progress=self._progress(trainer))
@@ -268,6 +277,9 @@ class IterativePruningCallback(Callback):
     # -- helpers --------------------------------------------------------------------------------------------------
     def _evaluate(self) -> float:
         return self._probe.run()[self.monitor]
+
+    def _remeasure(self) -> float:
+        return self._second.run()[self.monitor]
 
     def _progress(self, trainer: Trainer) -> Callable[[Sequence[Any]], Any]:
         def progress(tasks: Sequence[Any]) -> Any:

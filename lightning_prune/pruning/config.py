@@ -67,6 +67,9 @@ class PruningConfig:
         min_channels: never keep fewer channels in a group.
         seed: seeds the ``random`` criterion.
         latency_backend, latency_repeats, latency_corrections, latency_tolerance: for ``target_metric="latency"``.
+        remeasure_fraction: share of the sensitivity probes measured a second time, on other batches, when the
+            pruner has a ``remeasure`` evaluation: those nearest the paper's selection cut (the sensitivity cost is
+            then at most ``1 + remeasure_fraction`` times the probes' cost).
     """
 
     schedule: Sequence[int] | dict[str, int] | int = (1,)
@@ -87,6 +90,7 @@ class PruningConfig:
     latency_repeats: int = 20
     latency_corrections: int = 2
     latency_tolerance: float = 0.05
+    remeasure_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         self.schedule = parse_schedule(self.schedule)
@@ -120,6 +124,9 @@ class PruningConfig:
         self.seed = int(self.seed)
         self.latency_corrections = int(self.latency_corrections)
         self.latency_tolerance = float(self.latency_tolerance)
+        if not 0.0 <= float(self.remeasure_fraction) <= 1.0:
+            raise ValueError(f"remeasure_fraction must be between 0 and 1, got {self.remeasure_fraction!r}")
+        self.remeasure_fraction = float(self.remeasure_fraction)
 
     @property
     def cost_key(self) -> Literal["flops", "params"]:

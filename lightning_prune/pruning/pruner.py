@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,8 +24,8 @@ from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
 from lightning_prune.pruning.schedule import pending_epochs, step_budget
 from lightning_prune.pruning.strategies import candidate_groups, max_removable, score_channels, select_counts
-from lightning_prune.selection import plan_from_counts, score_probes
-from lightning_prune.sensitivity import Probe, analyze_sensitivity
+from lightning_prune.selection import boundary_probes, plan_from_counts, score_probes
+from lightning_prune.sensitivity import Probe, analyze_sensitivity, remeasure
 
 __all__ = ["IterativePruner", "conv_widths"]
 
@@ -45,6 +46,9 @@ class IterativePruner:
         config: a :class:`PruningConfig`; keyword arguments override its fields (or build one).
         evaluate: returns the validation metric the sensitivity probes read (``config.mode`` says which way is
             better); required by ``strategy="sensitivity"``, optional otherwise (then ``metric_before/after``).
+        remeasure: the same metric on other validation batches; the probes nearest the selection cut
+            (``config.remeasure_fraction`` of them) are measured again with it, so that one batch's noise does not
+            decide the picks.
         measure_latency: returns the model's latency in ms; default: :func:`lightning_prune.profiling.
             measure_latency` on ``config.latency_backend`` (latency targets only).
         accumulate_gradients: fills ``.grad`` of the parameters (a few training batches), for ``criterion="taylor"``.
@@ -84,6 +88,7 @@ class IterativePruner:
 
     def __init__(self, model: nn.Module, example_input: Any, config: PruningConfig | None = None, *,
                  evaluate: Callable[[], float] | None = None,
+                 remeasure: Callable[[], float] | None = None,
                  measure_latency: Callable[[], float] | None = None,
                  accumulate_gradients: Callable[[], None] | None = None,
                  communicator: Communicator | None = None,
@@ -98,6 +103,7 @@ class IterativePruner:
         self.model = model
         self.example_input = example_input
         self.evaluate = evaluate
+        self.remeasure = remeasure
         self.accumulate_gradients = accumulate_gradients
         self.communicator = communicator or LocalCommunicator()
         self.surgery_guard = surgery_guard or contextlib.nullcontext
@@ -271,9 +277,20 @@ class IterativePruner:
         def scored() -> list:
             if metric_before is None:
                 raise ValueError("strategy 'sensitivity' needs `evaluate`: the validation metric its probes read")
+            if config.mode == "max" and abs(metric_before) < 1e-3:
+                warnings.warn(f"the monitored metric is {metric_before:.4g} before pruning step {step}: the "
+                              "sensitivity probes cannot tell groups apart and the choice falls to cost alone; train "
+                              "the model before pruning it, or use strategy='uniform'", UserWarning, stacklevel=2)
             scale = metric_before / local_before if local_before else 1.0
             probes.extend(self._probe(groups, ranking, scale))
-            return score_probes(probes, metric_before, config.mode, config.exponent)
+            result = score_probes(probes, metric_before, config.mode, config.exponent)
+            count = int(config.remeasure_fraction * len(probes))
+            if self.remeasure is not None and count > 0:
+                chosen = boundary_probes(result, config.params_layers, config.flops_layers, count)
+                refined = {(p.group, p.rate): p for p in self._remeasure(chosen, ranking, metric_before)}
+                probes[:] = [refined.get((p.group, p.rate), p) for p in probes]
+                result = score_probes(probes, metric_before, config.mode, config.exponent)
+            return result
 
         counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, config.cost_key,
                                      config.round_to, config.min_channels, scored, config.params_layers,
@@ -285,7 +302,7 @@ class IterativePruner:
         """This rank's share of (group, rate) probes, gathered from every rank. Each rank evaluates its own data
         shard, so its metrics are rescaled by rank 0's unpruned metric over its own (``scale``)."""
         config, comm = self.config, self.communicator
-        mine = analyze_sensitivity(self.graph, self.evaluate, groups, ranking, config.sensitivity_rates,
+        mine = analyze_sensitivity(self.graph, self._evaluate, groups, ranking, config.sensitivity_rates,
                                    config.round_to, config.min_channels, shard=(comm.rank, comm.world_size),
                                    progress=self.progress)
         if comm.world_size <= 1:
@@ -294,6 +311,23 @@ class IterativePruner:
         probes = [Probe(**item) for part in gathered for item in part]
         order = {(g.name, r): i for i, g in enumerate(groups) for r in config.sensitivity_rates}
         return sorted(probes, key=lambda p: order.get((p.group, p.rate), 0))
+
+    def _remeasure(self, chosen: list[Probe], ranking: dict[str, np.ndarray], metric_before: float) -> list[Probe]:
+        """Measure ``chosen`` again with ``remeasure``; its readings are put on the scale of ``evaluate``'s by the
+        unpruned model's ratio of the two (and of rank 0's, under several processes)."""
+        comm = self.communicator
+        with torch.no_grad():
+            base = float(self.remeasure())
+        factor = metric_before / base if base else 1.0
+
+        def scaled() -> float:
+            return float(self.remeasure()) * factor
+
+        with torch.no_grad():
+            mine = remeasure(self.graph, scaled, chosen, ranking, shard=(comm.rank, comm.world_size))
+        if comm.world_size <= 1:
+            return mine
+        return [Probe(**item) for part in comm.all_gather([p.to_dict() for p in mine]) for item in part]
 
     def _apply(self, plan: dict[str, list[int]], optimizers: list[torch.optim.Optimizer], copies: list) -> None:
         if not plan:
