@@ -12,6 +12,7 @@ By concern:
 * :mod:`.module` — :class:`YOLOModule` (ultralytics' loss and EMA, NMS + torchmetrics mAP, optimizer, LR schedule).
 * :mod:`.export` — :func:`save_yolo` (checkpoints ``ultralytics.YOLO(path)`` loads, pruned ones included).
 * :mod:`.validation` — :func:`ultralytics_val_metrics` / :func:`ultralytics_val_map` (ultralytics' own validator).
+* :mod:`.trainer` — :func:`add_pruning` / :func:`keep_pruned` (iterative pruning inside ultralytics' own trainer).
 * :mod:`.common` — optional-import helpers shared by the others.
 
 Example (training a few epochs on the synthetic set, then saving for ultralytics)::
@@ -50,6 +51,10 @@ _EXPORTS: dict[str, str] = {
     "save_yolo": "export",
     "ultralytics_val_map": "validation",
     "ultralytics_val_metrics": "validation",
+    "TASK_MONITORS": "trainer",
+    "UltralyticsPruning": "trainer",
+    "add_pruning": "trainer",
+    "keep_pruned": "trainer",
 }
 
 __all__ = sorted(_EXPORTS)

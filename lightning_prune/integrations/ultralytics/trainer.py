@@ -1,0 +1,585 @@
+"""Iterative filter pruning inside ultralytics' own trainer: :func:`add_pruning` on a ``YOLO`` model, then
+``model.train(...)``.
+
+:func:`add_pruning` registers ultralytics callbacks (``model.add_callback``) that drive the Lightning-free core,
+:class:`~lightning_prune.pruning.IterativePruner`. ultralytics keeps doing everything else — optimizer and LR
+schedule, warm-up, AMP, EMA, mosaic and ``close_mosaic``, validation, logging and checkpoints:
+
+* ``on_pretrain_routine_start`` checks the configuration against the run (one line, before any data or model is
+  built) and reads the pruning record of the checkpoint the run starts from (``model=...pt``, ``resume=True``).
+* ``on_pretrain_routine_end`` gives the model ultralytics rebuilt from the YAML the recorded architecture (it
+  *replays* the recorded plans, then loads the checkpoint's weights; on ``resume`` it then hands the checkpoint to
+  ``trainer.resume_training`` so optimizer, EMA, scaler and early-stopping state fit), traces the dependency graph,
+  checks that the validator produces ``monitor`` and that ``target`` is reachable.
+* ``on_train_epoch_start`` runs one pruning step at each scheduled epoch: ``trainer.model`` is pruned,
+  ``trainer.optimizer``'s state (momentum, Adam moments) is sliced by parameter identity (ultralytics' type-based
+  parameter groups are untouched: parameters keep their identity), and ``trainer.ema.ema`` gets the same surgery
+  (:func:`~lightning_prune.pruning.mirror_prune`; ``ema.updates`` is kept). ``best_fitness`` and the early stopper
+  restart, so ``best.pt`` is chosen among epochs of the current — after the last step, the final — architecture,
+  and patience cannot end the run before the last step.
+* Checkpoints are self-describing: the model and its EMA carry the plan history as a plain ``lightning_prune``
+  attribute, which ultralytics pickles into ``last.pt``/``best.pt`` with the (pruned) module, so ``YOLO(path)``
+  loads the pruned architecture and ``model.train(resume=True)`` continues the schedule.
+
+**What the sensitivity probes read.** The first ``sensitivity_batches`` batches of the validation split the trainer
+validates on (``trainer.test_loader``'s data set, batched as its loader batches, cached once), validated by a
+second instance of the task's own validator (``trainer.get_validator()``, same ``conf``/``iou``/``max_det``) on the
+*live* model ``trainer.model`` while each probe masks it — not on the EMA, which is what ultralytics validates at
+epoch end. ``monitor`` is a key of that validator's results, by default the task's mAP50-95
+(``metrics/mAP50-95(B)`` for detect and obb, ``(M)`` masks for segment, ``(P)`` keypoints for pose); ``"fitness"``
+works too. Logging is silenced during probes.
+
+Example::
+
+    from ultralytics import YOLO
+    from lightning_prune.integrations.ultralytics import add_pruning
+
+    model = YOLO("yolov8n.yaml")
+    pruning = add_pruning(model, schedule=[2, 4, 6], target=0.5, strategy="sensitivity", criterion="l1")
+    model.train(data="data.yaml", epochs=10, imgsz=320)
+    print(pruning.flops_ratio)           # ≈ 0.5
+    YOLO("runs/detect/train/weights/best.pt").export(format="onnx")   # the pruned detector
+
+Not supported (refused with one line where ultralytics lets a callback see it): multi-GPU DDP (ultralytics runs
+the trainer in subprocesses that do not carry Python callbacks), ``compile=True``, ``quantize=8`` (QAT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.checkpoint import CHECKPOINT_KEY, replay_history
+from lightning_prune.integrations.ultralytics.common import require_ultralytics
+from lightning_prune.pruning import (
+    CriterionName,
+    IterativePruner,
+    LatencyBackend,
+    Mode,
+    PruningConfig,
+    StepResult,
+    Strategy,
+    TargetMetric,
+)
+
+__all__ = ["TASK_MONITORS", "UltralyticsPruning", "add_pruning", "keep_pruned"]
+
+#: the validator result each task's sensitivity probes read by default (mAP50-95 of the task's own output)
+TASK_MONITORS: dict[str, str] = {
+    "detect": "metrics/mAP50-95(B)",
+    "segment": "metrics/mAP50-95(M)",
+    "pose": "metrics/mAP50-95(P)",
+    "obb": "metrics/mAP50-95(B)",
+}
+
+_EVENTS = ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_epoch_start", "on_train_epoch_end",
+           "on_train_end", "teardown")
+
+
+class _CachedLoader:
+    """A few fixed validation batches that a validator iterates like its dataloader (fresh dict per batch: the
+    validator's ``preprocess`` rebinds the dict's entries)."""
+
+    def __init__(self, batches: list[dict[str, Any]], dataset: Sequence[Any]) -> None:
+        self.batches = batches
+        self.dataset = dataset
+        self.batch_size = len(dataset) // max(len(batches), 1)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (dict(batch) for batch in self.batches)
+
+
+class _ProbeTrainer:
+    """What ``BaseValidator.__call__(trainer=...)`` reads from a trainer, with the model under probe where the
+    trainer has its EMA; everything else is the real trainer's."""
+
+    def __init__(self, trainer: Any, model: nn.Module, loss_items: dict[str, torch.Tensor]) -> None:
+        from types import SimpleNamespace
+
+        self._trainer = trainer
+        self.ema = SimpleNamespace(ema=model)
+        self.loss_items = loss_items
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ultralytics' logger (and with it its progress bars) at WARNING for the block."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def _source_checkpoint(trainer: Any) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The model and checkpoint dict of the ``.pt`` the run starts from (``trainer.args.model``), else ``(None,
+    {})``."""
+    path = trainer.args.model
+    if not isinstance(path, (str, Path)) or not str(path).lower().endswith(".pt") or not Path(path).is_file():
+        return None, {}
+    from ultralytics.nn.tasks import load_checkpoint
+
+    model, ckpt = load_checkpoint(path)
+    return model, ckpt
+
+
+def _record_of(model: nn.Module | None) -> dict[str, Any]:
+    record = getattr(model, CHECKPOINT_KEY, None) if model is not None else None
+    return dict(record) if isinstance(record, Mapping) else {}
+
+
+def _fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return own.keys() == state_dict.keys() and all(own[k].shape == v.shape for k, v in state_dict.items())
+
+
+class UltralyticsPruning:
+    """The callbacks :func:`add_pruning` registers, and what they did (:attr:`results`, :attr:`history`).
+
+    ``config=None`` (:func:`keep_pruned`) prunes nothing: it only gives the rebuilt model the recorded pruned
+    architecture and keeps the record in the checkpoints.
+    """
+
+    def __init__(self, config: PruningConfig | None, monitor: str | None = None, sensitivity_batches: int = 2,
+                 verbose: bool = True) -> None:
+        if int(sensitivity_batches) < 1:
+            raise ValueError(f"sensitivity_batches must be at least 1, got {sensitivity_batches!r}")
+        self.config = config
+        self.monitor = monitor
+        self.sensitivity_batches = int(sensitivity_batches)
+        self.verbose = verbose
+        self.pruner: IterativePruner | None = None
+        self.results: list[StepResult] = []
+        self.prior: list[dict[str, Any]] = []  # plans applied before this run (the checkpoint it started from)
+        self.example_input: torch.Tensor | None = None
+        self.save_dir: Path | None = None
+        self._history: list[dict[str, Any]] = []
+        self._baseline: dict[str, float] = {}
+        self._flops: float | None = None
+        self._source: tuple[nn.Module | None, dict[str, Any]] = (None, {})
+        self._resume_ckpt: dict[str, Any] | None = None
+        self._validator: Any = None
+        self._monitor_key: str | None = None
+        self._loss_items: dict[str, torch.Tensor] | None = None
+        self._trainer: Any = None
+
+    # -- plain views ----------------------------------------------------------------------------------------------
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every plan applied to the model, in order: those of the checkpoint the run started from, then this run's."""
+        run = self.pruner.history if self.pruner is not None else self._history
+        return [*self.prior, *run]
+
+    @property
+    def baseline(self) -> dict[str, float]:
+        """This run's unpruned costs (``flops`` at the example input, ``params``)."""
+        return dict(self.pruner.baseline) if self.pruner is not None else dict(self._baseline)
+
+    @property
+    def flops_ratio(self) -> float | None:
+        """FLOPs now (after the run: at its end) over the baseline; None before the model was traced."""
+        if self.pruner is not None:
+            from lightning_prune.profiling import count_flops
+
+            self._flops = float(count_flops(self.pruner.model, self.example_input))
+        if self._flops is None or not self._baseline.get("flops"):
+            return None
+        return self._flops / self._baseline["flops"]
+
+    def record(self) -> dict[str, Any]:
+        """The plain-data record stored on the model (and so in every checkpoint): the full plan history, how many
+        of its entries predate this run, the pruner's state and the example input's shape."""
+        from lightning_prune import __version__
+
+        state = self.pruner.state_dict() if self.pruner is not None else {"history": list(self._history),
+                                                                          "baseline": dict(self._baseline)}
+        shape = list(self.example_input.shape) if self.example_input is not None else None
+        return {"history": self.history, "prior": len(self.prior), "pruner": state, "example_input_shape": shape,
+                "version": __version__}
+
+    # -- registration ---------------------------------------------------------------------------------------------
+    def attach(self, model: Any) -> UltralyticsPruning:
+        """Register the callbacks on an ``ultralytics.YOLO`` model; ``ValueError`` if pruning is already attached."""
+        callbacks = getattr(model, "callbacks", None)
+        if not isinstance(callbacks, Mapping) or not callable(getattr(model, "add_callback", None)):
+            raise TypeError(f"add_pruning needs an ultralytics YOLO model (with add_callback), got "
+                            f"{type(model).__name__}")
+        for functions in callbacks.values():
+            for function in functions:
+                if isinstance(getattr(function, "__self__", None), UltralyticsPruning):
+                    raise ValueError("this YOLO model already has pruning attached (add_pruning/keep_pruned once)")
+        for event in _EVENTS:
+            model.add_callback(event, getattr(self, event))
+        return self
+
+    # -- callbacks ------------------------------------------------------------------------------------------------
+    def on_pretrain_routine_start(self, trainer: Any) -> None:
+        """Check the run's arguments; read the pruning record of the checkpoint the run starts from."""
+        self._trainer = trainer
+        self.results, self._history, self.prior, self.pruner = [], [], [], None
+        self._validator = self._loss_items = self._resume_ckpt = None
+        self.save_dir = Path(trainer.save_dir)
+        args = trainer.args
+        if getattr(args, "compile", False):
+            raise ValueError("pruning cannot change a compiled model: train with compile=False")
+        if getattr(args, "quantize", None) == 8:
+            raise ValueError("pruning does not support quantization-aware training (quantize=8)")
+        if self.config is not None:
+            late = [epoch for epoch in self.config.schedule if epoch >= trainer.epochs]
+            if late:
+                raise ValueError(f"pruning schedule epoch {late[0]} is not below epochs={trainer.epochs}")
+            if self.monitor is None:
+                self._monitor_key = TASK_MONITORS.get(args.task)
+                if self._monitor_key is None and self.config.strategy == "sensitivity":
+                    raise ValueError(f"strategy 'sensitivity' has no default metric for task {args.task!r}: pass "
+                                     "monitor=<a key of the validator's results>")
+            else:
+                self._monitor_key = self.monitor
+        self._source = _source_checkpoint(trainer)
+        source_model, ckpt = self._source
+        record = _record_of(source_model)
+        if trainer.resume and record.get("history"):
+            # ultralytics' own resume loads the optimizer and EMA state into the model it rebuilt from the YAML,
+            # which has the unpruned shapes; on_pretrain_routine_end resumes instead, once the model is pruned.
+            self._resume_ckpt = ckpt
+            _defer_resume(trainer)
+
+    def on_pretrain_routine_end(self, trainer: Any) -> None:
+        """Restore the recorded architecture (and, on resume, the training state), trace the graph, check."""
+        model = trainer.model
+        device = next(model.parameters()).device
+        channels = int(trainer.data.get("channels", 3)) if isinstance(trainer.data, Mapping) else 3
+        imgsz = trainer.args.imgsz if isinstance(trainer.args.imgsz, int) else max(trainer.args.imgsz)
+        self.example_input = torch.zeros(1, channels, int(imgsz), int(imgsz), device=device)
+        source_model, _ = self._source
+        record = _record_of(source_model)
+        if source_model is not None:
+            self._adopt(trainer, source_model, record)
+        self._source = (None, {})  # free the copy
+        resumed_state: dict[str, Any] = {}
+        if self._resume_ckpt is not None:
+            trainer.resume = True
+            trainer.resume_training(self._resume_ckpt)
+            trainer.scheduler.last_epoch = trainer.start_epoch - 1
+            self._resume_ckpt = None
+            prior = int(record.get("prior", 0))
+            self.prior = list(record.get("history", []))[:prior]
+            resumed_state = dict(record.get("pruner", {}))
+        else:
+            self.prior = list(record.get("history", []))
+        if self.config is None:
+            self._stamp(trainer)
+            return
+        evaluate = None
+        if self._monitor_key is not None:
+            self._validator = self._probe_validator(trainer)
+            values = self._validate(trainer)
+            if self._monitor_key not in values:
+                if self.config.strategy == "sensitivity":
+                    produced = ", ".join(sorted(values)) or "nothing"
+                    raise ValueError(f"monitor {self._monitor_key!r} is not produced by ultralytics' "
+                                     f"{type(self._validator).__name__} (it produces: {produced})")
+            else:
+                evaluate = self._evaluate
+        self.pruner = IterativePruner(
+            trainer.model, self.example_input, self.config, evaluate=evaluate,
+            accumulate_gradients=lambda: self._accumulate_gradients(trainer), progress=self._progress())
+        if resumed_state:
+            self.pruner.load_state_dict(resumed_state)
+        self._baseline = dict(self.pruner.baseline)
+        if self.verbose:
+            _info(self.pruner.graph.summary())
+        if self.pruner.pending(trainer.start_epoch):
+            self.pruner.check()
+        self._stamp(trainer)
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        """Prune at a scheduled epoch; the optimizer's state and the EMA follow."""
+        pruner = self.pruner
+        epoch = int(trainer.epoch)
+        if pruner is None or not pruner.due(epoch):
+            return
+        result = pruner.step(epoch, optimizers=[trainer.optimizer], copies=[(trainer.ema.ema, "")])
+        self.results.append(result)
+        trainer.best_fitness = None  # best.pt: the best epoch of the current architecture
+        trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
+        trainer.stopper.possible_stop = False
+        self._stamp(trainer)
+        if self.verbose:
+            _info(result.summary(self._monitor_key or "metric"))
+        self._write_report()
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        """Early stopping cannot end the run before the last pruning step."""
+        if self.pruner is not None and self.pruner.pending(int(trainer.epoch) + 1):
+            trainer.stopper.best_epoch = int(trainer.epoch) + 1
+
+    def on_train_end(self, trainer: Any) -> None:
+        self._write_report()
+
+    def teardown(self, trainer: Any) -> None:
+        """Keep plain results; drop references to the trainer's model and data."""
+        if self.pruner is not None:
+            from lightning_prune.profiling import count_flops
+
+            self._flops = float(count_flops(self.pruner.model, self.example_input))
+            self._history = list(self.pruner.history)
+            self._baseline = dict(self.pruner.baseline)
+        if self.config is not None and getattr(trainer, "ddp", False) and self.pruner is None:
+            _warn("pruning did not run: ultralytics' multi-GPU (DDP) training runs the trainer in subprocesses "
+                  "without Python callbacks; train on one device")
+        self.pruner, self._validator, self._loss_items, self._trainer = None, None, None, None
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _adopt(self, trainer: Any, source: nn.Module, record: Mapping[str, Any]) -> None:
+        """Give the model ultralytics rebuilt from the YAML (and its EMA) the source checkpoint's architecture and
+        weights, by replaying the recorded plans (parameters keep their identity, so the optimizer built on the
+        unpruned model stays valid)."""
+        model = trainer.model
+        weights = source.float().state_dict()
+        if _fits(model, weights):
+            return  # unpruned, or already the right shapes: ultralytics has loaded the weights itself
+        history = record.get("history") or []
+        if not history:
+            raise ValueError(f"{trainer.args.model} holds a pruned model without a pruning record, so the model "
+                             "ultralytics rebuilds from its YAML cannot take its weights; save it with this trainer "
+                             "integration (or train it through lightning_prune's Lightning path)")
+        replay_history(model, history, self.example_input, copies=[(trainer.ema.ema, "")])
+        if not _fits(model, weights):
+            raise ValueError(f"replaying the pruning record of {trainer.args.model} does not give its architecture")
+        with torch.no_grad():
+            model.load_state_dict(weights)
+            trainer.ema.ema.load_state_dict(weights)
+        if self.verbose:
+            _info(f"lightning_prune: rebuilt the pruned architecture of {trainer.args.model} "
+                  f"({len(history)} recorded plans)")
+
+    def _stamp(self, trainer: Any) -> None:
+        """Store the record on the model and its EMA, which ultralytics pickles into every checkpoint."""
+        record = self.record()
+        for module in (trainer.model, getattr(trainer.ema, "ema", None)):
+            if isinstance(module, nn.Module):
+                setattr(module, CHECKPOINT_KEY, record)
+
+    def _probe_validator(self, trainer: Any) -> Any:
+        from ultralytics.utils import callbacks
+
+        validator = trainer.get_validator()
+        validator.callbacks = callbacks.get_default_callbacks()  # probes are no validation epochs for loggers
+        validator.args.plots = False
+        validator.args.save_json = False
+        validator.args.verbose = False
+        loader = trainer.test_loader
+        dataset = loader.dataset
+        size = int(loader.batch_size or 1)
+        count = min(len(dataset), size * self.sensitivity_batches)
+        collate = getattr(loader, "collate_fn", None) or dataset.collate_fn
+        batches = [collate([dataset[i] for i in range(start, min(start + size, count))])
+                   for start in range(0, count, size)]
+        validator.dataloader = _CachedLoader(batches, torch.utils.data.Subset(dataset, range(count)))
+        return validator
+
+    def _validate(self, trainer: Any) -> dict[str, float]:
+        model = trainer.model
+        end2end = getattr(model, "end2end", None) if hasattr(model, "end2end") else None
+        try:
+            with _quiet(), torch.no_grad():
+                view = _ProbeTrainer(trainer, model, self._probe_loss_items(trainer, model))
+                values = self._validator(trainer=view) or {}
+        finally:
+            if end2end is not None:
+                with contextlib.suppress(AttributeError):
+                    model.end2end = end2end
+        return {key: float(value) for key, value in values.items()}
+
+    def _evaluate(self) -> float:
+        value = self._validate(self._trainer)[self._monitor_key]
+        return 0.0 if math.isnan(value) else value
+
+    def _probe_loss_items(self, trainer: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Loss names (the validator accumulates a val loss): the trainer's once it has trained a batch, else from
+        one validation batch."""
+        items = getattr(trainer, "loss_items", None)
+        if isinstance(items, Mapping) and items:
+            return dict(items)
+        if self._loss_items is None:
+            batch = self._validator.preprocess(next(iter(self._validator.dataloader)))
+            was_training = model.training
+            model.eval()
+            try:
+                _, items = model.loss(batch, model(batch["img"]))
+            finally:
+                model.train(was_training)
+            self._loss_items = {key: torch.as_tensor(value).detach() for key, value in dict(items).items()}
+        return self._loss_items
+
+    def _accumulate_gradients(self, trainer: Any) -> None:
+        """For ``criterion="taylor"``: gradients of the training loss on a few training batches."""
+        loader = trainer.train_loader
+        dataset, size = loader.dataset, int(loader.batch_size or 1)
+        collate = getattr(loader, "collate_fn", None) or dataset.collate_fn
+        model = trainer.model
+        was_training = model.training
+        model.train()
+        try:
+            for start in range(0, min(len(dataset), size * self.sensitivity_batches), size):
+                batch = trainer.preprocess_batch(collate([dataset[i] for i in range(start, min(start + size,
+                                                                                              len(dataset)))]))
+                loss, _ = model(batch)
+                loss.sum().backward()
+        finally:
+            model.train(was_training)
+
+    def _progress(self) -> Callable[[Sequence[Any]], Any]:
+        def progress(tasks: Sequence[Any]) -> Any:
+            from tqdm.auto import tqdm
+
+            step = (self.pruner.steps_done + 1) if self.pruner is not None else 1
+            return tqdm(tasks, desc=f"pruning step {step}: sensitivity", leave=False, disable=not self.verbose)
+
+        return progress
+
+    def _write_report(self) -> None:
+        """``<save_dir>/pruning.json``: the baseline, every step's costs and metrics, the plan history."""
+        if self.save_dir is None or not self.save_dir.is_dir():
+            return
+        steps = [{"step": r.step, "epoch": r.epoch, "flops_before": r.flops_before, "flops_after": r.flops_after,
+                  "params_before": r.params_before, "params_after": r.params_after, "flops_ratio": r.flops_ratio,
+                  "params_ratio": r.params_ratio, "metric_before": r.metric_before, "metric_after": r.metric_after,
+                  "removed_channels": r.removed_channels, "picks": list(r.picks)} for r in self.results]
+        report = {"monitor": self._monitor_key, "baseline": self.baseline, "steps": steps, **self.record()}
+        (self.save_dir / "pruning.json").write_text(json.dumps(report, indent=1, default=str))
+
+
+def _defer_resume(trainer: Any) -> None:
+    """THE one place that relies on ultralytics' setup order rather than its callback API.
+
+    ``BaseTrainer._setup_train`` rebuilds the model from the checkpoint's YAML (unpruned shapes), builds the
+    optimizer and EMA on it, then — only when ``trainer.resume`` is true — loads the checkpoint's optimizer and EMA
+    state, which do not fit an unpruned model; no callback runs in between. So resuming is deferred: ``resume`` is
+    cleared here (``on_pretrain_routine_start``, after ``check_resume`` read the checkpoint's arguments), and
+    ``on_pretrain_routine_end`` prunes the model, sets it back and calls the trainer's public
+    ``resume_training(ckpt)``. ``tests/test_ultralytics_trainer.py::test_ultralytics_setup_order`` fails loudly
+    when ultralytics changes any of this.
+    """
+    if not hasattr(trainer, "resume") or not callable(getattr(trainer, "resume_training", None)):
+        raise RuntimeError("this ultralytics version's trainer has no `resume`/`resume_training`; lightning_prune "
+                           "cannot resume a pruned run with it")
+    trainer.resume = False
+
+
+def _info(message: str) -> None:
+    from ultralytics.utils import LOGGER
+
+    LOGGER.info(message)
+
+
+def _warn(message: str) -> None:
+    from ultralytics.utils import LOGGER
+
+    LOGGER.warning(message)
+
+
+def add_pruning(
+    model: Any,
+    schedule: Sequence[int] | dict[str, int] | int = (1,),
+    target: float = 0.5,
+    strategy: Strategy = "sensitivity",
+    criterion: CriterionName | Callable[..., Any] = "l1",
+    monitor: str | None = None,
+    *,
+    target_metric: TargetMetric = "flops",
+    mode: Mode = "max",
+    sensitivity_rates: Sequence[float] = (0.25, 0.5, 0.75),
+    sensitivity_batches: int = 2,
+    exponent: float = 20.0,
+    params_layers: int = 6,
+    flops_layers: int = 5,
+    ignore: Sequence[str] = (),
+    round_to: int = 1,
+    min_channels: int = 1,
+    seed: int = 0,
+    latency_backend: LatencyBackend = "eager",
+    latency_repeats: int = 20,
+    latency_corrections: int = 2,
+    latency_tolerance: float = 0.05,
+    verbose: bool = True,
+) -> UltralyticsPruning:
+    """Prune an ultralytics ``YOLO`` model iteratively while ``model.train(...)`` fine-tunes it.
+
+    Registers callbacks on ``model`` (see the module docstring for what each does) and returns the object holding
+    them, whose :attr:`~UltralyticsPruning.results` (one :class:`~lightning_prune.pruning.StepResult` per step),
+    :attr:`~UltralyticsPruning.history` and :attr:`~UltralyticsPruning.flops_ratio` say what was done; each step is
+    also written to ``<save_dir>/pruning.json``. Works for detect, segment, pose and obb models.
+
+    Args:
+        model: an ``ultralytics.YOLO`` (from a YAML, from weights, or a ``last.pt`` to ``train(resume=True)``).
+        schedule: epochs (0-based, as ultralytics counts them) at whose start a step runs, e.g. ``[2, 4, 6]``; all
+            must be below ``train(epochs=...)``.
+        target: fraction of ``target_metric`` removed by the end of the schedule, ``0 < target < 1``.
+        strategy: ``"sensitivity"`` (the paper; its probes read the validator's ``monitor``), ``"uniform"`` or
+            ``"global"``.
+        criterion: which channels of a group go first (``l1``, ``l2``, ``bn_scale``, ``taylor``, ... or a callable).
+        monitor: the validator result the probes read; default the task's mAP50-95 (:data:`TASK_MONITORS`).
+        sensitivity_batches: validation batches (of the trainer's validation batch size) each probe validates.
+        verbose: log the graph summary and each step's summary through ultralytics' logger.
+        target_metric, mode, sensitivity_rates, exponent, params_layers, flops_layers, ignore, round_to,
+            min_channels, seed, latency_*: as :class:`~lightning_prune.pruning.PruningConfig`.
+
+    Bad input fails with one line: here (an unknown strategy or criterion, a target outside (0, 1)), or when
+    ``train`` starts, before any epoch (a schedule epoch ≥ ``epochs``, a ``monitor`` the validator does not produce,
+    a target the prunable channels cannot reach).
+
+    Example::
+
+        from ultralytics import YOLO
+        from lightning_prune.integrations.ultralytics import add_pruning
+
+        model = YOLO("yolov8n.yaml")
+        add_pruning(model, schedule=[2, 4, 6], target=0.5)
+        model.train(data="data.yaml", epochs=10, imgsz=320)
+        YOLO("runs/detect/train/weights/last.pt").train(resume=True)   # after an interruption: same schedule
+    """
+    require_ultralytics()
+    config = PruningConfig(
+        schedule=schedule, target=target, target_metric=target_metric, strategy=strategy, criterion=criterion,
+        mode=mode, sensitivity_rates=sensitivity_rates, exponent=exponent, params_layers=params_layers,
+        flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
+        latency_backend=latency_backend, latency_repeats=latency_repeats, latency_corrections=latency_corrections,
+        latency_tolerance=latency_tolerance)
+    return UltralyticsPruning(config, monitor, sensitivity_batches, verbose).attach(model)
+
+
+def keep_pruned(model: Any, verbose: bool = True) -> UltralyticsPruning:
+    """Fine-tune a pruned checkpoint with ultralytics' trainer without pruning further.
+
+    ``YOLO("best.pt").train(...)`` rebuilds the model from its YAML — unpruned — and loads only the tensors whose
+    shapes still fit. With ``keep_pruned(model)`` first, the rebuilt model gets the checkpoint's pruned architecture
+    and all its weights back (from the plan history the checkpoint carries), and the new checkpoints keep carrying
+    it. :func:`add_pruning` does the same, then prunes further.
+
+    Example::
+
+        model = YOLO("runs/detect/train/weights/best.pt")   # written by a run with add_pruning
+        keep_pruned(model)
+        model.train(data="data.yaml", epochs=20)
+    """
+    require_ultralytics()
+    return UltralyticsPruning(None, verbose=verbose).attach(model)
