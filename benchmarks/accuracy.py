@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Accuracy at equal FLOPs: YOLOv8n on the synthetic shapes set, pruned to −50 % FLOPs by each tool, same budget.
+"""Accuracy vs latency: YOLOv8n (or ``--model``) on the synthetic shapes set, pruned to −50 % FLOPs by each tool,
+against the user's real alternative — a smaller model trained from scratch — with the same total epoch budget.
 
 Run from the repository root::
 
@@ -25,19 +26,25 @@ Protocol (every arm alike):
    * ``modelpruning``: Lightning's ``ModelPruning`` (``ln_structured``, L1 over filters, per layer) on the same
      schedule, at the per-layer channel fraction ``ours-uniform`` removes; it masks, so FLOPs and latency stay.
    * ``ours-sensitivity-r8``: the paper's method with ``round_to=8`` (every group keeps a multiple of 8 channels,
-     which ``latency.py`` found turns more of the FLOPs saving into speed) — our recommended setting.
+     which ``latency.py`` found turns more of the FLOPs saving into speed) — our recommended setting;
+   * ``sibling-scratch``: ultralytics' narrower sibling (the same YAML at the ``width_multiple`` whose FLOPs are
+     closest to the pruned models'), ``yolo11n-scratch``, ``yolo26n-scratch``: trained from scratch for pretraining
+     + fine-tuning epochs — what a user would do instead of pruning.
 
-3. **Measure** every arm's final model: mAP50-95 / mAP50 on the validation split (torchmetrics, as
-   ``YOLOModule`` logs it), FLOPs (``torch.utils.flop_counter``) and parameters, and latency at 640 × 640, batch 1,
+3. **Measure** every arm's final model: mAP50-95 / mAP50 on the held-out **test** split (torchmetrics, as
+   ``YOLOModule`` logs it; the sensitivity probes read ``val``, nothing selects on ``test``), FLOPs
+   (``torch.utils.flop_counter``) and parameters, and latency at 640 × 640, batch 1,
    eager PyTorch and ONNX Runtime (BatchNorm folded with ultralytics' ``fuse()`` first, as its export does), all arms
    interleaved in one ``compare_latency`` run. A speed sweep (ours-uniform and Torch-Pruning at −25/−50/−75 % FLOPs on
    an untrained YOLOv8n) adds points to the speedup plot.
 
 Each arm runs in its own child process under a wall-time limit, so one failure is recorded and the rest still run.
-Every seed (``--seeds``, default 0 and 1; ``--quick``: 0) repeats steps 1 and 2 with its own initialisation, data
+Every seed (``--seeds``, default 0, 1 and 2; ``--quick``: 0) repeats steps 1 and 2 with its own initialisation, data
 order and augmentation (the data set is the same); mAP is reported as the mean with the per-seed values, since on a
 data set this small seeds differ by a few points. ``--reuse`` takes arms that already ran with the same configuration
-from ``--workdir``. Writes ``accuracy.md`` (tables), ``accuracy.json`` (raw) and three PNG plots into ``--out-dir``;
+from ``--workdir``. The verdict never counts a gap inside the seed spread (max − min) as a win, nor a latency
+within 3 %; it says where a peer or a smaller model wins. Writes ``accuracy.md`` (tables), ``accuracy.json`` (raw)
+and three PNG plots into ``--out-dir``;
 ``--render accuracy.json`` rewrites the tables and plots from a JSON without training.
 """
 
@@ -71,7 +78,8 @@ from torch import nn  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning",
-        "ours-sensitivity-r8")
+        "ours-sensitivity-r8", "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
+SCRATCH_ARMS = ("sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
 ARM_LABELS = {
     "unpruned": "unpruned (same fine-tuning)",
     "ours-sensitivity": "**ours: sensitivity (paper)**",
@@ -80,9 +88,12 @@ ARM_LABELS = {
     "tp-magnitude": "Torch-Pruning MagnitudePruner L1 (C2f rewritten)",
     "modelpruning": "Lightning ModelPruning ln_structured L1 (masks)",
     "ours-sensitivity-r8": "**ours: sensitivity, `round_to=8`**",
+    "sibling-scratch": "narrower sibling from scratch (same total epochs)",
+    "yolo11n-scratch": "YOLO11n from scratch (same total epochs)",
+    "yolo26n-scratch": "YOLO26n from scratch (same total epochs)",
 }
 LATENCY_SIZE = 640
-DEFAULT_SEEDS = (0, 1)
+DEFAULT_SEEDS = (0, 1, 2)
 CODE_PATHS = ("lightning_prune", "benchmarks/accuracy.py", "benchmarks/_peers.py")  # results are as dirty as these
 SWEEP_TARGETS = (0.25, 0.5, 0.75)
 
@@ -92,7 +103,9 @@ class Config:
     imgsz: int = 128
     num_train: int = 256
     num_val: int = 64
+    num_test: int = 64
     batch_size: int = 16
+    model: str = "yolov8n.yaml"  # the model every pruning arm starts from
     pretrain_epochs: int = 12
     pretrain_lr: float = 0.002
     finetune_epochs: int = 10
@@ -109,11 +122,13 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(imgsz=96, num_train=64, num_val=16, pretrain_epochs=4, finetune_epochs=3, schedule=[0, 1],
+        return cls(imgsz=96, num_train=64, num_val=16, num_test=16, pretrain_epochs=4, finetune_epochs=3,
+                   schedule=[0, 1],
                    sensitivity_batches=1, latency_rounds=3, latency_repeats=5, sweep=False)
 
     def pretrain_key(self) -> dict[str, Any]:
-        keys = ("imgsz", "num_train", "num_val", "batch_size", "pretrain_epochs", "pretrain_lr", "seed", "data_seed")
+        keys = ("imgsz", "num_train", "num_val", "num_test", "batch_size", "pretrain_epochs", "pretrain_lr", "seed",
+                "data_seed", "model")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -132,7 +147,7 @@ def make_data(cfg: Config, workdir: Path) -> None:
 
     root = _data_root(workdir)
     if not (root / "data.yaml").is_file():
-        make_synthetic_dataset(root, cfg.num_train, cfg.num_val, cfg.imgsz, cfg.data_seed)
+        make_synthetic_dataset(root, cfg.num_train, cfg.num_val, cfg.imgsz, cfg.data_seed, num_test=cfg.num_test)
 
 
 def _datamodule(cfg: Config, workdir: Path) -> Any:
@@ -140,7 +155,7 @@ def _datamodule(cfg: Config, workdir: Path) -> Any:
 
     return YOLODataModule(synthetic=True, synthetic_root=str(_data_root(workdir)), imgsz=cfg.imgsz,
                           synthetic_num_train=cfg.num_train, synthetic_num_val=cfg.num_val,
-                          batch_size=cfg.batch_size, seed=cfg.seed)
+                          synthetic_num_test=cfg.num_test, batch_size=cfg.batch_size, seed=cfg.seed)
 
 
 def _trainer(cfg: Config, epochs: int, callbacks: list[Any]) -> Any:
@@ -152,8 +167,9 @@ def _trainer(cfg: Config, epochs: int, callbacks: list[Any]) -> Any:
 
 
 def _validate(trainer: Any, module: Any, datamodule: Any) -> dict[str, float]:
-    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    return {"map50_95": float(metrics["val/mAP50-95"]), "map50": float(metrics["val/mAP50"])}
+    """Every reported number reads the held-out ``test`` split (selection and probes read ``val``)."""
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    return {"map50_95": float(metrics["test/mAP50-95"]), "map50": float(metrics["test/mAP50"])}
 
 
 def run_pretrain(cfg: Config, workdir: Path) -> dict[str, Any]:
@@ -162,7 +178,7 @@ def run_pretrain(cfg: Config, workdir: Path) -> dict[str, Any]:
     from lightning_prune.integrations.ultralytics import YOLOModule
 
     seed_everything(cfg.seed, verbose=False)
-    module = YOLOModule("yolov8n.yaml", nc=3, imgsz=cfg.imgsz, lr=cfg.pretrain_lr, warmup_epochs=1.0)
+    module = YOLOModule(cfg.model, nc=3, imgsz=cfg.imgsz, lr=cfg.pretrain_lr, warmup_epochs=1.0)
     datamodule = _datamodule(cfg, workdir)
     trainer = _trainer(cfg, cfg.pretrain_epochs, [])
     start = time.perf_counter()
@@ -263,7 +279,66 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any) -> tuple[list[Any], dict[
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
+def sibling_model(cfg: Config, flops_ratio: float) -> nn.Module:
+    """ultralytics' own narrower sibling of ``cfg.model``: the same YAML at the smaller ``width_multiple`` (channel
+    counts stay multiples of 8, as ultralytics rounds them) whose FLOPs at the training input are closest to
+    ``flops_ratio`` of the base model's — what a user would train instead of pruning."""
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    from lightning_prune import count_flops
+
+    x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    base = yaml_model_load(cfg.model)
+    scale = base.get("scale") or "n"
+
+    def build(width: float) -> nn.Module:
+        spec = copy.deepcopy(base)
+        depth, _, max_channels = spec["scales"][scale]
+        spec["scales"][scale] = [depth, width, max_channels]
+        torch.manual_seed(cfg.seed)
+        return DetectionModel(spec, nc=3, verbose=False)
+
+    reference = count_flops(build(base["scales"][scale][1]).eval(), x)
+    widths = [base["scales"][scale][1] * k / 40 for k in range(12, 41)]
+    best = min(widths, key=lambda w: abs(count_flops(build(w).eval(), x) / reference - flops_ratio))
+    model = build(best)
+    model.sibling_width = best
+    return model
+
+
+def run_scratch(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
+    """A smaller model trained from scratch with the pruning arms' whole budget (pretraining + fine-tuning)."""
+    from lightning.pytorch import seed_everything
+
+    from lightning_prune import count_flops, count_params
+    from lightning_prune.integrations.ultralytics import YOLOModule
+
+    seed_everything(cfg.seed, verbose=False)
+    extra: dict[str, Any] = {}
+    if arm == "sibling-scratch":
+        model: Any = sibling_model(cfg, 1.0 - cfg.target)
+        extra["width_multiple"] = model.sibling_width
+    else:
+        model = f"{arm.removesuffix('-scratch')}.yaml"
+    module = YOLOModule(model, nc=3, imgsz=cfg.imgsz, lr=cfg.pretrain_lr, warmup_epochs=1.0)
+    datamodule = _datamodule(cfg, workdir)
+    trainer = _trainer(cfg, cfg.pretrain_epochs + cfg.finetune_epochs, [])
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+    final = module.model.eval()
+    x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    result = {**_validate(trainer, module, datamodule), **extra, "fit_s": fit_s, "flops": count_flops(final, x),
+              "flops_base": count_flops(final, x), "flops_640": count_flops(final, torch.zeros(1, 3, LATENCY_SIZE,
+                                                                                              LATENCY_SIZE)),
+              "params": count_params(final), "zeroed_filters": 0.0}
+    torch.save(final, workdir / f"arm-{arm}.pt")
+    return result
+
+
 def run_arm(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
+    if arm in SCRATCH_ARMS:
+        return run_scratch(arm, cfg, workdir)
     from lightning.pytorch import seed_everything
 
     from lightning_prune import count_flops, count_params
@@ -440,7 +515,8 @@ def render(data: dict[str, Any], prefix: str) -> str:
     base_flops = base.get("flops_640") or next((a["flops_640"] for a in arms.values() if a.get("ok")), None)
     base_params = base.get("params")
     lines = [
-        "# Accuracy at equal FLOPs: YOLOv8n, pruned to −50 % FLOPs by each tool",
+        f"# Accuracy vs latency: {cfg.model.removesuffix('.yaml')} pruned to −{cfg.target:.0%} FLOPs by each tool, "
+        "against smaller models trained from scratch",
         "",
         f"- Command: `{data['command']}` (from the repository root; total {data['total_s'] / 60:.0f} min)",
         f"- Date: {data['date']}",
@@ -451,27 +527,31 @@ def render(data: dict[str, Any], prefix: str) -> str:
         f"- Machine: {_cpu()}, {os.cpu_count()} cores, CPU only, float32, `torch.set_num_threads({cfg.threads})`; "
         f"load average before/after the latency block: {_loads(data)}",
         f"- Data: the synthetic shapes set (`lightning_prune.data.synthetic`, seed {cfg.data_seed}), {cfg.num_train} "
-        f"train /"
-        f" {cfg.num_val} val images at {cfg.imgsz} px, 3 classes, batch {cfg.batch_size}, flip + colour jitter",
+        f"train / {cfg.num_val} val / {cfg.num_test} held-out test images at {cfg.imgsz} px, 3 classes, batch "
+        f"{cfg.batch_size}, ultralytics' augmentation pipeline (`YOLODataModule`)",
         *_reused_line(runs),
         f"- Seeds: {', '.join(map(str, seeds))} (model init, data order, augmentation); each seed has its own "
         "pretrained model and runs every arm from it; mAP below is the mean over the seeds, the per-seed values in "
         "parentheses; FLOPs, params and latency are the first seed's models",
-        f"- Pretraining (shared by every arm of a seed): YOLOv8n from its YAML, random init, {cfg.pretrain_epochs} "
+        f"- Pretraining (shared by every pruning arm of a seed): {cfg.model} from its YAML, random init, "
+        f"{cfg.pretrain_epochs} "
         f"epochs, AdamW lr {cfg.pretrain_lr} with 1 warm-up epoch and cosine decay → mAP50-95 {pretrain_maps}",
         f"- Pruning + fine-tuning (every arm alike): {cfg.finetune_epochs} epochs, AdamW lr {cfg.finetune_lr}, cosine "
         f"decay; pruning steps at the start of epochs {cfg.schedule} towards −{cfg.target:.0%} FLOPs at the "
         f"{cfg.imgsz} px training input; ours-sensitivity probes with {cfg.sensitivity_batches} validation "
-        "batch(es) per probe at rates 25/50/75 %",
-        f"- mAP: the final model on the {cfg.num_val} validation images (torchmetrics `MeanAveragePrecision`, "
-        "COCO-style, as `YOLOModule` logs `val/mAP50-95`); with this little data, seeds differ by a few points: "
+        "batch(es) per probe at rates 25/50/75 %, read from the **val** split",
+        f"- Smaller models from scratch (`*-scratch`): the same data, {cfg.pretrain_epochs + cfg.finetune_epochs} "
+        "epochs (the pruning arms' pretraining + fine-tuning), AdamW with the pretraining's schedule; the narrower "
+        "sibling is the base YAML at the `width_multiple` whose FLOPs are closest to the pruned models'",
+        f"- mAP: the final model on the {cfg.num_test} held-out **test** images, never seen by training or "
+        "selection (torchmetrics `MeanAveragePrecision`, COCO-style, as `YOLOModule` logs `test/mAP50-95`); "
         "compare differences against the per-seed spread",
         f"- FLOPs and params: `torch.utils.flop_counter` (FLOPs = 2 × multiply-adds) at 1×3×{LATENCY_SIZE}×"
         f"{LATENCY_SIZE}; latency: median of {cfg.latency_rounds} interleaved rounds × {cfg.latency_repeats} calls, "
         f"batch 1 at {LATENCY_SIZE} px, BatchNorm fused; ONNX Runtime on the CPU execution provider",
         "",
         "| arm | mAP50-95 | mAP50 | GFLOPs @640 (% of unpruned) | params M (%) | eager ms (speedup) "
-        "| ONNX Runtime ms (speedup) | fine-tune wall min | notes |",
+        "| ONNX Runtime ms (speedup) | train wall min | notes |",
         "|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     base_eager = _latency(data, "eager", "unpruned")
@@ -486,6 +566,8 @@ def render(data: dict[str, Any], prefix: str) -> str:
             return f" ({value / ref:.0%})" if ref else ""
 
         notes = []
+        if r.get("width_multiple"):
+            notes.append(f"width_multiple {r['width_multiple']:.4f}")
         if arm == "tp-magnitude":
             notes.append(f"per-layer ratio {r['tp_ratio']:.2f}; {r['csp_blocks_rewritten']} C2f blocks rewritten")
         if r.get("failed_seeds"):
@@ -552,67 +634,113 @@ def _loads(data: dict[str, Any]) -> str:
     return f"{fmt(lat.get('loadavg_before'))} → {fmt(lat.get('loadavg_after'))}"
 
 
+def _spread(r: dict[str, Any]) -> float:
+    values = r.get("map50_95_seeds") or [r["map50_95"]]
+    return max(values) - min(values)
+
+
+def compare_map(name_a: str, a: dict[str, Any], name_b: str, b: dict[str, Any]) -> tuple[int, str]:
+    """(+1 a wins, −1 b wins, 0 tie) and a sentence. A gap no wider than either arm's seed spread (max − min) is a
+    tie, never a win.
+
+    Example:
+        >>> compare_map("x", {"map50_95": 0.70, "map50_95_seeds": [0.69, 0.71]},
+        ...             "y", {"map50_95": 0.60, "map50_95_seeds": [0.59, 0.61]})[1]
+        'x beats y by 10.0 mAP points (0.700 vs 0.600; seed spreads 2.0 / 2.0)'
+        >>> compare_map("x", {"map50_95": 0.70, "map50_95_seeds": [0.65, 0.75]}, "y", {"map50_95": 0.68})[0]
+        0
+    """
+    gap = a["map50_95"] - b["map50_95"]
+    margin = max(_spread(a), _spread(b))
+    spreads = f"seed spreads {_spread(a) * 100:.1f} / {_spread(b) * 100:.1f}"
+    if abs(gap) <= margin:
+        return 0, (f"{name_a} and {name_b} tie ({a['map50_95']:.3f} vs {b['map50_95']:.3f}: a gap of "
+                   f"{abs(gap) * 100:.1f} points, inside the {spreads})")
+    winner, loser = (name_a, name_b) if gap > 0 else (name_b, name_a)
+    high, low = (a, b) if gap > 0 else (b, a)
+    return (1 if gap > 0 else -1), (f"{winner} beats {loser} by {abs(gap) * 100:.1f} mAP points "
+                                    f"({high['map50_95']:.3f} vs {low['map50_95']:.3f}; {spreads})")
+
+
+def _faster(data: dict[str, Any], a: str, b: str, backend: str, tolerance: float = 0.03) -> int:
+    """+1 if ``a`` is faster than ``b`` by more than ``tolerance`` (relative), −1 if slower, 0 a tie."""
+    ms_a, ms_b = _latency(data, backend, a), _latency(data, backend, b)
+    if not ms_a or not ms_b:
+        return 0
+    if abs(ms_a - ms_b) <= tolerance * max(ms_a, ms_b):
+        return 0
+    return 1 if ms_a < ms_b else -1
+
+
 def verdict(data: dict[str, Any]) -> list[str]:
-    """Plain statements from the numbers: who has the best mAP, the best real speedup, where a peer wins."""
+    """Plain statements from the numbers. A gap inside the seed spread is a tie, a latency within 3 % is a tie,
+    and wherever a peer or a smaller model trained from scratch wins, it says so."""
     arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
     lines = ["## Verdict (written from the numbers above)", ""]
     pruned = {k: v for k, v in arms.items() if k != "unpruned"}
     if not pruned:
-        return [*lines, "- No pruning arm finished."]
-    best = max(pruned, key=lambda k: pruned[k]["map50_95"])
-    lines.append(f"- Best mAP50-95 after pruning: {best} ({pruned[best]['map50_95']:.3f})"
-                 + (f"; unpruned with the same fine-tuning: {arms['unpruned']['map50_95']:.3f}"
-                    if "unpruned" in arms else "") + ".")
+        return [*lines, "- No arm besides the unpruned model finished."]
     ranking = sorted(arms, key=lambda k: -arms[k]["map50_95"])
-    lines.append("- Ranking by mean mAP50-95: " + " > ".join(f"{k} {arms[k]['map50_95']:.3f}" for k in ranking) + ".")
-    spreads = {k: max(v) - min(v) for k, r in arms.items() if len(v := r.get("map50_95_seeds") or []) > 1}
+    lines.append("- Ranking by mean test mAP50-95: " + " > ".join(f"{k} {arms[k]['map50_95']:.3f}" for k in ranking)
+                 + ".")
+    spreads = {k: _spread(r) for k, r in arms.items() if len(r.get("map50_95_seeds") or []) > 1}
     if spreads:
-        widest = max(spreads, key=spreads.get)
-        lines.append(f"- Seed-to-seed spread of mAP50-95: up to {spreads[widest] * 100:.1f} points ({widest}), median "
-                     f"{statistics.median(spreads.values()) * 100:.1f}; gaps between arms smaller than that are not "
-                     "evidence.")
-    ours = {k: v for k, v in pruned.items() if k.startswith("ours-")}
-    peers = {k: v for k, v in pruned.items() if not k.startswith("ours-")}
-    if ours and peers:
-        our_best = max(ours, key=lambda k: ours[k]["map50_95"])
-        for peer, r in peers.items():
-            gap = ours[our_best]["map50_95"] - r["map50_95"]
-            who = f"{peer} beats our best ({our_best})" if gap < 0 else f"our best ({our_best}) beats {peer}"
-            lines.append(f"- {who} by {abs(gap) * 100:.1f} mAP points (at "
-                         f"{r['flops_640'] / arms.get('unpruned', r)['flops_640']:.0%} vs "
-                         f"{ours[our_best]['flops_640'] / arms.get('unpruned', r)['flops_640']:.0%} of the FLOPs).")
-    base = _latency(data, "eager", "unpruned")
-    if base:
-        speeds = {k: base / ms for k in pruned if (ms := _latency(data, "eager", k))}
-        if speeds:
-            fastest = max(speeds, key=speeds.get)
-            lines.append(f"- Fastest (eager): {fastest}, {speeds[fastest]:.2f}× the unpruned model; "
-                         + ", ".join(f"{k} {v:.2f}×" for k, v in speeds.items() if k != fastest) + ".")
+        lines.append(f"- Seed spread (max − min) of mAP50-95: median {statistics.median(spreads.values()) * 100:.1f} "
+                     f"points, widest {max(spreads.values()) * 100:.1f} ({max(spreads, key=spreads.get)}); a gap "
+                     "inside the spread of either arm is reported as a tie.")
+    ours = [k for k in pruned if k.startswith("ours-")]
+    others = [k for k in pruned if not k.startswith("ours-")]
+    if "unpruned" in arms:
+        for arm in ours:
+            lines.append(f"- Against the unpruned model: {compare_map(arm, arms[arm], 'unpruned', arms['unpruned'])[1]}"
+                         ".")
+    for arm in ours:
+        for other in others + [k for k in ours if k != arm and k in ("ours-uniform",) and arm != "ours-uniform"]:
+            outcome, sentence = compare_map(arm, arms[arm], other, arms[other])
+            speed = []
+            for backend in ("eager", "onnxruntime"):
+                ms_a, ms_b = _latency(data, backend, arm), _latency(data, backend, other)
+                if ms_a and ms_b:
+                    word = {1: "faster", -1: "slower", 0: "as fast (within 3 %)"}[_faster(data, arm, other, backend)]
+                    speed.append(f"{backend} {ms_a:.0f} vs {ms_b:.0f} ms: {arm} {word}")
+            flops = f"{arm} at {arms[arm]['flops_640'] / 1e9:.2f} vs {arms[other]['flops_640'] / 1e9:.2f} GFLOPs"
+            dominated = ""
+            eager_speed = _faster(data, arm, other, "eager")
+            if outcome < 0 and eager_speed <= 0:
+                dominated = f" — **{other} wins: at least as fast and more accurate**"
+            elif outcome > 0 and eager_speed >= 0:
+                dominated = f" — **{arm} wins: at least as fast and more accurate**"
+            lines.append(f"- {sentence}; {flops}; {'; '.join(speed) or 'latency not measured'}{dominated}.")
     lines += _sweep_verdict(data)
     return lines
 
 
 def _sweep_verdict(data: dict[str, Any]) -> list[str]:
-    """Where Torch-Pruning's model is faster than ours at the same sweep target (same untrained weights)."""
-    wins, losses = [], []
+    """Where Torch-Pruning's model is faster than ours at the same sweep target (same untrained weights); within
+    3 % is a tie."""
+    wins, losses, ties = [], [], []
     for backend in ("eager", "onnxruntime"):
         ref = _latency(data, backend, "sweep unpruned")
         for target in SWEEP_TARGETS:
             tag = f"−{target:.0%}"
-            tp = _latency(data, backend, f"sweep tp-magnitude {tag}")
+            tp_name = f"sweep tp-magnitude {tag}"
+            tp = _latency(data, backend, tp_name)
             if not ref or not tp:
                 continue
             for ours in ("ours-uniform", "ours-uniform-r8"):
-                mine = _latency(data, backend, f"sweep {ours} {tag}")
+                name = f"sweep {ours} {tag}"
+                mine = _latency(data, backend, name)
                 if mine:
                     entry = f"{ours} {tag} {backend} ({ref / mine:.2f}× vs {ref / tp:.2f}×)"
-                    (losses if tp < mine else wins).append(entry)
+                    {1: wins, -1: losses, 0: ties}[_faster(data, name, tp_name, backend)].append(entry)
     lines = []
     if losses:
         lines.append("- Speed sweep, **Torch-Pruning's model is faster** than ours at the same FLOPs target: "
                      + "; ".join(losses) + ".")
     if wins:
         lines.append("- Speed sweep, ours is faster: " + "; ".join(wins) + ".")
+    if ties:
+        lines.append("- Speed sweep, ties (within 3 %): " + "; ".join(ties) + ".")
     return lines
 
 
@@ -628,7 +756,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
     base = arms.get("unpruned")
     written = []
-    markers = dict(zip(ARMS, "o*sD^vP", strict=True))
+    markers = dict(zip(ARMS, "o*sD^vPXhp", strict=True))
     colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm in every plot
 
     def yerr(r: dict[str, Any]) -> list[list[float]] | None:
@@ -649,8 +777,8 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         ax.errorbar(r["flops_640"] / 1e9, r["map50_95"], yerr=yerr(r), marker=markers.get(arm, "o"),
                     color=colors.get(arm), markersize=9, capsize=4, linestyle="", label=arm)
     ax.set_xlabel(f"GFLOPs at {LATENCY_SIZE} px")
-    ax.set_ylabel("mAP50-95 (synthetic val; bars: min–max over seeds)")
-    ax.set_title("YOLOv8n at −50 % FLOPs: accuracy vs FLOPs")
+    ax.set_ylabel("mAP50-95 (synthetic test; bars: min–max over seeds)")
+    ax.set_title(f"{data['config'].get('model', 'yolov8n.yaml').removesuffix('.yaml')}: accuracy vs FLOPs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "map_vs_flops")
@@ -665,7 +793,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         ax.set_xlabel(f"{backend} latency, ms (batch 1, {LATENCY_SIZE} px)")
         ax.set_title(backend)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mAP50-95 (synthetic val)")
+    axes[0].set_ylabel("mAP50-95 (synthetic test; bars: min–max over seeds)")
     axes[0].legend(fontsize=8)
     save(fig, "map_vs_latency")
 
@@ -707,6 +835,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny images and epochs: minutes, a smoke run")
+    parser.add_argument("--model", default=None,
+                        help="the model the pruning arms start from (default yolov8n.yaml; e.g. yolov7-tiny)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default: all)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the .md/.json/.png go")
     parser.add_argument("--prefix", default=None, help="file name prefix (default: accuracy, accuracy_quick)")
@@ -744,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     cfg = Config.quick() if args.quick else Config()
+    if args.model:
+        cfg.model = args.model
     if args.threads:
         cfg.threads = args.threads
     if args.no_sweep:
