@@ -138,14 +138,18 @@ def sync_module_attributes(module: nn.Module, before: dict[str, Any] | None = No
     before = before if before is not None else _module_shape_attrs(module)
     if isinstance(module, nn.modules.conv._ConvNd):
         weight = module.weight
-        depthwise = before.get("groups", 1) > 1 and before["groups"] == before.get("in_channels")
+        # one input channel per group (depthwise, or a channel multiplier): pruning removes whole groups; otherwise
+        # pruning removes the same in-group positions from every group and the group count stays
+        groups = before.get("groups", 1)
+        one_input_per_group = groups > 1 and groups == before.get("in_channels")
         if module.transposed:
             module.in_channels = weight.shape[0]
-            module.groups = module.in_channels if depthwise else module.groups
+            module.groups = module.in_channels if one_input_per_group else module.groups
             module.out_channels = weight.shape[1] * module.groups
         else:
+            per_group_out = max(1, before.get("out_channels", weight.shape[0]) // groups)
             module.out_channels = weight.shape[0]
-            module.groups = module.out_channels if depthwise else module.groups
+            module.groups = module.out_channels // per_group_out if one_input_per_group else module.groups
             module.in_channels = weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape

@@ -16,6 +16,7 @@ from torch import nn
 from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.groups import Group, build_groups
 from lightning_prune.graph.records import Role
+from lightning_prune.graph.replay import SelectionReplay
 from lightning_prune.graph.tracer import TraceResult, flatten_output, trace_channels
 from lightning_prune.surgery import ParamChange, Surgery
 from lightning_prune.utils.model import call_model, eval_mode
@@ -74,6 +75,8 @@ class DependencyGraph:
         self.groups: list[Group] = []
         self.build_seconds = 0.0
         self._masking = 0
+        #: groups pinned because pruning them broke the model (found by :meth:`prune`): name -> reason
+        self.verification_pins: dict[str, str] = {}
         self._apply_trace(self._trace())
 
     # -- building -------------------------------------------------------------------------------------------------
@@ -86,6 +89,10 @@ class DependencyGraph:
     def _apply_trace(self, result: TraceResult) -> None:
         start = time.perf_counter()
         groups = build_groups(result)
+        for group in groups:
+            reason = self.verification_pins.get(group.name) if group.prunable else None
+            if reason is not None:
+                group.prunable, group.reason = False, reason
         forest = result.forest
         self._roots = np.fromiter((forest.find(i) for i in range(len(forest))), dtype=np.int64, count=len(forest))
         self._result = result
@@ -249,9 +256,37 @@ class DependencyGraph:
         resolved = self._resolve(plan)
         if not resolved:
             return PruneResult({}, [])
+        outcome = self._attempt(resolved, verify, keep=True)
+        if isinstance(outcome, tuple):
+            result, changes = outcome
+            self._apply_trace(result)
+            return PruneResult({name: idx.tolist() for name, idx in resolved.items()}, changes)
+        culprits = self._culprits(resolved, verify) if len(resolved) > 1 else [next(iter(resolved))]
+        error = (self._attempt({name: resolved[name] for name in culprits}, verify) if len(culprits) < len(resolved)
+                 else None) or outcome
+        message = _one_line(error)
+        reason = f"pruning it breaks the model: {message}"
+        for name in culprits:
+            self.verification_pins[name] = reason
+            group = self._by_name[name]
+            group.prunable, group.reason = False, reason
+        others = len(resolved) - len(culprits)
+        named = ", ".join(repr(name) for name in culprits)
+        raise ValueError(
+            f"pruning {sorted(culprits)} breaks the model, left unchanged: {message}; {named} "
+            f"{'are' if len(culprits) > 1 else 'is'} pinned now"
+            + (f" (the plan's other {others} group(s) prune fine: prune them again)" if others else "")
+        ) from error
+
+    def _attempt(self, resolved: Mapping[str, np.ndarray], verify: bool,
+                 keep: bool = False) -> tuple[TraceResult, list[ParamChange]] | Exception | None:
+        """Prune ``resolved`` and check the model (forward, output shapes, masked == pruned outputs when verifying
+        exact groups). On success with ``keep``: (new trace, changes); otherwise everything is rolled back and the
+        result is the failure (``None`` when a trial succeeded)."""
         expected = None
+        replay = SelectionReplay()  # the pruned forward selects (topk, argmax, ...) what the masked one selected
         if verify and all(self._by_name[name].exact for name in resolved):
-            with self.masked(plan):
+            with self.masked({name: idx.tolist() for name, idx in resolved.items()}), replay:
                 expected = self._eval_outputs()
         surgery = Surgery(self._result.bindings.values(), self._result.splits, self._removed_labels(resolved))
         changes = surgery.apply()
@@ -262,13 +297,30 @@ class DependencyGraph:
                     f"the model's output shapes change from {self._result.output_shapes} to {result.output_shapes}"
                 )
             if expected is not None:
-                _check_same_outputs(expected, self._eval_outputs())
+                with replay.replaying():
+                    actual = self._eval_outputs()
+                _check_same_outputs(expected, actual)
         except Exception as err:
             surgery.rollback()
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"pruning {sorted(resolved)} breaks the model, left unchanged: {message}") from err
-        self._apply_trace(result)
-        return PruneResult({name: idx.tolist() for name, idx in resolved.items()}, changes)
+            return err
+        if keep:
+            return result, changes
+        surgery.rollback()
+        return None
+
+    def _culprits(self, resolved: Mapping[str, np.ndarray], verify: bool) -> list[str]:
+        """The groups of a failing plan that fail on their own, found by bisection (each trial prunes, checks and
+        rolls back); when only a combination fails, that combination."""
+        names = list(resolved)
+        while len(names) > 1:
+            half = len(names) // 2
+            for part in (names[:half], names[half:]):
+                if self._attempt({name: resolved[name] for name in part}, verify) is not None:
+                    names = part
+                    break
+            else:
+                return names  # each half prunes fine alone: the failure needs both
+        return names
 
     def _eval_outputs(self) -> list[torch.Tensor]:
         """The filtered outputs of one eval-mode forward on the example input (training flags restored)."""
@@ -320,6 +372,10 @@ def _check_same_outputs(expected: list[torch.Tensor], actual: list[torch.Tensor]
                 f"the kept channels' outputs changed (max deviation {deviation}): a module attribute or constant "
                 "tied to a channel count was not updated"
             )
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _unknown_group(name: Any, known: Mapping[str, Group]) -> str:

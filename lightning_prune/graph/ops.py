@@ -170,42 +170,79 @@ def _weighted_layer(tracer: ChannelTracer, name: str, x: torch.Tensor, weight: t
                     bias: torch.Tensor | None, groups: int, out: torch.Tensor, in_dim: int, out_dim: int) -> None:
     info = channel_info(x)
     channel_dim = out.ndim - (weight.ndim - 2) - 1  # batched or not, channels precede the spatial dims
+    computed = None
     if tracer.owner(weight) is None:
-        _unsupported(tracer, name, (x,), {}, out, "its weight is computed, not a parameter")
-        return
+        own = getattr(tracer.current_module, "weight", None)
+        if not (isinstance(own, torch.Tensor) and own.shape == weight.shape and tracer.owner(own) is not None):
+            _unsupported(tracer, name, (x,), {}, out, "its weight is computed, not a parameter")
+            return
+        # e.g. timm's StdConv2d/ScaledStdConv2d (NF-ResNet): each filter standardised over its input channels
+        computed = (f"{name} in {tracer.where} computes its weight from its parameter "
+                    f"({type(tracer.current_module).__name__}, e.g. weight standardisation): removing a channel would "
+                    "change every kept filter; prunable once the weight transform acts per channel")
+        weight = own
     if info is not None and info.dim != channel_dim:
         tracer.pin(x, f"{name} in {tracer.where} reads channels from dim {info.dim}")
         info = None
     if info is not None:
         tracer.consume(info)
-    in_channels = x.shape[channel_dim]
-    depthwise = groups > 1 and groups == in_channels and out.shape[channel_dim] == in_channels
+    in_channels, out_channels = x.shape[channel_dim], out.shape[channel_dim]
+    depthwise = groups > 1 and groups == in_channels and out_channels == in_channels
+    per_group_in, per_group_out = in_channels // groups, out_channels // groups
+    in_labels = None if info is None else info.labels  # for the FLOPs model: input channels the cost scales with
     if groups == 1:
         if info is not None:
             tracer.bind(weight, in_dim, info.labels, Role.CONSUMER)
         labels = tracer.produce(weight, out_dim)
     elif depthwise:
         # depthwise: filter k reads and writes channel k only, so output channels are input channels
+        in_labels = None  # its cost scales with its channels once, not with input x output
         if info is not None:
             labels = info.labels
             tracer.bind(weight, 0, labels, Role.PRODUCER)
         else:  # its channels are those of an input the trace lost: they cannot shrink on their own
             labels = tracer.produce(weight, 0)
             tracer.forest.pin(labels, f"depthwise {name} in {tracer.where} reads untraced channels")
-    else:
-        reason = f"grouped {name} (groups={groups}) in {tracer.where}"
+    elif per_group_in == 1:
+        # each group reads one channel and writes `per_group_out` (a channel multiplier): a group goes as a whole,
+        # with its input channel
+        in_labels = None
         if info is not None:
-            tracer.forest.pin(info.labels, reason)
-        labels = tracer.produce(weight, out_dim)
-        tracer.forest.pin(labels, reason)
+            group_labels = info.labels
+        else:
+            group_labels = tracer.forest.allocate(groups, tracer.block_name(tracer.owner(weight)[0]))
+            tracer.forest.pin(group_labels, f"grouped {name} in {tracer.where} reads untraced channels")
+        labels = np.repeat(group_labels, per_group_out)
+        tracer.bind(weight, 0, labels if in_dim == 1 else group_labels, Role.PRODUCER)
+    else:
+        # grouped: prune the same in-group positions in every group, so that the conv keeps `groups` equal groups
+        # (channel i of group 0 goes with channel i of every other group, inputs and outputs alike)
+        if info is not None:
+            _lock_step(tracer, info.labels, groups)
+            tracer.bind(weight, in_dim, info.labels if in_dim == 0 else info.labels[:per_group_in], Role.CONSUMER)
+        if in_dim == 1:
+            labels = tracer.produce(weight, out_dim)
+        else:  # transposed: the weight holds one group's outputs
+            labels = tracer.forest.allocate(out_channels, tracer.block_name(tracer.owner(weight)[0]))
+        _lock_step(tracer, labels, groups)
+        tracer.bind(weight, out_dim, labels if in_dim == 1 else labels[:per_group_out], Role.PRODUCER)
     if bias is not None:
         tracer.bind(bias, 0, labels, Role.PRODUCER)
-    # a depthwise layer's cost scales with its channels once, not with input x output
-    in_labels = None if info is None or depthwise else info.labels
+    if computed is not None:
+        tracer.forest.pin(labels, computed)
+        if info is not None:
+            tracer.forest.pin(info.labels, computed)
     # the cost model of count_flops (torch.utils.flop_counter's formulas)
     flops = conv_flops(tuple(x.shape), tuple(weight.shape), tuple(out.shape), transposed=in_dim == 0)
     tracer.result.layer_calls.append(LayerCall(tracer.owner(weight)[0], flops, in_labels, labels))
     _label(out, channel_dim, labels, None)
+
+
+def _lock_step(tracer: ChannelTracer, labels: np.ndarray, groups: int) -> None:
+    """Unite channel ``i`` of the first of ``groups`` equal blocks of ``labels`` with channel ``i`` of every block."""
+    size = len(labels) // groups
+    for g in range(1, groups):
+        tracer.forest.unite_arrays(labels[:size], labels[g * size:(g + 1) * size])
 
 
 @_register("linear")
@@ -309,11 +346,14 @@ def _prelu(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
 
 
 # -- element-wise -------------------------------------------------------------------------------------------------
-def _probe_zero(func: Any, args: tuple, kwargs: dict, in_place: bool) -> bool:
-    """Does the op map masked (zero) channels to zero? Evaluate it on scalars standing in for labelled inputs."""
+def _probe_zero(func: Any, args: tuple, kwargs: dict, in_place: bool, masked: frozenset[int] = frozenset()) -> bool:
+    """Does the op map masked (zero) channels to zero? Evaluate it on scalars standing in for labelled inputs (and
+    for the per-channel parameters in ``masked``, by id, which masking zeroes with them)."""
 
     def stand_in(tensor: torch.Tensor) -> torch.Tensor:
         info = channel_info(tensor)
+        if id(tensor) in masked:
+            return torch.zeros((), dtype=tensor.dtype, device=tensor.device)
         if info is None:
             return tensor.clone() if in_place else tensor
         value = 0.5 if info.taint else 0.0
@@ -358,16 +398,19 @@ def _pointwise(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs:
         for tensor in outputs:
             set_channel_info(tensor, None)
         return
+    bound = set()
     for tensor in operands:
         if channel_info(tensor) is not None or tensor.ndim < offset or width == 1:
             continue
         if tensor.shape[tensor.ndim - offset] == width:  # a per-channel operand without labels of its own
-            if not tracer.bind(tensor, tensor.ndim - offset, labels, Role.PRODUCER):
+            if tracer.bind(tensor, tensor.ndim - offset, labels, Role.PRODUCER):
+                bound.add(id(tensor))  # a per-channel parameter (or a view of one): masking zeroes it too
+            else:
                 tracer.forest.pin(labels, f"'{name}' in {tracer.where} combines channels with a per-channel tensor "
                                           "that is neither a parameter nor traced")
     in_place = name + "_" == getattr(func, "__name__", "").lstrip("_") or getattr(func, "__name__", "").startswith(
         "__i")
-    taint = None if _probe_zero(func, args, kwargs, in_place) else f"'{name}' in {tracer.where}"
+    taint = None if _probe_zero(func, args, kwargs, in_place, frozenset(bound)) else f"'{name}' in {tracer.where}"
     for tensor in outputs:
         if tensor.ndim > out_dim and tensor.shape[out_dim] == width:
             _label(tensor, out_dim, labels, taint)

@@ -40,6 +40,16 @@ class GraphTraceError(RuntimeError):
     """The model's forward failed on the example input, so no graph could be built."""
 
 
+_VIEW_OPS = frozenset({*ops.RESHAPES, "getitem", "permute", "transpose", "contiguous", "to", "float", "half",
+                       "type_as", "clone", "detach"})
+
+
+def _only_long_dim(tensor: torch.Tensor) -> int | None:
+    """The one dim of ``tensor`` longer than 1 (None when there are none or several)."""
+    long = [d for d, size in enumerate(tensor.shape) if size > 1]
+    return long[0] if len(long) == 1 else None
+
+
 def _has_labels(obj: Any) -> bool:
     return any(channel_info(tensor) is not None for tensor in iter_tensors(obj))
 
@@ -62,6 +72,8 @@ class ChannelTracer(TorchFunctionMode):
         self._block_names: dict[str, int] = {}
         # channel counts read through ``x.shape``/``x.size()``, per module: (count, labels)
         self.shape_reads: dict[str, list[tuple[int, np.ndarray]]] = {}
+        # reshaped views of per-channel parameters: id(view) -> (view, parameter, its channel dim, the view's)
+        self.param_views: dict[int, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
 
     # -- context used by the op handlers -------------------------------------------------------------------------
     @property
@@ -82,8 +94,31 @@ class ChannelTracer(TorchFunctionMode):
     def owner(self, tensor: Any) -> tuple[str, str, torch.nn.Module] | None:
         return self.owners.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
 
+    def _record_view(self, name: str, source: torch.Tensor, out: Any) -> None:
+        """``out`` is a reshaped view of a per-channel parameter (``gamma.view(1, -1, 1, 1)``, ``beta[:, None]``):
+        remember which parameter dim its channel dim is, so that binding the view binds the parameter."""
+        if not isinstance(out, torch.Tensor) or name not in _VIEW_OPS:
+            return
+        base = self.param_views.get(id(source))
+        if base is not None:
+            _, param, param_dim, source_dim = base
+        else:
+            param, source_dim = source, _only_long_dim(source)
+            param_dim = source_dim
+        if source_dim is None or source_dim != _only_long_dim(source):
+            return
+        out_dim = _only_long_dim(out)
+        if out_dim is not None and out.shape[out_dim] == source.shape[source_dim]:
+            self.param_views[id(out)] = (out, param, param_dim, out_dim)
+
     def bind(self, tensor: torch.Tensor, dim: int, labels: np.ndarray, role: str) -> bool:
-        """Bind ``dim`` of a model parameter/buffer to ``labels``; False when ``tensor`` is not the model's."""
+        """Bind ``dim`` of a model parameter/buffer (or of a reshaped view of a per-channel one) to ``labels``;
+        False when ``tensor`` is not the model's."""
+        view = self.param_views.get(id(tensor))
+        if view is not None and view[0] is tensor:
+            if dim != view[3]:
+                return False
+            tensor, dim = view[1], view[2]
         owner = self.owner(tensor)
         if owner is None:
             return False
@@ -141,6 +176,9 @@ class ChannelTracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if args and isinstance(args[0], torch.Tensor) and (id(args[0]) in self.owners or id(args[0]) in
+                                                           self.param_views):
+            self._record_view(ops.op_name(func), args[0], out)
         if not (_has_labels(args) or any(_has_labels(v) for v in kwargs.values()) or self._uses_parameters(args)):
             if self.shape_reads.get(self.where) and isinstance(out, torch.Tensor):
                 self._check_sized_by_channels(func, out)
