@@ -110,6 +110,7 @@ class _ProbeTrainer:
         self._trainer = trainer
         self.ema = SimpleNamespace(ema=model)
         self.loss_items = loss_items
+        self.epoch = getattr(trainer, "epoch", trainer.start_epoch)  # set by the epoch loop only
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._trainer, name)
@@ -317,6 +318,7 @@ class UltralyticsPruning:
         if pruner is None or not pruner.due(epoch):
             return
         result = pruner.step(epoch, optimizers=[trainer.optimizer], copies=[(trainer.ema.ema, "")])
+        _fresh_grad_accumulators(trainer.model)
         self.results.append(result)
         trainer.best_fitness = None  # best.pt: the best epoch of the current architecture
         trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
@@ -386,6 +388,7 @@ class UltralyticsPruning:
         validator.args.plots = False
         validator.args.save_json = False
         validator.args.verbose = False
+        validator.device = trainer.device
         loader = trainer.test_loader
         dataset = loader.dataset
         size = int(loader.batch_size or 1)
@@ -483,6 +486,23 @@ def _defer_resume(trainer: Any) -> None:
         raise RuntimeError("this ultralytics version's trainer has no `resume`/`resume_training`; lightning_prune "
                            "cannot resume a pruned run with it")
     trainer.resume = False
+
+
+def _fresh_grad_accumulators(model: nn.Module) -> None:
+    """Let the next backward create new gradient accumulators for the pruned parameters.
+
+    ultralytics' epoch loop keeps the last batch's ``loss`` (a local of ``_do_train``, and ``trainer.loss``) alive
+    across epochs; its autograd graph holds each parameter's ``AccumulateGrad`` node, which remembers the unpruned
+    shape, and autograd reuses a live node, so the first backward after a prune would fail. Assigning ``.data`` of
+    another dtype makes torch drop the cached node (it does so for dtype and device changes, not for shape changes);
+    the data is then put back. Parameters keep their identity (the optimizer still holds them).
+    """
+    with torch.no_grad():
+        for param in model.parameters():
+            data = param.data
+            other = torch.float64 if data.dtype != torch.float64 else torch.float32
+            param.data = data.new_empty(0, dtype=other)
+            param.data = data
 
 
 def _info(message: str) -> None:
