@@ -248,3 +248,16 @@ def test_bad_input_fails_with_one_line_before_training(datasets: dict[str, Path]
     with pytest.raises(ValueError) as err:
         add_pruning(model)
     assert "already has pruning attached" in _single_line(err)
+
+
+@pytest.mark.skipif(not os.environ.get("LP_SLOW"), reason="runs the example (~20 s): set LP_SLOW=1 to run")
+def test_example_interrupts_and_resumes(tmp_path: Path) -> None:
+    import runpy
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "yolo" / "ultralytics_trainer.py"
+    main = runpy.run_path(str(example), run_name="example")["main"]
+    summary = main(["--epochs", "3", "--schedule", "1", "2", "--strategy", "uniform", "--imgsz", "64",
+                    "--num-train", "16", "--num-val", "8", "--data-root", str(tmp_path / "data"), "--project",
+                    str(tmp_path / "runs"), "--interrupt", "--no-export"])
+    assert summary["steps"] == [2] and summary["history"] == 2
+    assert summary["flops_ratio"] == pytest.approx(0.5, abs=0.02)
