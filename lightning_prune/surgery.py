@@ -101,6 +101,15 @@ class Surgery:
                     self._saved_attrs.append((module, name, value))
                 sync_module_attributes(module, before[id(module)])
             for split in self._splits:
+                pieces = split.extra.get("pieces")
+                if pieces is not None:  # a list attribute of piece sizes (timm MixedConv2d.splits)
+                    sizes = [int((~self._removed[labels]).sum()) for labels in pieces]
+                    for attr in split.extra.get("sequence_attrs", []):
+                        old = getattr(split.module, attr)
+                        if list(old) != sizes:
+                            self._saved_attrs.append((split.module, attr, old))
+                            setattr(split.module, attr, type(old)(sizes))
+                    continue
                 kept = int((~self._removed[split.piece_labels]).sum())
                 if kept != len(split.piece_labels):
                     for attr in split.attrs:

@@ -177,3 +177,54 @@ def test_verification_names_and_pins_the_culprit(lp) -> None:
     assert graph["a"].prunable
     masked_then_pruned(graph, {"a": [0]}, x, lp)
     assert not graph["b"].prunable  # the pin survives the re-trace
+
+
+class MixedSplit(nn.Module):
+    """Uneven pieces sized by a list attribute (timm MixedConv2d), each to its own conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 1)
+        self.splits = [4, 8]
+        self.convs = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(8, 8, 5, padding=2, groups=8)])
+        self.b = nn.Conv2d(12, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(self.a(x), self.splits, 1)
+        return self.b(torch.cat([conv(p) for conv, p in zip(self.convs, pieces)], 1))
+
+
+def test_uneven_split_by_list_attribute(lp) -> None:
+    torch.manual_seed(0)
+    model = MixedSplit().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = DependencyGraph(model, x)
+    assert graph["a"].prunable and graph["a"].size == 12
+    masked_then_pruned(graph, {"a": [0, 5, 6]}, x, lp)
+    assert model.splits == [3, 6] and model.convs[1].groups == 6
+
+
+class DualPath(nn.Module):
+    """Channel slices bounded by a module attribute (timm DPN's ``x[:, :self.num_1x1_c]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_1x1_c = 8
+        self.a = nn.Conv2d(3, 12, 1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.c = nn.Conv2d(12, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        resid = y[:, :self.num_1x1_c] + self.b(x)
+        return self.c(torch.cat([resid, y[:, self.num_1x1_c:]], 1))
+
+
+def test_channel_slice_bounded_by_an_attribute(lp) -> None:
+    torch.manual_seed(0)
+    model = DualPath().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = DependencyGraph(model, x)
+    assert graph["a"].prunable and graph["a"].size == 12
+    masked_then_pruned(graph, {"a": [1, 2, 9]}, x, lp)
+    assert model.num_1x1_c == 6 and model.a.out_channels == 9 and model.b.out_channels == 6

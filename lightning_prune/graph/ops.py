@@ -669,6 +669,18 @@ def _pieces_along(tracer: ChannelTracer, name: str, x: torch.Tensor, pieces: lis
         _label(piece, dim, part, info.taint)
 
 
+def _independent_pieces(tracer: ChannelTracer, x: torch.Tensor, pieces: list[torch.Tensor], dim: int, module: Any,
+                        attrs: list[str], sizes: list[int]) -> None:
+    """Pieces whose sizes come from a list attribute (``self.splits``): each piece shrinks on its own, and the list
+    follows."""
+    info = channel_info(x)
+    offsets = np.cumsum([0, *sizes])
+    parts = [info.labels[offsets[i]:offsets[i + 1]] for i in range(len(sizes))]
+    tracer.result.splits.append(SplitRecord(module, [], parts[0], {"sequence_attrs": attrs, "pieces": parts}))
+    for piece, part in zip(pieces, parts):
+        _label(piece, dim, part, info.taint)
+
+
 def _size_attributes(module: Any, size: int) -> list[str]:
     """Integer attributes of ``module`` equal to ``size`` that its class's code passes as a split size."""
     return [key for key in split_size_attributes(type(module))
@@ -678,25 +690,25 @@ def _size_attributes(module: Any, size: int) -> list[str]:
 _SPLIT_METHODS = {"split": ("split_size_or_sections", "split_size"), "split_with_sizes": ("split_sizes",)}
 
 
+def _self_attribute(node: Any) -> str | None:
+    """``name`` for an ``ast`` node ``self.<name>`` (public names only)."""
+    import ast
+
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+            and not node.attr.startswith("_")):
+        return node.attr
+    return None
+
+
 @functools.cache
-def split_size_attributes(cls: type) -> frozenset[str]:
-    """Attributes ``self.<name>`` that the source of ``cls`` (and its bases) passes as the sizes of a ``split``.
-
-    This is what ties an attribute to a split: ultralytics ``C2f`` runs ``x.chunk(2, 1)`` in ``forward`` and
-    ``x.split((self.c, self.c), 1)`` in ``forward_split``, so ``c`` is the piece size and must follow pruning. An
-    attribute that merely equals the piece size (``self.scale = 8``) is never touched. Classes without readable
-    source yield nothing (their literal split sizes are then pinned).
-
-    Example:
-        >>> import torch
-        >>> sorted(split_size_attributes(torch.nn.Conv2d))  # torch's own modules are never read
-        []
-    """
+def _class_size_attributes(cls: type) -> tuple[frozenset[str], frozenset[str]]:
+    """(split-size attributes, slice-bound attributes) that the source of ``cls`` and its bases uses directly."""
     import ast
     import inspect
     import textwrap
 
-    found: set[str] = set()
+    splits: set[str] = set()
+    bounds: set[str] = set()
     for klass in cls.__mro__:
         if klass is object or klass.__module__.startswith("torch."):
             continue
@@ -705,6 +717,11 @@ def split_size_attributes(cls: type) -> frozenset[str]:
         except (OSError, TypeError, SyntaxError, IndentationError):
             continue
         for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript):
+                for part in ast.walk(node.slice):
+                    if isinstance(part, ast.Slice):
+                        bounds.update(a for a in (_self_attribute(part.lower), _self_attribute(part.upper)) if a)
+                continue
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                 continue
             method = node.func.attr
@@ -715,12 +732,40 @@ def split_size_attributes(cls: type) -> frozenset[str]:
             position = 1 if is_function else 0
             sizes = [node.args[position]] if len(node.args) > position else []
             sizes += [kw.value for kw in node.keywords if kw.arg in _SPLIT_METHODS[method]]
-            for size in sizes:
-                for sub in ast.walk(size):
-                    if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self"
-                            and not sub.attr.startswith("_")):
-                        found.add(sub.attr)
-    return frozenset(found)
+            for size in sizes:  # `self.c`, or a tuple/list of `self.c` entries: not an expression of them
+                entries = size.elts if isinstance(size, (ast.Tuple, ast.List)) else [size]
+                splits.update(a for a in map(_self_attribute, entries) if a)
+    return frozenset(splits), frozenset(bounds)
+
+
+def split_size_attributes(cls: type) -> frozenset[str]:
+    """Attributes ``self.<name>`` that the source of ``cls`` (and its bases) passes as the sizes of a ``split``
+    (``x.split(self.c, 1)``, ``x.split((self.c, self.c), 1)``, ``torch.split(x, self.splits, 1)``).
+
+    This is what ties an attribute to a split: ultralytics ``C2f`` runs ``x.chunk(2, 1)`` in ``forward`` and
+    ``x.split((self.c, self.c), 1)`` in ``forward_split``, so ``c`` is the piece size and must follow pruning. An
+    attribute that merely equals the piece size (``self.scale = 8``), or that enters a size through an expression
+    (``self.reg_max * 4``), is never touched. Classes without readable source yield nothing (their literal split
+    sizes are then pinned).
+
+    Example:
+        >>> import torch
+        >>> sorted(split_size_attributes(torch.nn.Conv2d))  # torch's own modules are never read
+        []
+    """
+    return _class_size_attributes(cls)[0]
+
+
+def slice_bound_attributes(cls: type) -> frozenset[str]:
+    """Attributes ``self.<name>`` that the source of ``cls`` (and its bases) uses directly as a slice bound
+    (``x[:, :self.num_1x1_c]``): a channel slice bounded by one follows pruning through it.
+
+    Example:
+        >>> import torch
+        >>> sorted(slice_bound_attributes(torch.nn.Linear))
+        []
+    """
+    return _class_size_attributes(cls)[1]
 
 
 @_register("chunk", "split", "split_with_sizes", "tensor_split", "unbind", "unsafe_split", "unsafe_chunk")
@@ -735,7 +780,14 @@ def _split(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
     if name in ("split", "split_with_sizes") and dim == info.dim:
         sizes = _arg(args, kwargs, 1, "split_size_or_sections" if name == "split" else "split_sizes")
         # sizes given in code must come from a module attribute we can update, or they break after pruning
-        literal = [sizes] if isinstance(sizes, int) else list(sizes)
+        literal = [sizes] if isinstance(sizes, int) else [int(size) for size in sizes]
+        module = tracer.current_module
+        sequences = [key for key in split_size_attributes(type(module))
+                     if isinstance(getattr(module, key, None), (list, tuple))
+                     and [int(v) for v in getattr(module, key)] == literal]
+        if sequences and len(literal) > 1:  # e.g. timm MixedConv2d: torch.split(x, self.splits, 1)
+            _independent_pieces(tracer, x, pieces, dim, module, sequences, literal)
+            return
         for size in set(literal):
             attrs = _size_attributes(tracer.current_module, size)
             if not attrs:
@@ -797,9 +849,20 @@ def _getitem(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
     if step != 1:
         _unsupported(tracer, name, args, kwargs, out, "strided channel slice")
         return
+    module = tracer.current_module
+    bounds = [b for b in (entry.start, entry.stop) if b is not None and 0 < b < len(labels)]
+    known = {b: [a for a in slice_bound_attributes(type(module)) if type(getattr(module, a, None)) is int
+                 and getattr(module, a) == b] for b in bounds}
+    if bounds and all(len(attrs) == 1 for attrs in known.values()) and all(b >= 0 for b in bounds):
+        # bounds that are module attributes (timm DPN: x[:, :self.num_1x1_c]): they follow the channels before them
+        for bound, attrs in known.items():
+            tracer.result.splits.append(SplitRecord(module, attrs, labels[:bound]))
+        _label(out, out_dim, labels[start:stop], info.taint)
+        return
     # bounds written in code: channels before the last fixed bound cannot move without changing what is sliced
     fixed = max(start, stop if entry.stop is not None else 0)
-    tracer.forest.pin(labels[:fixed], f"channel slice [{entry.start}:{entry.stop}] in {tracer.where} has fixed bounds")
+    tracer.forest.pin(labels[:fixed], f"channel slice [{entry.start}:{entry.stop}] in {tracer.where} has fixed bounds "
+                                      "(prunable when a bound is a module attribute its code slices with)")
     _label(out, out_dim, labels[start:stop], info.taint)
 
 

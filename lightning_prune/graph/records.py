@@ -74,7 +74,9 @@ class LayerCall:
 class SplitRecord:
     """An equal split of channels (``chunk``/``split``) inside ``module``; ``attrs`` are the integer attributes its
     class's code passes as split sizes and that equal the piece size (e.g. ultralytics ``C2f.c``): they follow the
-    piece size when channels are pruned. No other attribute is ever touched."""
+    piece size when channels are pruned. No other attribute is ever touched. The same record serves a channel slice
+    bounded by an attribute (``x[:, :self.k]``: ``piece_labels`` are the channels before the bound) and, with
+    ``extra = {"sequence_attrs": [...], "pieces": [...]}``, uneven pieces sized by a list attribute."""
 
     module: torch.nn.Module | None
     attrs: list[str]
