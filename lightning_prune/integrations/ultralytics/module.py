@@ -123,8 +123,9 @@ class YOLOModule(pl.LightningModule):
 
         self.model = build_yolo_model(model, nc, task)
         self.task: str = self.model.task
-        task = self.model.task  # noqa: F841  (recorded resolved: Lightning compares it with the data module's task)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        # not ``task``: Lightning refuses hparams a data module also has with another value, and None (the model's
+        # own task) would differ from the data module's; the model's task is kept with the model
+        self.save_hyperparameters(ignore=["task", "model"] if isinstance(model, nn.Module) else ["task"])
         self.model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, "box": box_gain, "cls": cls_gain,
                                                      "dfl": dfl_gain, "imgsz": imgsz, "task": self.task})
         self.model.criterion = None  # ultralytics' own cache; ours is below and follows the device

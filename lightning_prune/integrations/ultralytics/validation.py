@@ -14,8 +14,11 @@ __all__ = ["ultralytics_val_map", "ultralytics_val_metrics"]
 
 def ultralytics_val_metrics(weights: str | os.PathLike, data: str | os.PathLike, imgsz: int = 160, batch: int = 16,
                             device: str = "cpu", conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
-                            rect: bool = False) -> dict[str, float]:
-    """Run ultralytics' own validator (``YOLO(weights).val(...)``) and return its box metrics.
+                            rect: bool = False, split: str = "val") -> dict[str, float]:
+    """Run ultralytics' own validator (``YOLO(weights).val(...)``) on ``split`` and return its metrics.
+
+    For a segment model the metrics are the masks' (``mAP50-95`` etc.), with the boxes' as ``box/mAP50-95`` ...;
+    for pose, the keypoints' (OKS); for obb, the rotated boxes'. Detect: boxes.
 
     ``rect=False`` letterboxes every image to ``imgsz x imgsz`` exactly like :class:`YOLODataModule`, so the model
     sees the same pixels in both; ultralytics' default ``rect=True`` pads each batch by half a stride more. Nothing
@@ -23,20 +26,30 @@ def ultralytics_val_metrics(weights: str | os.PathLike, data: str | os.PathLike,
     ``labels/<split>.cache`` next to the data set).
 
     Returns:
-        ``{"mAP50-95", "mAP50", "precision", "recall"}`` as floats in 0-1.
+        ``{"mAP50-95", "mAP50", "precision", "recall"}`` (and ``box/...`` for segment and pose) as floats in 0-1.
+
+    Example::
+
+        ultralytics_val_metrics("pruned.pt", "data.yaml", imgsz=128, split="test")["mAP50-95"]
     """
     ultralytics = require_ultralytics()
     threads = torch.get_num_threads()  # ultralytics' CPU device selection resets the process-wide thread count
     try:
         with tempfile.TemporaryDirectory() as tmp, no_font_download():
-            metrics = ultralytics.YOLO(str(weights), task="detect").val(
-                data=str(data), imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou, max_det=max_det,
-                rect=rect, plots=False, save_json=False, verbose=False, project=tmp, name="val", workers=0)
+            yolo = ultralytics.YOLO(str(weights))
+            metrics = yolo.val(data=str(data), imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
+                               max_det=max_det, rect=rect, plots=False, save_json=False, verbose=False, project=tmp,
+                               name="val", workers=0, split=split)
     finally:
         torch.set_num_threads(threads)
-    box = metrics.box
-    return {"mAP50-95": float(box.map), "mAP50": float(box.map50), "precision": float(box.mp),
-            "recall": float(box.mr)}
+    main = {"segment": "seg", "pose": "pose"}.get(yolo.task)
+    out: dict[str, float] = {}
+    for prefix, part in (("", getattr(metrics, main) if main else metrics.box), ("box/", metrics.box)):
+        if prefix and main is None:
+            continue
+        out.update({f"{prefix}mAP50-95": float(part.map), f"{prefix}mAP50": float(part.map50),
+                    f"{prefix}precision": float(part.mp), f"{prefix}recall": float(part.mr)})
+    return out
 
 
 def ultralytics_val_map(weights_path: str | os.PathLike, data_yaml: str | os.PathLike, imgsz: int = 160,
