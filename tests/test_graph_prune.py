@@ -277,12 +277,49 @@ class Shuffle(nn.Module):
         return self.b(y)
 
 
-def test_channel_shuffle_is_pinned_at_build_time() -> None:
+def test_channel_shuffle_with_sizes_fixed_in_code_is_pinned_at_build_time() -> None:
     graph = DependencyGraph(Shuffle(), torch.randn(1, 3, 8, 8))
     group = graph["a"]
     assert not group.prunable
-    assert "view" in group.reason and "splits or merges the channel dim" in group.reason
+    assert "view" in group.reason and "splits the channel dim with sizes fixed in code" in group.reason
     assert graph["b"].prunable is False  # the output
+
+
+class ShapeShuffle(Shuffle):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # torchvision's channel_shuffle
+        y = self.a(x)
+        n, c, h, w = y.size()
+        return self.b(y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w))
+
+
+def test_channel_shuffle_sized_from_the_shape_prunes_in_lock_step(lp) -> None:
+    """view (n, 2, c // 2) -> transpose -> reshape: channel i of both shuffle blocks goes together, so the shuffle
+    stays a shuffle of two equal blocks."""
+    torch.manual_seed(0)
+    model = ShapeShuffle().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = DependencyGraph(model, x)
+    group = graph["a"]
+    assert group.prunable and group.size == 8 and group.exact
+    oracle_prune(graph, {"a": [0, 3]}, x, lp)
+    assert model.a.out_channels == 12 and model.b.in_channels == 12
+
+
+class HeadSplit(nn.Module):
+    """A reshape that merges channels into the spatial dim (not a split into blocks) stays pinned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return self.a(x).view(n, 4, 4 * h * w)
+
+
+def test_reshape_merging_channels_is_pinned_at_build_time() -> None:
+    graph = DependencyGraph(HeadSplit(), torch.randn(1, 3, 8, 8))
+    assert not graph["a"].prunable and "splits or merges the channel dim" in graph["a"].reason
 
 
 # -- gradients, parameter identity and optimizers ------------------------------------------------------------------

@@ -197,6 +197,34 @@ class DependencyGraph:
         return float(flops), float(round(params))
 
     @property
+    def prunable_flops_share(self) -> float:
+        """How much of the traced conv/linear FLOPs pruning can reach: the FLOPs-weighted mean, over layers, of the
+        prunable fraction of their channel dims (input and output channels count half each; a depthwise layer, whose
+        cost scales with its channels once, counts its output channels only). 1.0: every layer can shrink on both
+        sides; a pinned residual stream or a pinned model input lowers it. The coverage figure of
+        ``benchmarks/coverage.py``.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 2, 1, bias=False))
+            >>> graph = DependencyGraph(net, torch.randn(1, 3, 4, 4))
+            >>> graph.prunable_flops_share  # the input and the output are pinned: half of each conv can shrink
+            0.5
+        """
+        prunable = np.zeros(len(self._roots), dtype=bool)
+        for group in self.prunable_groups:
+            prunable[group.roots] = True
+        prunable = prunable[self._roots]
+        total = reached = 0.0
+        for call in self._result.layer_calls:
+            sides = [prunable[labels].mean() for labels in (call.in_labels, call.out_labels)
+                     if labels is not None and len(labels)]
+            total += call.flops
+            reached += call.flops * (sum(sides) / len(sides) if sides else 0.0)
+        return float(reached / total) if total else 0.0
+
+    @property
     def traced_flops(self) -> int:
         """FLOPs of the traced conv/linear layers at the example input."""
         return sum(call.flops for call in self._result.layer_calls)

@@ -513,6 +513,20 @@ def _reshaped(in_shape: tuple, dim: int, out_shape: tuple) -> tuple[int, int] | 
     return None
 
 
+def _split_channel_dim(in_shape: tuple, dim: int, out_shape: tuple) -> tuple[int, int] | None:
+    """``(new dim, k)`` when a reshape splits channel dim ``dim`` into ``(k, C / k)`` in place (the dims before and
+    after it keep their sizes), else None."""
+    channels = in_shape[dim]
+    if len(out_shape) != len(in_shape) + 1 or tuple(out_shape[:dim]) != tuple(in_shape[:dim]):
+        return None
+    if tuple(out_shape[dim + 2:]) != tuple(in_shape[dim + 1:]):
+        return None
+    blocks, per_block = out_shape[dim], out_shape[dim + 1]
+    if blocks < 2 or per_block < 2 or blocks * per_block != channels:
+        return None
+    return dim + 1, blocks
+
+
 RESHAPES = ("view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze",
             "expand", "expand_as", "broadcast_to", "atleast_2d", "atleast_3d", "ravel")
 
@@ -542,6 +556,23 @@ def _reshape(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
         return
     mapped = _reshaped(tuple(x.shape), info.dim, tuple(out.shape))
     if mapped is None:
+        split = _split_channel_dim(tuple(x.shape), info.dim, tuple(out.shape))
+        # the block sizes follow pruning only when the code computes them from this tensor's shape
+        # (`B, C, H, W = x.shape; x.view(B, k, C // k, H, W)`), not when they are written in code
+        read = any(len(labels) == len(info.labels) and np.array_equal(labels, info.labels)
+                   for _, labels in tracer.shape_reads.get(tracer.where, []))
+        if split is not None and not read:
+            _unsupported(tracer, name, args, kwargs, out,
+                         f"reshape {tuple(x.shape)} -> {tuple(out.shape)} splits the channel dim with sizes fixed in "
+                         "code (prunable when they are computed from the tensor's shape)")
+            return
+        if split is not None:
+            # (C,) -> (k, C/k): channel i of every one of the k blocks goes together (attention heads, the paths of
+            # a selective kernel, a channel shuffle), the C/k dim carries the channels
+            new_dim, blocks = split
+            _lock_step(tracer, info.labels, blocks)
+            _label(out, new_dim, info.labels[:len(info.labels) // blocks], info.taint)
+            return
         _unsupported(tracer, name, args, kwargs, out,
                      f"reshape {tuple(x.shape)} -> {tuple(out.shape)} splits or merges the channel dim")
         return
