@@ -102,7 +102,7 @@ def test_module_validates_and_saves_the_ema(shapes: Path, tmp_path: Path) -> Non
     assert YOLOModule(str(saved)).ema is not None and YOLOModule("yolov8n.yaml", nc=3, ema=False).ema is None
 
 
-def test_ema_survives_pruning_by_the_callback(shapes: Path) -> None:
+def test_ema_survives_pruning_by_the_callback(shapes: Path, tmp_path: Path) -> None:
     """The callback mirrors every prune onto YOLOModule.averaged_copies(): the EMA keeps its averages, is not reset."""
     from lightning_prune.callbacks import IterativePruningCallback
 
@@ -129,6 +129,13 @@ def test_ema_survives_pruning_by_the_callback(shapes: Path) -> None:
     assert sum(p.numel() for p in module.ema.ema.parameters()) == live
     metrics = _trainer().validate(module, data, verbose=False)[0]  # validation runs on the pruned EMA copy
     assert "val/mAP50-95" in metrics
+    # a Lightning checkpoint of the pruned module loads back, EMA included (plain tensors: weights_only=True)
+    path = tmp_path / "pruned.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = YOLOModule.load_from_checkpoint(path, weights_only=True)
+    assert sum(p.numel() for p in loaded.model.parameters()) == live and loaded.ema.updates == 4
+    ema = module.ema.ema.state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in loaded.ema.ema.state_dict().items())
 
 
 def test_ema_restarts_with_a_warning_when_pruned_outside_the_callback(shapes: Path) -> None:

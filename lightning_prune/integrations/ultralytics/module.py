@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lightning_prune.checkpoint import PrunedCheckpointMixin
 from lightning_prune.integrations.ultralytics.build import build_yolo_model
 from lightning_prune.integrations.ultralytics.common import INSTALL_HINT
 from lightning_prune.integrations.ultralytics.ema import ModelEMA
@@ -66,7 +67,7 @@ def coco_map(result: Mapping[str, Any]) -> tuple[float, float]:
     return float(precision[valid].mean()), float(map50)
 
 
-class YOLOModule(pl.LightningModule):
+class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
     """An ultralytics YOLO model (detect, segment, pose or obb) as a LightningModule.
 
     Training uses the model's own ultralytics loss (``init_criterion``: detection, segmentation, pose or OBB loss),
@@ -225,7 +226,15 @@ class YOLOModule(pl.LightningModule):
             checkpoint["yolo_ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_ema = checkpoint.get("yolo_ema")  # restored in on_fit_start, once the architecture is final
+        super().on_load_checkpoint(checkpoint)  # PrunedCheckpointMixin: rebuilds a pruned architecture first
+        state = checkpoint.get("yolo_ema")
+        if self.ema is not None and state is not None:
+            if not self.ema.matches(self.model):
+                self.ema.reset(self.model)  # the pruned architecture; its averages come from the checkpoint
+            try:
+                self.ema.load_state_dict(state)
+            except ValueError:
+                self._pending_ema = state  # the architecture changes later (resume): tried again at fit start
 
     # -- hooks -----------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -180,6 +180,7 @@ class UltralyticsPruning:
         self._monitor_key: str | None = None
         self._loss_items: dict[str, torch.Tensor] | None = None
         self._trainer: Any = None
+        self._replayable = True  # False once the architecture was copied from a checkpoint without a record
 
     # -- plain views ----------------------------------------------------------------------------------------------
     @property
@@ -206,14 +207,16 @@ class UltralyticsPruning:
 
     def record(self) -> dict[str, Any]:
         """The plain-data record stored on the model (and so in every checkpoint): the full plan history, how many
-        of its entries predate this run, the pruner's state and the example input's shape."""
+        of its entries predate this run, the pruner's state, the example input's shape, and whether replaying the
+        history on the model built from the YAML gives the architecture (not when the run started from a pruned
+        checkpoint without a record)."""
         from lightning_prune import __version__
 
         state = self.pruner.state_dict() if self.pruner is not None else {"history": list(self._history),
                                                                           "baseline": dict(self._baseline)}
         shape = list(self.example_input.shape) if self.example_input is not None else None
         return {"history": self.history, "prior": len(self.prior), "pruner": state, "example_input_shape": shape,
-                "version": __version__}
+                "replayable": self._replayable, "version": __version__}
 
     # -- registration ---------------------------------------------------------------------------------------------
     def attach(self, model: Any) -> UltralyticsPruning:
@@ -235,6 +238,7 @@ class UltralyticsPruning:
         """Check the run's arguments; read the pruning record of the checkpoint the run starts from."""
         self._trainer = trainer
         self.results, self._history, self.prior, self.pruner = [], [], [], None
+        self._replayable = True
         self._validator = self._loss_items = self._resume_ckpt = None
         self.save_dir = Path(trainer.save_dir)
         args = trainer.args
@@ -271,6 +275,7 @@ class UltralyticsPruning:
         self.example_input = torch.zeros(1, channels, int(imgsz), int(imgsz), device=device)
         source_model, _ = self._source
         record = _record_of(source_model)
+        self._replayable = bool(record.get("replayable", True))
         if source_model is not None:
             self._adopt(trainer, source_model, record)
         self._source = (None, {})  # free the copy
@@ -352,26 +357,36 @@ class UltralyticsPruning:
     # -- helpers --------------------------------------------------------------------------------------------------
     def _adopt(self, trainer: Any, source: nn.Module, record: Mapping[str, Any]) -> None:
         """Give the model ultralytics rebuilt from the YAML (and its EMA) the source checkpoint's architecture and
-        weights, by replaying the recorded plans (parameters keep their identity, so the optimizer built on the
-        unpruned model stays valid)."""
+        weights. Parameters keep their identity, so the optimizer built on the unpruned model stays valid.
+
+        With a replayable plan history the recorded plans are replayed (the very surgery that made the source);
+        without one (a pruned model saved elsewhere, e.g. by ``save_yolo``) every tensor and integer size attribute
+        is copied from the source module of the same name, and accepted only if the outputs then agree."""
         model = trainer.model
         weights = source.float().state_dict()
         if _fits(model, weights):
             return  # unpruned, or already the right shapes: ultralytics has loaded the weights itself
         history = record.get("history") or []
-        if not history:
-            raise ValueError(f"{trainer.args.model} holds a pruned model without a pruning record, so the model "
-                             "ultralytics rebuilds from its YAML cannot take its weights; save it with this trainer "
-                             "integration (or train it through lightning_prune's Lightning path)")
-        replay_history(model, history, self.example_input, copies=[(trainer.ema.ema, "")])
-        if not _fits(model, weights):
-            raise ValueError(f"replaying the pruning record of {trainer.args.model} does not give its architecture")
+        if history and record.get("replayable", True):
+            replay_history(model, history, self.example_input, copies=[(trainer.ema.ema, "")])
+            if not _fits(model, weights):
+                raise ValueError(f"replaying the pruning record of {trainer.args.model} does not give its "
+                                 "architecture")
+            how = f"replayed {len(history)} recorded plans"
+        else:
+            self._replayable = False
+            for target in (model, trainer.ema.ema):
+                _copy_architecture(target, source)
+            if not _same_outputs(model, source, self.example_input):
+                raise ValueError(f"{trainer.args.model} holds a pruned model whose architecture cannot be given to "
+                                 "the model ultralytics rebuilds from its YAML (no pruning record, and copying its "
+                                 "tensor shapes changes the outputs)")
+            how = "copied its tensor shapes (no replayable pruning record)"
         with torch.no_grad():
             model.load_state_dict(weights)
             trainer.ema.ema.load_state_dict(weights)
         if self.verbose:
-            _info(f"lightning_prune: rebuilt the pruned architecture of {trainer.args.model} "
-                  f"({len(history)} recorded plans)")
+            _info(f"lightning_prune: gave the model the pruned architecture of {trainer.args.model}: {how}")
 
     def _stamp(self, trainer: Any) -> None:
         """Store the record on the model and its EMA, which ultralytics pickles into every checkpoint."""
@@ -486,6 +501,47 @@ def _defer_resume(trainer: Any) -> None:
         raise RuntimeError("this ultralytics version's trainer has no `resume`/`resume_training`; lightning_prune "
                            "cannot resume a pruned run with it")
     trainer.resume = False
+
+
+def _copy_architecture(model: nn.Module, source: nn.Module) -> None:
+    """Give ``model`` the tensor shapes and integer size attributes (``out_channels``, ``C2f.c``, ...) of
+    ``source``, a model of the same structure (module names) and other widths. Parameters keep their identity.
+    The integer attributes copied are those :func:`~lightning_prune.pruning.mirror_prune` copies."""
+    theirs = dict(source.named_modules())
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            other = theirs.get(name)
+            if other is None or type(other) is not type(module):
+                raise ValueError(f"the checkpoint's model has no {type(module).__name__} '{name}' like the model "
+                                 "built from its YAML")
+            for key, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+                value = getattr(other, key, None)
+                if isinstance(value, torch.Tensor) and value.shape != tensor.shape:
+                    tensor.data = value.detach().to(device=tensor.device, dtype=tensor.dtype).clone()
+            for key, value in vars(other).items():  # ints only: tuples are caches here (Detect.shape)
+                mine = vars(module).get(key)
+                if not key.startswith("_") and _is_int(value) and _is_int(mine) and mine != value:
+                    setattr(module, key, value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _same_outputs(model: nn.Module, source: nn.Module, example: torch.Tensor) -> bool:
+    """Whether ``model`` (with ``source``'s weights loaded) computes what ``source`` computes on ``example``."""
+    import copy
+
+    reference = copy.deepcopy(source).float().to(example.device).eval()
+    trial = copy.deepcopy(model).eval()
+    try:
+        trial.load_state_dict(reference.state_dict())
+    except RuntimeError:
+        return False
+    with torch.no_grad():
+        ours, theirs = trial(example), reference(example)
+    ours, theirs = (x[0] if isinstance(x, (tuple, list)) else x for x in (ours, theirs))
+    return ours.shape == theirs.shape and bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4))
 
 
 def _fresh_grad_accumulators(model: nn.Module) -> None:
