@@ -200,6 +200,21 @@ def test_keep_pruned_fine_tunes_the_pruned_architecture(detect_run: dict, datase
     assert [entry["epoch"] for entry in again.model.__dict__[CHECKPOINT_KEY]["history"]] == [1, 2]
 
 
+def test_keep_pruned_without_a_record(detect_run: dict, datasets: dict[str, Path], tmp_path: Path) -> None:
+    """A pruned checkpoint saved elsewhere (``save_yolo``, no plan history): the architecture is copied over and
+    checked against the checkpoint's outputs."""
+    from lightning_prune.integrations.ultralytics import save_yolo
+
+    pruned = YOLO(str(detect_run["project"] / "detect" / "weights" / "best.pt")).model
+    delattr(pruned, CHECKPOINT_KEY)
+    path = save_yolo(pruned, tmp_path / "pruned.pt", names=list(CLASS_NAMES), imgsz=IMGSZ, data=datasets["detect"])
+    model = YOLO(str(path))
+    keep = keep_pruned(model, verbose=False)
+    model.train(data=str(datasets["detect"]), epochs=1, project=str(tmp_path), name="finetune", **TRAIN)
+    assert _flops(model.model) / detect_run["unpruned"] == pytest.approx(0.5, abs=0.02)
+    assert keep.record()["replayable"] is False
+
+
 # -- segment end to end; pose and obb pruned and saved ----------------------------------------------------------------
 @pytest.mark.parametrize("task", ["segment", "pose", "obb"])
 def test_tasks_prune_save_reload(task: str, datasets: dict[str, Path], tmp_path: Path) -> None:
