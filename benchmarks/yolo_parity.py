@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs.append({"seed": seed, "lightning": lightning, "ultralytics": theirs})
         print(json.dumps(runs[-1], indent=1), flush=True)
     result = {
-        "command": command_line(), "git": git_rev(["benchmarks/results"]),
+        # clean = no uncommitted change in what this benchmark runs (other engineers' work elsewhere does not count)
+        "command": command_line(), "git": git_rev(["lightning_prune/integrations", "lightning_prune/data",
+                                                   "lightning_prune/checkpoint.py", "benchmarks/yolo_parity.py"]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {name: dist_version(name) for name in ("torch", "lightning", "ultralytics", "torchmetrics")},
         "python": platform.python_version(), "machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU only",
@@ -159,7 +161,8 @@ def render(result: dict[str, Any]) -> str:
         "# Parity with ultralytics' trainer: YOLOModule vs `YOLO(\"yolov8n.yaml\").train(...)`",
         "",
         f"- Command: `{result['command']}` (from the repository root; total {result['total_min']:.0f} min)",
-        f"- Date: {result['date']}; git {result['git']}",
+        f"- Date: {result['date']}; git {result['git']} (clean: no uncommitted change in the integration, the data "
+        "module or this script)",
         f"- Versions: python {result['python']}, " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         f"- Machine: {result['machine']}, `torch.set_num_threads({result['threads']})`",
         f"- Data: the synthetic shapes set (seed 0), {cfg['num_train']} train / {cfg['num_val']} val / "
