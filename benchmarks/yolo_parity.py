@@ -34,6 +34,10 @@ from _common import cpu_name, dist_version  # noqa: E402
 from _harness import command_line, git_rev  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: what this benchmark runs: the revision is reported clean when none of these has uncommitted changes
+RUN_PATHS = [*(f"lightning_prune/integrations/ultralytics/{name}.py" for name in
+               ("__init__", "build", "common", "data", "ema", "export", "module", "validation")),
+             "lightning_prune/data", "lightning_prune/checkpoint.py", "benchmarks/yolo_parity.py"]
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(runs[-1], indent=1), flush=True)
     result = {
         # clean = no uncommitted change in what this benchmark runs (other engineers' work elsewhere does not count)
-        "command": command_line(), "git": git_rev(["lightning_prune/integrations", "lightning_prune/data",
-                                                   "lightning_prune/checkpoint.py", "benchmarks/yolo_parity.py"]),
+        "command": command_line(), "git": git_rev(RUN_PATHS),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {name: dist_version(name) for name in ("torch", "lightning", "ultralytics", "torchmetrics")},
         "python": platform.python_version(), "machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU only",
