@@ -325,7 +325,8 @@ def _layer_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs
     if info is None:
         return
     if info.dim >= x.ndim - normalized:
-        tracer.pin(x, f"{name} in {tracer.where} normalises across channels")
+        tracer.pin(x, f"{name} in {tracer.where} normalises across channels (removing one changes the mean and "
+                      "variance of the kept ones: no exact mask; prunable only without the exactness guarantee)")
         _label(out, info.dim, info.labels, info.taint)
         return
     bias = _arg(args, kwargs, 3, "bias") if name == "layer_norm" else None
@@ -407,7 +408,8 @@ def _pointwise(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs:
                 bound.add(id(tensor))  # a per-channel parameter (or a view of one): masking zeroes it too
             else:
                 tracer.forest.pin(labels, f"'{name}' in {tracer.where} combines channels with a per-channel tensor "
-                                          "that is neither a parameter nor traced")
+                                          "that is neither a parameter nor traced (prunable once the op that "
+                                          "computed it is understood)")
     in_place = name + "_" == getattr(func, "__name__", "").lstrip("_") or getattr(func, "__name__", "").startswith(
         "__i")
     taint = None if _probe_zero(func, args, kwargs, in_place, frozenset(bound)) else f"'{name}' in {tracer.where}"
