@@ -346,7 +346,10 @@ def run_arm(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
 
     seed_everything(cfg.seed, verbose=False)
     model = torch.load(workdir / "pretrained.pt", weights_only=False)
-    module = YOLOModule(model, nc=3, imgsz=cfg.imgsz, lr=cfg.finetune_lr, warmup_epochs=0.0)
+    # Lightning's ModelPruning masks through torch.nn.utils.prune, whose pruned modules cannot be deep-copied:
+    # YOLOModule's EMA cannot follow them, so that arm fine-tunes without an EMA (noted in its row)
+    use_ema = arm != "modelpruning"
+    module = YOLOModule(model, nc=3, imgsz=cfg.imgsz, lr=cfg.finetune_lr, warmup_epochs=0.0, ema=use_ema)
     datamodule = _datamodule(cfg, workdir)
     x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
     base_flops = count_flops(copy.deepcopy(module.model).eval(), x)
@@ -360,7 +363,7 @@ def run_arm(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
     from _peers import zeroed_filter_fraction
 
     result = {
-        **metrics, **extra, "fit_s": fit_s,
+        **metrics, **extra, "fit_s": fit_s, "ema": use_ema,
         "flops": count_flops(final, x), "flops_base": base_flops,
         "flops_640": count_flops(final, torch.zeros(1, 3, LATENCY_SIZE, LATENCY_SIZE)),
         "params": count_params(final), "zeroed_filters": zeroed_filter_fraction(final),
@@ -572,6 +575,8 @@ def render(data: dict[str, Any], prefix: str) -> str:
             notes.append(f"per-layer ratio {r['tp_ratio']:.2f}; {r['csp_blocks_rewritten']} C2f blocks rewritten")
         if r.get("failed_seeds"):
             notes.append("failed: " + "; ".join(r["failed_seeds"]))
+        if r.get("ema") is False:
+            notes.append("no EMA (torch.nn.utils.prune masks cannot be deep-copied)")
         if arm == "modelpruning":
             notes.append(f"{r['zeroed_filters']:.0%} of filters zeroed behind masks, none removed: FLOPs, params "
                          f"and latency unchanged (step amount {r['step_amount']:.3f})")
