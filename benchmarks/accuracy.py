@@ -426,6 +426,7 @@ def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace) -
     log(f"  arm {arm} ...")
     result = run_child(arm, cfg, workdir, args.timeout)
     result["config"] = asdict(cfg)
+    result["git"] = git_rev(CODE_PATHS)  # arms reused from another invocation keep the revision they ran at
     result_file.write_text(json.dumps(result))
     return result
 
@@ -533,6 +534,7 @@ def render(data: dict[str, Any], prefix: str) -> str:
         f"train / {cfg.num_val} val / {cfg.num_test} held-out test images at {cfg.imgsz} px, 3 classes, batch "
         f"{cfg.batch_size}, ultralytics' augmentation pipeline (`YOLODataModule`)",
         *_reused_line(runs),
+        *_revisions_line(runs, data["git"]),
         f"- Seeds: {', '.join(map(str, seeds))} (model init, data order, augmentation); each seed has its own "
         "pretrained model and runs every arm from it; mAP below is the mean over the seeds, the per-seed values in "
         "parentheses; FLOPs, params and latency are the first seed's models",
@@ -618,6 +620,18 @@ def _reused_line(runs: dict[str, Any]) -> list[str]:
         return []
     return [f"- Reused (`--reuse`) from an earlier invocation with the identical configuration: "
             f"{'; '.join(reused)}"]
+
+
+def _revisions_line(runs: dict[str, Any], final: str) -> list[str]:
+    """Which revision each arm ran at, when they were not all the final one."""
+    ran: dict[str, set[str]] = {}
+    for run in runs.values():
+        for arm, r in run["arms"].items():
+            ran.setdefault(r.get("git", final), set()).add(arm)
+    if set(ran) <= {final}:
+        return []
+    return ["- Revisions the arms ran at (the rest of this report: " + final + "): "
+            + "; ".join(f"{rev}: {', '.join(sorted(arms))}" for rev, arms in sorted(ran.items()))]
 
 
 def _seeds(r: dict[str, Any], key: str) -> str:
