@@ -40,8 +40,10 @@ Example::
     print(pruning.flops_ratio)           # ≈ 0.5
     YOLO("runs/detect/train/weights/best.pt").export(format="onnx")   # the pruned detector
 
-Not supported (refused with one line where ultralytics lets a callback see it): multi-GPU DDP (ultralytics runs
-the trainer in subprocesses that do not carry Python callbacks), ``compile=True``, ``quantize=8`` (QAT).
+Not supported: ``compile=True`` and ``quantize=8`` (QAT), refused with one line; multi-GPU DDP, which ultralytics runs
+in subprocesses that carry no Python callbacks (and runs none in the parent), so pruning silently does not happen
+there — train on one device. Resuming a pruned run needs :func:`add_pruning` (or :func:`keep_pruned`) on the model
+first: plain ultralytics cannot load a pruned ``last.pt``'s optimizer and EMA state into the model it rebuilds.
 """
 
 from __future__ import annotations
@@ -349,9 +351,6 @@ class UltralyticsPruning:
             self._flops = float(count_flops(self.pruner.model, self.example_input))
             self._history = list(self.pruner.history)
             self._baseline = dict(self.pruner.baseline)
-        if self.config is not None and getattr(trainer, "ddp", False) and self.pruner is None:
-            _warn("pruning did not run: ultralytics' multi-GPU (DDP) training runs the trainer in subprocesses "
-                  "without Python callbacks; train on one device")
         self.pruner, self._validator, self._loss_items, self._trainer = None, None, None, None
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -565,12 +564,6 @@ def _info(message: str) -> None:
     from ultralytics.utils import LOGGER
 
     LOGGER.info(message)
-
-
-def _warn(message: str) -> None:
-    from ultralytics.utils import LOGGER
-
-    LOGGER.warning(message)
 
 
 def add_pruning(
