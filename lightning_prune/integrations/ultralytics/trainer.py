@@ -104,7 +104,13 @@ class _CachedLoader:
 
 class _ProbeTrainer:
     """What ``BaseValidator.__call__(trainer=...)`` reads from a trainer, with the model under probe where the
-    trainer has its EMA; everything else is the real trainer's."""
+    trainer has its EMA; everything else is the real trainer's.
+
+    The second (and last) thing here that relies on ultralytics beyond its callback API: the validator's training
+    mode validates ``trainer.ema.ema`` and reads ``loss_items``, ``epoch``, ``device``, ``data``, ``amp``,
+    ``stopper``, ``epochs``, ``world_size`` and ``label_loss_items`` from the trainer. The sensitivity run in
+    ``tests/test_ultralytics_trainer.py`` fails when that changes.
+    """
 
     def __init__(self, trainer: Any, model: nn.Module, loss_items: dict[str, torch.Tensor]) -> None:
         from types import SimpleNamespace
