@@ -1,5 +1,11 @@
 """Choosing what to prune in one step: the paper's scoring, plus uniform and global strategies, all held to a
-cost budget (FLOPs or parameters to remove in this step).
+cost budget (FLOPs, parameters or predicted latency to remove in this step).
+
+Budgets are measured by a *cost function* ``plan -> removed cost``: ``"flops"`` and ``"params"`` name the
+dependency graph's estimate (:meth:`~lightning_prune.graph.DependencyGraph.estimate_removal`), and any callable
+works too, e.g. a measured latency table's :meth:`~lightning_prune.profiling.CostTable.removed_ms`. ``options``
+(allowed removal counts per group, e.g. :meth:`~lightning_prune.profiling.CostTable.removal_options`: the widths
+where the backend is fast) replace the one global ``round_to`` with per-group rounding.
 
 All strategies produce *counts* (channels to remove per group); a ranking (:func:`~lightning_prune.sensitivity.
 rank_channels`) turns counts into a plan, so the channels chosen are always the group's lowest-scored ones.
@@ -16,7 +22,10 @@ from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.sensitivity import Probe, removal_count
 
 __all__ = [
+    "CostFn",
     "Scored",
+    "cost_function",
+    "snap_count",
     "boundary_probes",
     "score_probes",
     "paper_selection",
@@ -28,23 +37,74 @@ __all__ = [
 
 COST_INDEX = {"flops": 0, "params": 1}
 
+#: removed cost of a plan (group name -> channel indices)
+CostFn = Callable[[Mapping[str, Sequence[int]]], float]
+Cost = str | CostFn
+
+
+def cost_function(graph: DependencyGraph, cost: Cost) -> CostFn:
+    """``cost`` as a function ``plan -> removed cost``: a callable as it is, ``"flops"``/``"params"`` from the
+    graph's estimate.
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1)),
+        ...                         torch.randn(1, 3, 4, 4))
+        >>> cost_function(graph, "params")({"0": [0, 1]})
+        12.0
+        >>> cost_function(graph, "latency")
+        Traceback (most recent call last):
+        ...
+        ValueError: cost 'latency' needs a cost function (a measured table's removed_ms); named costs: flops, params
+    """
+    if callable(cost):
+        return cost
+    if cost not in COST_INDEX:
+        raise ValueError(f"cost {cost!r} needs a cost function (a measured table's removed_ms); named costs: "
+                         f"{', '.join(COST_INDEX)}")
+    index = COST_INDEX[cost]
+    return lambda plan: graph.estimate_removal(plan)[index]
+
+
+def snap_count(count: int, options: Sequence[int] | None, down: bool = False) -> int:
+    """The allowed removal count nearest ``count`` (ties: the smaller), or the largest not above it with ``down``;
+    ``count`` itself without options.
+
+    Example:
+        >>> snap_count(5, [0, 4, 8]), snap_count(6, [0, 4, 8]), snap_count(7, [0, 4, 8], down=True)
+        (4, 4, 4)
+    """
+    if not options:
+        return int(count)
+    if down:
+        below = [o for o in options if o <= count]
+        return max(below) if below else min(options)
+    return min(options, key=lambda o: (abs(o - count), o))
+
 
 @dataclass(frozen=True)
 class Scored:
-    """A probe with the paper's values: ``Δcost × quality^k`` for parameters and FLOPs."""
+    """A probe with the paper's values: ``Δcost × quality^k`` for parameters, FLOPs and (with a cost table)
+    predicted latency."""
 
     probe: Probe
     quality: float
     value_params: float
     value_flops: float
+    value_latency: float = 0.0
+
+    def value(self, cost: str) -> float:
+        """The value for ``cost`` (``"params"``, ``"flops"`` or ``"latency"``)."""
+        return {"params": self.value_params, "latency": self.value_latency}.get(cost, self.value_flops)
 
 
 def score_probes(probes: Sequence[Probe], baseline_metric: float, mode: str = "max",
-                 exponent: float = 20.0) -> list[Scored]:
+                 exponent: float = 20.0, latency: Callable[[Probe], float] | None = None) -> list[Scored]:
     """The paper's ``value = Δcost × mAP^k``, with the metric taken relative to the unpruned one (which ranks the
     same way for ``mode="max"`` and lets ``mode="min"`` metrics such as a loss work too).
 
     Quality is not clipped at 1: a probe that *improves* the metric ranks above one that leaves it unchanged.
+    ``latency`` (e.g. a cost table's prediction for the probe's removal) adds ``Δlatency × quality^k``.
 
     Example:
         >>> probes = [Probe("a", 0.5, 4, 0.9, 100.0, 10.0), Probe("b", 0.5, 4, 0.5, 200.0, 20.0)]
@@ -53,6 +113,8 @@ def score_probes(probes: Sequence[Probe], baseline_metric: float, mode: str = "m
         >>> better, same = Probe("c", 0.5, 4, 1.1, 100.0, 10.0), Probe("d", 0.5, 4, 1.0, 100.0, 10.0)
         >>> [s.probe.group for s in sorted(score_probes([same, better], 1.0), key=lambda s: -s.value_flops)]
         ['c', 'd']
+        >>> score_probes(probes, 1.0, exponent=2, latency=lambda p: p.removed * 0.5)[0].value_latency
+        1.62
     """
     scored = []
     for probe in probes:
@@ -62,15 +124,17 @@ def score_probes(probes: Sequence[Probe], baseline_metric: float, mode: str = "m
             quality = baseline_metric / probe.metric if probe.metric > 0 else float(probe.metric <= baseline_metric)
         quality = max(0.0, quality) if np.isfinite(quality) else 0.0
         weight = quality**exponent
-        scored.append(Scored(probe, quality, probe.params * weight, probe.flops * weight))
+        saved = float(latency(probe)) if latency is not None else 0.0
+        scored.append(Scored(probe, quality, probe.params * weight, probe.flops * weight, saved * weight))
     return scored
 
 
 def boundary_probes(scored: Sequence[Scored], params_layers: int = 6, flops_layers: int = 5,
-                    count: int = 1) -> list[Probe]:
+                    count: int = 1, cost: str = "flops") -> list[Probe]:
     """The ``count`` probes whose paper decision is least certain: per group its best-rate probe, ranked by how close
     its value lies (in log scale) to the cut between the ``params_layers``-th and the next group by parameter value,
-    or the ``flops_layers``-th and the next by FLOPs value. Re-measuring these on more data steadies the picks.
+    or the ``flops_layers``-th and the next by FLOPs value (latency value for ``cost="latency"``). Re-measuring
+    these on more data steadies the picks.
 
     Example:
         >>> probes = [Probe(g, 0.5, 4, 1.0, f, 1.0) for g, f in zip("abcd", (8.0, 4.0, 3.9, 1.0))]
@@ -80,7 +144,8 @@ def boundary_probes(scored: Sequence[Scored], params_layers: int = 6, flops_laye
     if count <= 0:
         return []
     candidates: dict[tuple[str, float], float] = {}
-    for value, layers in ((lambda s: s.value_params, params_layers), (lambda s: s.value_flops, flops_layers)):
+    second = "latency" if cost == "latency" else "flops"
+    for value, layers in ((lambda s: s.value_params, params_layers), (lambda s: s.value(second), flops_layers)):
         best: dict[str, Scored] = {}
         for item in scored:
             name = item.probe.group
@@ -102,7 +167,8 @@ def boundary_probes(scored: Sequence[Scored], params_layers: int = 6, flops_laye
 def paper_selection(scored: Sequence[Scored], params_layers: int = 6, flops_layers: int = 5,
                     target_metric: str = "flops") -> list[Scored]:
     """The paper's pick: per group its best rate; the top ``params_layers`` groups by parameter value and the top
-    ``flops_layers`` by FLOPs value; their union, ordered by the target metric's value (best first).
+    ``flops_layers`` by FLOPs value (by latency value for ``target_metric="latency"``: the paper's hardware score
+    with a measured cost); their union, ordered by the target metric's value (best first).
 
     Example:
         >>> probes = [Probe("a", 0.25, 2, 1.0, 10.0, 1.0), Probe("a", 0.5, 4, 0.2, 20.0, 2.0),
@@ -110,22 +176,23 @@ def paper_selection(scored: Sequence[Scored], params_layers: int = 6, flops_laye
         >>> [(s.probe.group, s.probe.rate) for s in paper_selection(score_probes(probes, 1.0), 1, 1)]
         [('a', 0.25), ('b', 0.25)]
     """
+    second = "latency" if target_metric == "latency" else "flops"
     best_params: dict[str, Scored] = {}
-    best_flops: dict[str, Scored] = {}
+    best_second: dict[str, Scored] = {}
     for item in scored:
         name = item.probe.group
         if name not in best_params or item.value_params > best_params[name].value_params:
             best_params[name] = item
-        if name not in best_flops or item.value_flops > best_flops[name].value_flops:
-            best_flops[name] = item
+        if name not in best_second or item.value(second) > best_second[name].value(second):
+            best_second[name] = item
     top_params = sorted(best_params.values(), key=lambda s: -s.value_params)[:params_layers]
-    top_flops = sorted(best_flops.values(), key=lambda s: -s.value_flops)[:flops_layers]
-    primary = top_flops if target_metric == "flops" else top_params
-    chosen: dict[str, Scored] = {s.probe.group: s for s in (top_params + top_flops) if s.probe.group}
+    top_second = sorted(best_second.values(), key=lambda s: -s.value(second))[:flops_layers]
+    primary = top_params if target_metric == "params" else top_second
+    chosen: dict[str, Scored] = {s.probe.group: s for s in (top_params + top_second) if s.probe.group}
     for item in primary:  # where a group is in both lists, the target metric's best rate wins
         chosen[item.probe.group] = item
-    key = (lambda s: -s.value_flops) if target_metric == "flops" else (lambda s: -s.value_params)
-    return sorted(chosen.values(), key=key)
+    key = "params" if target_metric == "params" else second
+    return sorted(chosen.values(), key=lambda s: -s.value(key))
 
 
 def plan_from_counts(ranking: Mapping[str, np.ndarray], counts: Mapping[str, int]) -> dict[str, list[int]]:
@@ -134,13 +201,16 @@ def plan_from_counts(ranking: Mapping[str, np.ndarray], counts: Mapping[str, int
 
 
 def _removed(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], counts: Mapping[str, int],
-             target_metric: str) -> float:
-    return graph.estimate_removal(plan_from_counts(ranking, counts))[COST_INDEX[target_metric]]
+             target_metric: Cost) -> float:
+    plan = plan_from_counts(ranking, counts)
+    if callable(target_metric):
+        return float(target_metric(plan))
+    return graph.estimate_removal(plan)[COST_INDEX[target_metric]]
 
 
 def _bisect_knob(graph: DependencyGraph, ranking: Mapping[str, np.ndarray],
                  counts_at: Callable[[float], dict[str, int]], lo: float, hi: float, budget: float,
-                 target_metric: str, iterations: int = 40) -> dict[str, int]:
+                 target_metric: Cost, iterations: int = 40) -> dict[str, int]:
     """Bisect a knob (a fraction, a threshold) whose counts remove more as it grows; the counts closest to
     ``budget``. When even ``hi`` falls short it is returned: the caller checks reachability."""
     if _removed(graph, ranking, counts_at(hi), target_metric) < budget:
@@ -155,18 +225,21 @@ def _bisect_knob(graph: DependencyGraph, ranking: Mapping[str, np.ndarray],
 
 
 def _closest(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], below: dict[str, int],
-             above: dict[str, int], budget: float, target_metric: str) -> dict[str, int]:
+             above: dict[str, int], budget: float, target_metric: Cost) -> dict[str, int]:
     short = budget - _removed(graph, ranking, below, target_metric)
     over = _removed(graph, ranking, above, target_metric) - budget
     return below if short < over else above
 
 
-def _valid_counts(group: Group, round_to: int, min_channels: int) -> list[int]:
+def _valid_counts(group: Group, round_to: int, min_channels: int,
+                  options: Mapping[str, Sequence[int]] | None = None) -> list[int]:
+    if options and group.name in options:
+        return sorted(set(options[group.name]))
     return sorted({removal_count(group, k / group.size, round_to, min_channels) for k in range(group.size + 1)})
 
 
 def _trim(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], counts: dict[str, int], name: str,
-          options: list[int], budget: float, target_metric: str) -> None:
+          options: list[int], budget: float, target_metric: Cost) -> None:
     """Set ``counts[name]`` to the allowed count whose removal lands closest to ``budget``."""
     lo, hi = 0, len(options) - 1
     while lo < hi:
@@ -184,23 +257,48 @@ def _trim(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], counts: dic
             counts[name] = options[lo]
 
 
+def _snap(counts: dict[str, int], options: Mapping[str, Sequence[int]] | None) -> dict[str, int]:
+    if not options:
+        return counts
+    return {name: snap_count(count, options.get(name)) for name, count in counts.items()}
+
+
 def uniform_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],
-                   budget: float, target_metric: str = "flops", round_to: int = 1, min_channels: int = 1,
-                   floor: Mapping[str, int] | None = None) -> dict[str, int]:
-    """The same fraction of every group (at least ``floor`` per group), the smallest that removes ``budget``."""
+                   budget: float, target_metric: Cost = "flops", round_to: int = 1, min_channels: int = 1,
+                   floor: Mapping[str, int] | None = None,
+                   options: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
+    """The same fraction of every group (at least ``floor`` per group), the smallest that removes ``budget`` of
+    ``target_metric`` (a name or a cost function ``plan -> removed cost``). With ``options`` (allowed removal counts
+    per group) each group's count is the allowed one nearest the fraction's.
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1)),
+        ...                         torch.randn(1, 3, 4, 4))
+        >>> ranking = {"0": np.arange(8)}
+        >>> uniform_counts(graph, graph.prunable_groups, ranking, 20.0, lambda plan: 10.0 * len(plan.get("0", [])))
+        {'0': 2}
+        >>> uniform_counts(graph, graph.prunable_groups, ranking, 20.0, lambda plan: 10.0 * len(plan.get("0", [])),
+        ...                options={"0": [0, 4, 6]})
+        {'0': 4}
+    """
     floor = floor or {}
 
     def counts_at(fraction: float) -> dict[str, int]:
-        return {g.name: max(floor.get(g.name, 0), removal_count(g, fraction, round_to, min_channels)) for g in groups}
+        counts = {g.name: removal_count(g, fraction, round_to, min_channels) for g in groups}
+        counts = _snap(counts, options)
+        return {name: max(floor.get(name, 0), count) for name, count in counts.items()}
 
     return _bisect_knob(graph, ranking, counts_at, 0.0, 1.0, budget, target_metric)
 
 
 def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mapping[str, np.ndarray],
-                  ranking: Mapping[str, np.ndarray], budget: float, target_metric: str = "flops",
-                  round_to: int = 1, min_channels: int = 1) -> dict[str, int]:
+                  ranking: Mapping[str, np.ndarray], budget: float, target_metric: Cost = "flops",
+                  round_to: int = 1, min_channels: int = 1,
+                  options: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
     """One threshold on importance normalised per group (score / the group's largest |score|): every channel below
-    it goes, as far as ``round_to``/``min_channels`` allow; the lowest threshold that removes ``budget``."""
+    it goes, as far as ``round_to``/``min_channels`` (or the allowed ``options``, nearest) allow; the lowest
+    threshold that removes ``budget`` of ``target_metric`` (a name or a cost function)."""
     normalised = {}
     for group in groups:
         values = np.asarray(scores[group.name], dtype=np.float64)
@@ -211,26 +309,33 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
         for group in groups:
             below = int(np.searchsorted(normalised[group.name], threshold, side="right"))
             counts[group.name] = removal_count(group, below / group.size, round_to, min_channels)
-        return counts
+        return _snap(counts, options)
 
     return _bisect_knob(graph, ranking, counts_at, -1.0 - 1e-9, 1.0 + 1e-9, budget, target_metric)
 
 
 def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],
-                       scored: Sequence[Scored], budget: float, target_metric: str = "flops",
+                       scored: Sequence[Scored], budget: float, target_metric: Cost = "flops",
                        params_layers: int = 6, flops_layers: int = 5, round_to: int = 1,
-                       min_channels: int = 1) -> tuple[dict[str, int], list[Scored]]:
+                       min_channels: int = 1, options: Mapping[str, Sequence[int]] | None = None,
+                       value: str | None = None) -> tuple[dict[str, int], list[Scored]]:
     """The paper's selection held to a budget.
 
     The paper's picks are applied first (best value first), then — if the step's budget is not reached — every other
     probed (group, rate) by value, each only raising a group's rate; the last one applied is trimmed to the smallest
     count that meets the budget. If all probed rates together still fall short, the remaining budget is spread
     uniformly. Returns the counts and the picks that were used.
+
+    ``target_metric`` measures the budget (a name or a cost function); ``value`` says which of the paper's values
+    ranks (``"flops"``, ``"params"`` or ``"latency"``; default: ``target_metric`` when it is a name, else
+    ``"flops"``). With ``options`` a probe's count is rounded down to an allowed one (a fast width) before it is
+    applied, and the trim chooses among allowed counts.
     """
-    picks = paper_selection(scored, params_layers, flops_layers, target_metric)
-    value = (lambda s: s.value_flops) if target_metric == "flops" else (lambda s: s.value_params)
+    if value is None:
+        value = target_metric if isinstance(target_metric, str) else "flops"
+    picks = paper_selection(scored, params_layers, flops_layers, value)
     picked = {id(s) for s in picks}
-    rest = sorted((s for s in scored if id(s) not in picked), key=lambda s: -value(s))
+    rest = sorted((s for s in scored if id(s) not in picked), key=lambda s: -s.value(value))
     by_name = {g.name: g for g in groups}
     counts: dict[str, int] = {}
     used: list[Scored] = []
@@ -238,15 +343,19 @@ def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking:
         return counts, used
     for item in [*picks, *rest]:
         name = item.probe.group
-        if name not in by_name or item.probe.removed <= counts.get(name, 0):
+        if name not in by_name:
+            continue
+        wanted = snap_count(item.probe.removed, (options or {}).get(name), down=True)
+        if wanted <= counts.get(name, 0):
             continue
         previous = counts.get(name, 0)
-        counts[name] = item.probe.removed
+        counts[name] = wanted
         used.append(item)
         if _removed(graph, ranking, counts, target_metric) >= budget:
-            options = [c for c in _valid_counts(by_name[name], round_to, min_channels)
-                       if previous < c <= item.probe.removed]
-            _trim(graph, ranking, counts, name, options, budget, target_metric)
+            allowed = [c for c in _valid_counts(by_name[name], round_to, min_channels, options)
+                       if previous < c <= wanted]
+            _trim(graph, ranking, counts, name, allowed, budget, target_metric)
             return counts, used
-    topped = uniform_counts(graph, groups, ranking, budget, target_metric, round_to, min_channels, floor=counts)
+    topped = uniform_counts(graph, groups, ranking, budget, target_metric, round_to, min_channels, floor=counts,
+                            options=options)
     return topped, used

@@ -28,6 +28,7 @@ from lightning_prune.pruning import (
     Strategy,
     TargetMetric,
 )
+from lightning_prune.pruning.config import Cost
 
 __all__ = ["IterativePruningCallback"]
 
@@ -78,6 +79,10 @@ class IterativePruningCallback(Callback):
         latency_backend, latency_repeats, latency_corrections, latency_tolerance: for ``target_metric="latency"``.
         remeasure_fraction: share of the probes measured again on the next ``sensitivity_batches`` validation
             batches — those nearest the paper's selection cut — so that one batch's noise does not decide.
+        cost: what selection scores and rounds by — ``"flops"``, ``"params"`` or ``"latency"`` (a measured
+            per-group latency table on ``latency_backend``: ``Δlatency × metric^k``, widths where the backend is
+            fast; with ``target_metric="latency"`` the budget is in predicted milliseconds); default: the target's.
+        cost_table_dir: where measured latency tables are cached (``None``: no disk cache).
 
     Example::
 
@@ -121,6 +126,8 @@ class IterativePruningCallback(Callback):
         latency_corrections: int = 2,
         latency_tolerance: float = 0.05,
         remeasure_fraction: float = 0.2,
+        cost: Cost | None = None,
+        cost_table_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.config = PruningConfig(
@@ -129,15 +136,15 @@ class IterativePruningCallback(Callback):
             flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
             latency_backend=latency_backend, latency_repeats=latency_repeats,
             latency_corrections=latency_corrections, latency_tolerance=latency_tolerance,
-            remeasure_fraction=remeasure_fraction)
+            remeasure_fraction=remeasure_fraction, cost=cost, cost_table_dir=cost_table_dir)
         if strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
         if int(sensitivity_batches) < 1:
             raise ValueError(f"sensitivity_batches must be at least 1, got {sensitivity_batches!r}")
-        if target_metric == "latency" and latency_backend == "onnxruntime":
-            from lightning_prune.profiling import require_onnx
+        if target_metric == "latency" or cost == "latency":
+            from lightning_prune.profiling import require_backend
 
-            require_onnx()
+            require_backend(latency_backend)
         self.monitor = monitor
         self.sensitivity_batches = int(sensitivity_batches)
         self.example_input = example_input

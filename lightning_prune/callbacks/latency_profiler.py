@@ -23,8 +23,8 @@ class LatencyProfiler(pl.Callback):
     """Measures the model's real latency at fit start, after every pruning step and every ``every_n_epochs``.
 
     Each measurement runs :func:`~lightning_prune.profiling.measure_latency` on rank 0 for every backend (eager
-    PyTorch, ONNX Runtime on the CPU) on a fixed input, and logs to every logger of the trainer at the current global
-    step:
+    PyTorch, ONNX Runtime and OpenVINO on the CPU; eager and ONNX Runtime on a CUDA GPU) on a fixed input, and logs
+    to every logger of the trainer at the current global step:
 
     * ``latency/<backend>_ms``: median latency of one forward, in milliseconds;
     * ``latency/<backend>_speedup``: baseline latency (the first measurement, normally at fit start) ÷ this one;
@@ -45,8 +45,10 @@ class LatencyProfiler(pl.Callback):
     and the ``onnxruntime`` backend is skipped from then on; training goes on.
 
     Args:
-        backends: any of ``"eager"`` and ``"onnxruntime"`` (default ``["eager"]``). ``"onnxruntime"`` needs
-            ``pip install "lightning-prune[onnx]"`` (checked here).
+        backends: any of ``"eager"``, ``"onnxruntime"``, ``"openvino"``, ``"eager-cuda"``, ``"onnxruntime-cuda"``
+            (default ``["eager"]``). ``"onnxruntime"`` needs ``pip install "lightning-prune[onnx]"``, ``"openvino"``
+            also ``"lightning-prune[openvino]"``, the CUDA ones a GPU (checked here). A per-layer breakdown comes
+            from eager and ONNX Runtime (CPU) only.
         batch_size: the batch size to time: the input's first sample is repeated along dim 0.
         input_shape: full shape of the input tensor to time, e.g. ``[1, 3, 640, 640]`` (random values, fixed seed);
             default: ``pl_module.example_input_array``.

@@ -1,4 +1,7 @@
-"""Cost measurement: FLOPs and parameters, and measured latency (eager and ONNX Runtime).
+"""Cost measurement: FLOPs and parameters, measured latency (eager PyTorch, ONNX Runtime, OpenVINO; CPU or CUDA), the
+deployed (BatchNorm-folded) form latency targets are measured on, and the measured per-group latency cost model
+latency-aware selection uses (:mod:`~lightning_prune.profiling.cost_table`, timed with
+:mod:`~lightning_prune.profiling.isolated`; backends in :mod:`~lightning_prune.profiling.backends`).
 
 Modules by concern: :mod:`~lightning_prune.profiling.flops` (the cost model), :mod:`~lightning_prune.profiling.timing`
 (whole-forward latency), :mod:`~lightning_prune.profiling.onnx_runtime` (export and ONNX Runtime),
@@ -7,8 +10,12 @@ speed tables), :mod:`~lightning_prune.profiling.results` (records) and :mod:`~li
 (a measurement history with baseline and speedups, what :class:`~lightning_prune.callbacks.LatencyProfiler` keeps).
 """
 
+from lightning_prune.profiling.backends import OPENVINO_EXTRA_HINT, require_backend
 from lightning_prune.profiling.channels import ChannelSpeed, channel_speed_table, suggest_round_to
+from lightning_prune.profiling.cost_table import CostTable, LayerCurve, build_cost_table
+from lightning_prune.profiling.deploy import deployed_copy, fuse_batchnorms
 from lightning_prune.profiling.flops import conv_flops, count_flops, count_params, linear_flops
+from lightning_prune.profiling.isolated import LayerSpec, time_layers
 from lightning_prune.profiling.onnx_runtime import (
     ONNX_EXTRA_HINT,
     export_onnx,
@@ -24,7 +31,16 @@ from lightning_prune.profiling.tracker import LatencyTracker
 __all__ = [
     "BACKENDS",
     "ONNX_EXTRA_HINT",
+    "OPENVINO_EXTRA_HINT",
     "ChannelSpeed",
+    "CostTable",
+    "LayerCurve",
+    "LayerSpec",
+    "build_cost_table",
+    "deployed_copy",
+    "fuse_batchnorms",
+    "require_backend",
+    "time_layers",
     "LatencyResult",
     "LatencyTracker",
     "LayerTime",

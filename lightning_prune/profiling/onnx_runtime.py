@@ -201,9 +201,10 @@ def export_to_directory(model: nn.Module, example_input: Any, directory: str) ->
     return ExportedModel(path, [f"input_{i}" for i in range(len(positional_inputs(example_input)))], names)
 
 
-def ort_session(path: str, num_threads: int, profile_prefix: str | None = None) -> Any:
-    """A sequential CPU ``InferenceSession`` with ``num_threads`` intra-op threads (profiling when a prefix is
-    given)."""
+def ort_session(path: str | bytes, num_threads: int, profile_prefix: str | None = None,
+                providers: list[str] | None = None) -> Any:
+    """A sequential ``InferenceSession`` (CPU unless ``providers`` say otherwise) with ``num_threads`` intra-op
+    threads (profiling when a prefix is given); ``path`` may also be a serialised model."""
     _, ort = require_onnx()
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
@@ -213,7 +214,7 @@ def ort_session(path: str, num_threads: int, profile_prefix: str | None = None) 
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
 
 
 def ort_feed(exported: ExportedModel, example_input: Any) -> dict[str, Any]:

@@ -8,7 +8,11 @@ Backends (:data:`BACKENDS`):
 
 * ``"eager"``: ``model(example_input)`` timed with :class:`torch.utils.benchmark.Timer` (which synchronises CUDA).
 * ``"onnxruntime"``: the model exported to a temporary directory and ``InferenceSession.run`` timed on the CPU (see
-  :mod:`lightning_prune.profiling.onnx_runtime`).
+  :mod:`lightning_prune.profiling.onnx_runtime`); ``"onnxruntime-cuda"`` the same on ONNX Runtime's CUDA provider.
+* ``"openvino"``: the exported ONNX model compiled by OpenVINO for its ``CPU`` device (latency hint, one stream).
+* ``"eager-cuda"``: eager on ``cuda`` (the model is moved there for the measurement and back).
+
+See :mod:`lightning_prune.profiling.backends` for what each needs.
 """
 
 from __future__ import annotations
@@ -23,37 +27,30 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Measurement, Timer
 
+from lightning_prune.profiling.backends import (
+    BACKENDS,
+    check_backend,
+    openvino_core,
+    ort_providers,
+    require_backend,
+)
 from lightning_prune.profiling.layers import EagerLayerTimer, LayerTimer
 from lightning_prune.profiling.onnx_runtime import (
     OrtLayerTimer,
     export_to_directory,
     ort_feed,
     ort_session,
-    require_onnx,
 )
 from lightning_prune.profiling.results import LatencyResult, LayerTime
 from lightning_prune.utils.model import call_model, eval_mode, model_device
 from lightning_prune.utils.tree import iter_tensors, map_tensors
 
-__all__ = ["BACKENDS", "batch_size_of", "batched_input", "check_backend", "compare_latency", "measure_latency",
+#: the backends with a per-layer breakdown (``per_layer=True`` is ignored, ``layers`` stays ``None``, elsewhere).
+PER_LAYER_BACKENDS = ("eager", "eager-cuda", "onnxruntime")
+
+__all__ = ["BACKENDS", "PER_LAYER_BACKENDS", "batch_size_of", "batched_input", "check_backend", "compare_latency",
+           "measure_latency", "openvino_request",
            "intra_op_threads"]
-
-#: the latency backends every measuring function accepts.
-BACKENDS = ("eager", "onnxruntime")
-
-
-def check_backend(backend: str) -> None:
-    """``ValueError`` naming the choices when ``backend`` is not one of :data:`BACKENDS`.
-
-    Example:
-        >>> check_backend("tensorrt")
-        Traceback (most recent call last):
-        ...
-        ValueError: unknown latency backend 'tensorrt'; choose one of eager, onnxruntime
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown latency backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
 
 def batched_input(example_input: Any, batch_size: int | None) -> Any:
     """``example_input`` with every tensor's first sample repeated ``batch_size`` times along dim 0 (``None``: as
@@ -120,20 +117,50 @@ class _Prepared:
 @contextlib.contextmanager
 def _prepare(model: nn.Module, example_input: Any, backend: str, threads: int,
              batch_size: int | None) -> Iterator[_Prepared]:
-    """Eval mode (restored on exit) and, for ONNX Runtime, the exported model's session in a temporary directory."""
-    device = model_device(model)
+    """Eval mode (restored on exit) and, for the exported backends, the exported model's session in a temporary
+    directory; ``eager-cuda`` moves the model to the GPU and back."""
+    original = model_device(model)
+    device = torch.device("cuda") if backend == "eager-cuda" else original
     inputs = map_tensors(batched_input(example_input, batch_size), lambda t: t.to(device))
     with eval_mode(model):
-        if backend == "eager":
-            yield _Prepared(lambda: call_model(model, inputs), lambda: EagerLayerTimer(model, inputs, device),
-                            batch_size_of(inputs))
+        if backend in ("eager", "eager-cuda"):
+            if device != original:
+                model.to(device)
+            try:
+                yield _Prepared(lambda: call_model(model, inputs), lambda: EagerLayerTimer(model, inputs, device),
+                                batch_size_of(inputs))
+            finally:
+                if device != original:
+                    model.to(original)
             return
         with tempfile.TemporaryDirectory(prefix="lightning_prune_ort_") as directory:
             exported = export_to_directory(model, inputs, directory)
-            session = ort_session(exported.path, threads)
             feed = ort_feed(exported, inputs)
+            if backend == "openvino":
+                request = openvino_request(exported.path, threads)
+                yield _Prepared(lambda: request.infer(feed), _no_layer_timer(backend), batch_size_of(inputs))
+                return
+            session = ort_session(exported.path, threads, providers=ort_providers(backend))
             yield _Prepared(lambda: session.run(None, feed),
                             lambda: OrtLayerTimer(exported, feed, threads, directory), batch_size_of(inputs))
+
+
+def openvino_request(path: str, threads: int, perf_count: bool = False) -> Any:
+    """An OpenVINO infer request for the ONNX file at ``path``, compiled for ``CPU`` with ``threads`` inference
+    threads, one stream and the latency hint (per-node profiling with ``perf_count``)."""
+    core = openvino_core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+              "INFERENCE_PRECISION_HINT": "f32"}
+    if perf_count:
+        config["PERF_COUNT"] = "YES"
+    return core.compile_model(core.read_model(path), "CPU", config).create_infer_request()
+
+
+def _no_layer_timer(backend: str) -> Callable[[], LayerTimer]:
+    def fail() -> LayerTimer:
+        raise ValueError(f"per_layer timing is not available for the {backend!r} backend (eager and onnxruntime)")
+
+    return fail
 
 
 def compare_latency(models: dict[str, nn.Module], example_input: Any, backend: str = "eager", *, rounds: int = 5,
@@ -155,9 +182,7 @@ def compare_latency(models: dict[str, nn.Module], example_input: Any, backend: s
         >>> sorted(results), len(results["wide"].times_ms)
         (['narrow', 'wide'], 6)
     """
-    check_backend(backend)
-    if backend == "onnxruntime":
-        require_onnx()
+    require_backend(backend)
     if repeats < 1 or warmup < 0 or rounds < 1:
         raise ValueError(f"need repeats >= 1, rounds >= 1 and warmup >= 0, got repeats={repeats}, rounds={rounds}, "
                          f"warmup={warmup}")
@@ -169,13 +194,13 @@ def compare_latency(models: dict[str, nn.Module], example_input: Any, backend: s
     with intra_op_threads(threads), contextlib.ExitStack() as stack:
         prepared = {name: stack.enter_context(_prepare(model, example_input, backend, threads, batch_size))
                     for name, model in models.items()}
-        with torch.inference_mode() if backend == "eager" else contextlib.nullcontext():
+        with torch.inference_mode() if backend.startswith("eager") else contextlib.nullcontext():
             for round_index in range(rounds):
                 for name, runner in prepared.items():
                     label = f"{name} [{backend}]"
                     timed[name].append(_time_calls(runner.run, warmup if round_index == 0 else 0, repeats, threads,
                                                    label))
-            if per_layer:
+            if per_layer and backend in PER_LAYER_BACKENDS:
                 timers = {name: runner.layer_timer() for name, runner in prepared.items()}
                 for index in range(repeats + min(warmup, 1)):
                     for timer in timers.values():

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.profiling.backends import require_backend
 from lightning_prune.profiling.flops import count_flops, count_params
-from lightning_prune.profiling.onnx_runtime import require_onnx
 from lightning_prune.profiling.results import LatencyResult, LayerTime
 from lightning_prune.profiling.timing import BACKENDS, measure_latency
 from lightning_prune.utils.model import model_device
@@ -35,7 +35,8 @@ class LatencyTracker:
     """Measure a model again and again; keep the baseline, the history and the latest per-layer breakdown.
 
     Args:
-        backends: any of ``"eager"`` and ``"onnxruntime"`` (``"onnxruntime"`` needs the ``onnx`` extra, checked here).
+        backends: any of :data:`~lightning_prune.profiling.BACKENDS` (``"eager"``, ``"onnxruntime"``, ``"openvino"``,
+            ``"eager-cuda"``, ``"onnxruntime-cuda"``); what each needs is checked here.
         warmup, repeats, num_threads, per_layer: as for :func:`~lightning_prune.profiling.measure_latency`.
         top_layers: rows of :meth:`slowest_layers_markdown`.
         device: where to time eager runs (the model is moved there and back); default: where the model is.
@@ -61,8 +62,8 @@ class LatencyTracker:
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown or not backends:
             raise ValueError(f"{owner} backends must be some of {', '.join(BACKENDS)}, got {backends}")
-        if "onnxruntime" in backends:
-            require_onnx()
+        for backend in backends:
+            require_backend(backend)
         for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1), ("top_layers", top_layers, 0)):
             if int(value) != value or value < low:
                 raise ValueError(f"{owner} {name} must be an integer >= {low}, got {value!r}")
@@ -127,7 +128,7 @@ class LatencyTracker:
             return measure_latency(model, example, backend, warmup=self.warmup, repeats=self.repeats,
                                    num_threads=self.num_threads, per_layer=self.per_layer)
         except Exception as err:
-            if backend == "eager":
+            if backend.startswith("eager"):
                 raise
             self.skipped.add(backend)
             cause = (str(err).strip().splitlines() or [""])[0][:300]

@@ -22,12 +22,13 @@ from typing import Any, Literal, get_args
 from lightning_prune.importance import CRITERIA
 from lightning_prune.pruning.schedule import parse_schedule
 
-__all__ = ["CriterionName", "LatencyBackend", "Mode", "PruningConfig", "Strategy", "TargetMetric", "choices"]
+__all__ = ["Cost", "CriterionName", "LatencyBackend", "Mode", "PruningConfig", "Strategy", "TargetMetric", "choices"]
 
 Strategy = Literal["sensitivity", "uniform", "global"]
 TargetMetric = Literal["flops", "params", "latency"]
 Mode = Literal["max", "min"]
-LatencyBackend = Literal["eager", "onnxruntime"]
+LatencyBackend = Literal["eager", "onnxruntime", "openvino", "eager-cuda", "onnxruntime-cuda"]
+Cost = Literal["flops", "params", "latency"]
 CriterionName = Literal["l2", "l2_largest", "l1", "l1_largest", "bn_scale", "bn_scale_l1", "random", "taylor"]
 
 
@@ -70,6 +71,13 @@ class PruningConfig:
         remeasure_fraction: share of the sensitivity probes measured a second time, on other batches, when the
             pruner has a ``remeasure`` evaluation: those nearest the paper's selection cut (the sensitivity cost is
             then at most ``1 + remeasure_fraction`` times the probes' cost).
+        cost: what selection scores and rounds by: ``"flops"``, ``"params"`` or ``"latency"`` — a measured
+            per-group latency table on ``latency_backend`` (:func:`~lightning_prune.profiling.build_cost_table`):
+            the paper's value becomes ``Δlatency × metric^k``, and every strategy keeps each group at a width where
+            the backend is fast instead of one global ``round_to``; with ``target_metric="latency"`` the budget is
+            then in the table's predicted milliseconds. Default: the target's own metric (``"flops"`` for a latency
+            target: the budget is converted through the observed latency-per-FLOP efficiency).
+        cost_table_dir: where measured cost tables are cached (``None``: not cached on disk).
     """
 
     schedule: Sequence[int] | dict[str, int] | int = (1,)
@@ -91,6 +99,8 @@ class PruningConfig:
     latency_corrections: int = 2
     latency_tolerance: float = 0.05
     remeasure_fraction: float = 0.2
+    cost: Cost | None = None
+    cost_table_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.schedule = parse_schedule(self.schedule)
@@ -102,6 +112,8 @@ class PruningConfig:
         _check_choice("strategy", self.strategy, Strategy)
         _check_choice("mode", self.mode, Mode)
         _check_choice("latency_backend", self.latency_backend, LatencyBackend)
+        if self.cost is not None:
+            _check_choice("cost", self.cost, Cost)
         if not callable(self.criterion) and self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)} or a "
                              "callable")
@@ -127,6 +139,16 @@ class PruningConfig:
         if not 0.0 <= float(self.remeasure_fraction) <= 1.0:
             raise ValueError(f"remeasure_fraction must be between 0 and 1, got {self.remeasure_fraction!r}")
         self.remeasure_fraction = float(self.remeasure_fraction)
+
+    @property
+    def selection_cost(self) -> Literal["flops", "params", "latency"]:
+        """What selection scores and rounds by: :attr:`cost`, or the budget's own metric (:attr:`cost_key`)."""
+        return self.cost if self.cost is not None else self.cost_key
+
+    @property
+    def latency_budget(self) -> bool:
+        """Whether each step's budget is in predicted milliseconds: a latency target with ``cost="latency"``."""
+        return self.target_metric == "latency" and self.cost == "latency"
 
     @property
     def cost_key(self) -> Literal["flops", "params"]:

@@ -15,7 +15,14 @@ from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import channel_scores
-from lightning_prune.profiling import count_flops, count_params
+from lightning_prune.profiling import (
+    build_cost_table,
+    count_flops,
+    count_params,
+    deployed_copy,
+    measure_latency,
+    require_backend,
+)
 from lightning_prune.pruning.averaged import mirror_all
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator
 from lightning_prune.pruning.config import PruningConfig
@@ -50,7 +57,12 @@ class IterativePruner:
             (``config.remeasure_fraction`` of them) are measured again with it, so that one batch's noise does not
             decide the picks.
         measure_latency: returns the model's latency in ms; default: :func:`lightning_prune.profiling.
-            measure_latency` on ``config.latency_backend`` (latency targets only).
+            measure_latency` of the deployed form (:func:`~lightning_prune.profiling.deployed_copy`: a BatchNorm-
+            folded eval copy) on ``config.latency_backend`` (latency targets only).
+        cost_table: for ``cost="latency"``, a measured :class:`~lightning_prune.profiling.CostTable` of the model
+            (or anything with its ``removed_ms``, ``removal_options``, ``total_ms`` and ``updated(graph)``); default:
+            built on first use on ``config.latency_backend`` (cached in ``config.cost_table_dir``) and rebuilt
+            incrementally after every prune.
         accumulate_gradients: fills ``.grad`` of the parameters (a few training batches), for ``criterion="taylor"``.
         communicator: for several processes (:class:`~lightning_prune.pruning.communication.Communicator`);
             rank 0 decides, everyone prunes the same.
@@ -94,6 +106,7 @@ class IterativePruner:
                  communicator: Communicator | None = None,
                  surgery_guard: Callable[[], contextlib.AbstractContextManager] | None = None,
                  progress: Callable[[Sequence[Any]], Iterable[Any]] | None = None,
+                 cost_table: Any = None,
                  **overrides: Any) -> None:
         if config is None:
             config = PruningConfig(**overrides)
@@ -109,6 +122,7 @@ class IterativePruner:
         self.surgery_guard = surgery_guard or contextlib.nullcontext
         self.progress = progress
         self._measure_latency = measure_latency
+        self._cost_table = cost_table
         self.graph = DependencyGraph(model, example_input)
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, float] = {"flops": float(count_flops(model, example_input)),
@@ -178,8 +192,25 @@ class IterativePruner:
         if callable(config.criterion):
             for group in groups:
                 channel_scores(group, self.model, config.criterion)
+        if config.selection_cost == "latency" and self._cost_table is None:
+            require_backend(config.latency_backend)
         if config.target_metric == "latency" and "latency" not in self.baseline:
             self.baseline["latency"] = self._latency()
+
+    @property
+    def cost_table(self) -> Any:
+        """The measured latency table of the current architecture (``cost="latency"``): built on first use,
+        rebuilt incrementally (only the changed layers) after a prune."""
+        if self._cost_table is None:
+            self._cost_table = build_cost_table(self.graph, self.config.latency_backend,
+                                                cache_dir=self.config.cost_table_dir)
+        else:
+            self._cost_table = self._cost_table.updated(self.graph)
+        return self._cost_table
+
+    def _controlled(self) -> float:
+        """The cost the latency controller converts a latency goal into: predicted ms or FLOPs."""
+        return float(self.cost_table.total_ms()) if self.config.latency_budget else self._cost("flops")
 
     # -- the step -------------------------------------------------------------------------------------------------
     def step(self, epoch: int | None = None, *, optimizers: Iterable[torch.optim.Optimizer] = (),
@@ -206,7 +237,8 @@ class IterativePruner:
                                            self.latency_efficiency)
             latency_before = self._latency()
             goal = controller.step_goal(latency_before, remaining)
-            budget = controller.flops_budget(flops_before, latency_before, goal)
+            controlled_before = self._controlled()
+            budget = controller.flops_budget(controlled_before, latency_before, goal)
         else:
             cost_before = flops_before if config.cost_key == "flops" else params_before
             budget = step_budget(cost_before, self.baseline[config.cost_key], config.target, remaining)
@@ -218,7 +250,7 @@ class IterativePruner:
         plans = [plan]
         latency_after = None
         if controller is not None:
-            latency_after = self._correct_latency(controller, goal, flops_before, latency_before, step,
+            latency_after = self._correct_latency(controller, goal, controlled_before, latency_before, step,
                                                   final=remaining == 1, plans=plans, optimizers=optimizers,
                                                   copies=copies)
             self.latency_efficiency = controller.efficiency
@@ -253,10 +285,8 @@ class IterativePruner:
             if self._measure_latency is not None:
                 value = float(self._measure_latency())
             else:
-                from lightning_prune.profiling import measure_latency
-
-                value = measure_latency(self.model, self.example_input, self.config.latency_backend,
-                                        repeats=self.config.latency_repeats).median_ms
+                value = measure_latency(deployed_copy(self.model), self.example_input, self.config.latency_backend,
+                                        repeats=self.config.latency_repeats, num_threads=1).median_ms
         return float(comm.broadcast(value))
 
     def _select(self, budget: float, strategy: str, step: int, local_before: float | None,
@@ -273,6 +303,10 @@ class IterativePruner:
             if config.criterion == "taylor":
                 self.model.zero_grad(set_to_none=True)
         probes: list[Probe] = []
+        cost = config.selection_cost
+        table = self.cost_table if cost == "latency" or config.latency_budget else None
+        latency = (lambda probe: table.removed_ms({probe.group: probe.removed})) if table is not None else None
+        budget_cost = "latency" if config.latency_budget else config.cost_key
 
         def scored() -> list:
             if metric_before is None:
@@ -283,18 +317,19 @@ class IterativePruner:
                               "the model before pruning it, or use strategy='uniform'", UserWarning, stacklevel=2)
             scale = metric_before / local_before if local_before else 1.0
             probes.extend(self._probe(groups, ranking, scale))
-            result = score_probes(probes, metric_before, config.mode, config.exponent)
+            result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             count = int(config.remeasure_fraction * len(probes))
             if self.remeasure is not None and count > 0:
-                chosen = boundary_probes(result, config.params_layers, config.flops_layers, count)
+                chosen = boundary_probes(result, config.params_layers, config.flops_layers, count,
+                                         config.selection_cost)
                 refined = {(p.group, p.rate): p for p in self._remeasure(chosen, ranking, metric_before)}
                 probes[:] = [refined.get((p.group, p.rate), p) for p in probes]
-                result = score_probes(probes, metric_before, config.mode, config.exponent)
+                result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             return result
 
-        counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, config.cost_key,
+        counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, cost,
                                      config.round_to, config.min_channels, scored, config.params_layers,
-                                     config.flops_layers)
+                                     config.flops_layers, cost_table=table, budget_cost=budget_cost)
         plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
         return plan, probes, [item.probe.group for item in used]
 
@@ -341,8 +376,9 @@ class IterativePruner:
                          latency_before: float, step: int, final: bool, plans: list, optimizers: list,
                          copies: list) -> float:
         """Measure after the prune, learn the efficiency, and on the final step prune more (a cheap importance-
-        based re-selection) until the measured latency meets the goal. Every decision reads broadcast numbers."""
-        flops_now, latency_now = self._cost("flops"), self._latency()
+        based re-selection) until the measured latency meets the goal. Every decision reads broadcast numbers.
+        (``flops_before``: the controlled cost, predicted ms for a latency budget.)"""
+        flops_now, latency_now = self._controlled(), self._latency()
         controller.observe(flops_before, latency_before, flops_now, latency_now)
         for _ in range(self.config.latency_corrections if final else 0):
             if not controller.needs_correction(latency_now, goal):
@@ -355,6 +391,6 @@ class IterativePruner:
             self._apply(plan, optimizers, copies)
             plans.append(plan)
             flops_before, latency_before = flops_now, latency_now
-            flops_now, latency_now = self._cost("flops"), self._latency()
+            flops_now, latency_now = self._controlled(), self._latency()
             controller.observe(flops_before, latency_before, flops_now, latency_now)
         return latency_now

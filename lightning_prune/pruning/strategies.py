@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import Criterion, channel_scores
-from lightning_prune.selection import Scored, global_counts, sensitivity_counts, uniform_counts
+from lightning_prune.selection import Cost, Scored, global_counts, sensitivity_counts, uniform_counts
 from lightning_prune.sensitivity import removal_count
 
-__all__ = ["candidate_groups", "is_ignored", "max_removable", "score_channels", "select_counts"]
+__all__ = ["candidate_groups", "is_ignored", "latency_options", "max_removable", "score_channels", "select_counts"]
 
 
 def is_ignored(group: Group, patterns: Sequence[str]) -> bool:
@@ -52,24 +53,64 @@ def max_removable(graph: DependencyGraph, groups: Sequence[Group], round_to: int
     return graph.estimate_removal({name: channels for name, channels in most.items() if channels})
 
 
+def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1) -> dict[str, list[int]]:
+    """Per group, the removal counts that land on a width where the backend is fast (from a measured
+    :class:`~lightning_prune.profiling.CostTable`): what latency-aware selection rounds to."""
+    return {group.name: table.removal_options(group.name, min_channels) for group in groups}
+
+
 def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group],
                   scores: Mapping[str, np.ndarray], ranking: Mapping[str, np.ndarray], budget: float,
-                  cost: str = "flops", round_to: int = 1, min_channels: int = 1,
+                  cost: Cost = "flops", round_to: int = 1, min_channels: int = 1,
                   scored: Callable[[], Sequence[Scored]] | None = None, params_layers: int = 6,
-                  flops_layers: int = 5) -> tuple[dict[str, int], list[Scored]]:
-    """Channels to remove per group so that ``budget`` of ``cost`` goes, and the paper's picks used (sensitivity).
+                  flops_layers: int = 5, cost_table: Any = None,
+                  budget_cost: Cost | None = None) -> tuple[dict[str, int], list[Scored]]:
+    """Channels to remove per group so that ``budget`` of ``budget_cost`` (default: ``cost``) goes, and the paper's
+    picks used (sensitivity).
 
-    ``scored`` runs (only when needed) the sensitivity probes and returns them scored.
+    ``cost`` is ``"flops"``, ``"params"``, ``"latency"`` (needs ``cost_table``, a measured
+    :class:`~lightning_prune.profiling.CostTable`: the paper's value becomes ``Δlatency × metric^k``, and every
+    strategy rounds each group to its fast widths instead of ``round_to``) or a cost function ``plan -> removed
+    cost``. ``budget_cost`` measures the budget when it differs (e.g. a FLOPs budget met at latency-fast widths);
+    ``"latency"`` there means the table's predicted milliseconds. ``scored`` runs (only when needed) the
+    sensitivity probes and returns them scored.
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1)),
+        ...                         torch.randn(1, 3, 4, 4))
+        >>> groups = candidate_groups(graph)
+        >>> ranking = {"0": np.arange(8)}
+        >>> select_counts("uniform", graph, groups, {}, ranking, 320.0)
+        ({'0': 2}, [])
+        >>> select_counts("uniform", graph, groups, {}, ranking, 1.0, cost="latency")
+        Traceback (most recent call last):
+        ...
+        ValueError: cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)
     """
     if budget <= 0 or not groups:
         return {}, []
+    options = None
+    value = cost if isinstance(cost, str) else "flops"
+    if cost == "latency":
+        if cost_table is None:
+            raise ValueError("cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)")
+        options = latency_options(cost_table, groups, min_channels)
+        cost = cost_table.removed_ms
+    measure = cost if budget_cost is None else budget_cost
+    if measure == "latency":
+        if cost_table is None:
+            raise ValueError("a latency budget needs a measured cost table (lightning_prune.profiling."
+                             "build_cost_table)")
+        measure = cost_table.removed_ms
     if strategy == "uniform":
-        return uniform_counts(graph, groups, ranking, budget, cost, round_to, min_channels), []
+        return uniform_counts(graph, groups, ranking, budget, measure, round_to, min_channels, options=options), []
     if strategy == "global":
-        return global_counts(graph, groups, scores, ranking, budget, cost, round_to, min_channels), []
+        return global_counts(graph, groups, scores, ranking, budget, measure, round_to, min_channels,
+                             options=options), []
     if strategy == "sensitivity":
         if scored is None:
             raise ValueError("strategy 'sensitivity' needs scored probes")
-        return sensitivity_counts(graph, groups, ranking, scored(), budget, cost, params_layers, flops_layers,
-                                  round_to, min_channels)
+        return sensitivity_counts(graph, groups, ranking, scored(), budget, measure, params_layers, flops_layers,
+                                  round_to, min_channels, options=options, value=value)
     raise ValueError(f"unknown strategy {strategy!r}")

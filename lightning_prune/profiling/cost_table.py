@@ -1,0 +1,518 @@
+"""A measured latency cost model for pruning: per prunable group, how the latency of the layers it touches changes
+with its width, on the target backend at the model's input size (in the spirit of NVIDIA's HALP latency tables).
+
+How it is built (:func:`build_cost_table`):
+
+1. One forward with hooks finds every ``nn.Conv2d``, its input size and the activation right after it (an
+   ultralytics ``Conv``'s ``act``, or the next activation of an ``nn.Sequential``): a :class:`~lightning_prune.
+   profiling.isolated.LayerSpec`.
+2. The dependency graph's groups say which layers a group touches: its producers' output channels (weight dim 0) and
+   its consumers' input channels (weight dim 1, e.g. the slice of a concatenation's consumer).
+3. Each layer is timed *in isolation* at sampled widths along each axis a prunable group can change (up to
+   ``points`` widths, from an eighth of the width to all of it, multiples of 1/2/4/8/16 by size), the other axis at
+   its current width, with a tiny repeat count (the fastest of ``repeats`` runs after a warm-up: on a shared machine
+   a preempted call only adds time), and each curve made non-decreasing (:func:`monotone`). A layer's latency at
+   ``(c_in, c_out)`` is then the separable interpolation ``T0 · r_in(c_in) · r_out(c_out)`` (``r`` the measured
+   curves relative to the current width ``T0``, linear in between samples), which keeps ``1 - a·b`` for a layer
+   losing fractions of both sides, as FLOPs do.
+4. A plan's cost is the sum over layers of the predicted time saved (:meth:`CostTable.removed_ms`); a group's
+   *fast widths* (:meth:`CostTable.fast_widths`) are the sampled widths that beat every larger one — the widths where
+   the backend is fast, what latency-aware selection rounds to instead of one global ``round_to``.
+
+Tables are cached on disk (``cache_dir``) under a key of backend, input shape, the machine and an architecture hash,
+written atomically; after a prune :meth:`CostTable.updated` re-measures only the layers whose shape changed (the
+layers of the pruned groups) and reuses the rest.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_prune import DependencyGraph
+    >>> net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1))
+    >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
+    >>> table = build_cost_table(graph, "eager", repeats=1)
+    >>> sorted(table.layers), table.sizes
+    (['0', '2'], {'0': 16})
+    >>> table.removed_ms({"0": []}), table.removed_ms({"0": list(range(8))}) > 0
+    (0.0, True)
+    >>> table.fast_widths("0")[-1]
+    16
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from lightning_prune.profiling.backends import is_cuda, require_backend
+from lightning_prune.profiling.isolated import LayerSpec, activation_name, time_layers
+from lightning_prune.utils.model import call_model, eval_mode
+
+if TYPE_CHECKING:
+    from lightning_prune.graph import DependencyGraph
+
+__all__ = ["CostTable", "LayerCurve", "build_cost_table", "discover_layers", "sample_widths"]
+
+VERSION = 1
+
+
+def sample_widths(size: int, points: int = 16) -> list[int]:
+    """The widths a layer axis (or group) of ``size`` channels is measured at: multiples of the smallest power of
+    two that keeps at most ``points`` samples, from about an eighth of ``size`` up, and ``size`` itself.
+
+    Example:
+        >>> sample_widths(16)
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+        >>> sample_widths(100)
+        [16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 100]
+        >>> sample_widths(1)
+        [1]
+    """
+    if size < 1:
+        raise ValueError(f"a width must be >= 1, got {size}")
+    low = max(1, size // 8)
+    step = 1
+    while len(range(math.ceil(low / step) * step, size + 1, step)) > max(points - 1, 1):
+        step *= 2
+    widths = set(range(max(step, math.ceil(low / step) * step), size + 1, step))
+    return sorted(widths | {size})
+
+
+def monotone(values: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence (least squares; pool-adjacent-violators).
+
+    A wider layer is never really faster than a narrower one *for the choice*: where a measurement says so (noise,
+    or a backend that is slow at an odd width), the narrower width is never worth keeping, and pooling the two says
+    exactly that, while a plateau's widest width stays the one to keep.
+
+    Example:
+        >>> monotone([1.0, 3.0, 2.0, 4.0])
+        [1.0, 2.5, 2.5, 4.0]
+    """
+    blocks: list[list[float]] = []  # [sum, count]
+    for value in values:
+        blocks.append([float(value), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]
+
+
+def _interp(xs: Sequence[int], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear interpolation; below the first sample, proportional to ``x`` towards zero."""
+    if x >= xs[-1]:
+        return ys[-1]
+    if x <= xs[0]:
+        return ys[0] * max(x, 0.0) / xs[0]
+    i = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+@dataclass
+class LayerCurve:
+    """One conv layer's measured latency along the axes pruning can change.
+
+    Attributes:
+        spec: the layer as it is now.
+        full_ms: its time at the current widths.
+        out_widths, out_ms: sampled output widths (input at its current width) and their times (empty: fixed).
+        in_widths, in_ms: the same along the input width (empty for fixed inputs and depthwise convs).
+    """
+
+    spec: LayerSpec
+    full_ms: float
+    out_widths: list[int] = field(default_factory=list)
+    out_ms: list[float] = field(default_factory=list)
+    in_widths: list[int] = field(default_factory=list)
+    in_ms: list[float] = field(default_factory=list)
+
+    def ms(self, in_channels: float, out_channels: float) -> float:
+        """Predicted time at the given widths (separable, interpolated).
+
+        Example:
+            >>> spec = LayerSpec(8, 8, (1, 1), (1, 1), (0, 0), (1, 1), 1, False, (4, 4))
+            >>> LayerCurve(spec, 2.0, [4, 8], [1.0, 2.0], [4, 8], [1.5, 2.0]).ms(4, 4)
+            0.75
+        """
+        if self.full_ms <= 0:
+            return 0.0
+        if self.spec.depthwise:
+            width = min(in_channels, out_channels)
+            return _interp(self.out_widths, self.out_ms, width) if self.out_widths else self.full_ms
+        r_out = _interp(self.out_widths, self.out_ms, out_channels) / self.full_ms if self.out_widths else 1.0
+        r_in = _interp(self.in_widths, self.in_ms, in_channels) / self.full_ms if self.in_widths else 1.0
+        return self.full_ms * r_out * r_in
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "full_ms": self.full_ms, "out_widths": self.out_widths,
+                "out_ms": self.out_ms, "in_widths": self.in_widths, "in_ms": self.in_ms}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerCurve:
+        return cls(LayerSpec.from_dict(data["spec"]), float(data["full_ms"]), [int(w) for w in data["out_widths"]],
+                   [float(v) for v in data["out_ms"]], [int(w) for w in data["in_widths"]],
+                   [float(v) for v in data["in_ms"]])
+
+
+#: one group's hold on a layer: (layer name, "in" or "out", channels of the group the layer holds on that axis)
+Relation = tuple[str, str, int]
+
+
+@dataclass
+class CostTable:
+    """The measured cost model of one architecture on one backend (see the module docstring).
+
+    Attributes:
+        backend, input_shape, device: what it was measured for.
+        arch: the architecture hash (layer shapes and group relations).
+        layers: conv name -> :class:`LayerCurve`.
+        relations: group name -> the layers it touches, on which axis, holding how many of its channels.
+        sizes: group name -> its current width.
+        build_seconds, measured, reused: how long the build took, how many layers it timed and how many it took over
+            from an earlier table or the disk cache.
+    """
+
+    backend: str
+    input_shape: list[int]
+    device: str
+    arch: str
+    layers: dict[str, LayerCurve]
+    relations: dict[str, list[Relation]]
+    sizes: dict[str, int]
+    points: int = 16
+    repeats: int = 5
+    num_threads: int = 1
+    cache_dir: str | None = None
+    build_seconds: float = 0.0
+    measured: int = 0
+    reused: int = 0
+
+    # -- predictions ----------------------------------------------------------------------------------------------
+    def total_ms(self) -> float:
+        """Predicted time of every modelled layer at the current widths."""
+        return sum(curve.full_ms for curve in self.layers.values())
+
+    def _widths(self, removed: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+        changed: dict[str, list[float]] = {}
+        for name, count in removed.items():
+            size = self.sizes.get(name)
+            if size is None:
+                raise ValueError(f"group {name!r} is not in the cost table (stale table? call updated(graph))")
+            if not count:
+                continue
+            for layer, axis, held in self.relations[name]:
+                spec = self.layers[layer].spec
+                entry = changed.setdefault(layer, [float(spec.in_channels), float(spec.out_channels)])
+                entry[0 if axis == "in" else 1] -= held * float(count) / size
+        return {layer: (max(c_in, 0.0), max(c_out, 0.0)) for layer, (c_in, c_out) in changed.items()}
+
+    def removed_ms(self, plan: Mapping[str, Sequence[int] | int | float]) -> float:
+        """Predicted time saved by ``plan`` (group -> channel indices, or group -> how many channels).
+
+        Example:
+            >>> table = CostTable("eager", [1, 3, 8, 8], "cpu", "x", {}, {}, {})
+            >>> table.removed_ms({})
+            0.0
+        """
+        removed = {name: (value if isinstance(value, (int, float)) else len(value)) for name, value in plan.items()}
+        saved = 0.0
+        for layer, (c_in, c_out) in self._widths(removed).items():
+            curve = self.layers[layer]
+            saved += curve.full_ms - curve.ms(c_in, c_out)
+        return float(saved)
+
+    def group_ms(self, group: str, width: float) -> float:
+        """Predicted time of the layers ``group`` touches when it keeps ``width`` channels (the rest as now)."""
+        touched = {layer for layer, _, _ in self.relations[group]}
+        base = sum(self.layers[layer].full_ms for layer in touched)
+        return base - self.removed_ms({group: self.sizes[group] - width})
+
+    def group_curve(self, group: str) -> list[tuple[int, float]]:
+        """``(width, ms)`` of the layers ``group`` touches at its sampled widths (the per-group latency table)."""
+        return [(w, self.group_ms(group, w)) for w in sample_widths(self.sizes[group], self.points)]
+
+    def fast_widths(self, group: str, min_channels: int = 1) -> list[int]:
+        """The sampled widths (at least ``min_channels``) whose predicted time is below that of every larger
+        sampled width, ascending; always ends with the current width."""
+        curve = [(w, ms) for w, ms in self.group_curve(group) if w >= min(min_channels, self.sizes[group])]
+        fast, best = [], math.inf
+        for width, ms in reversed(curve):
+            if ms < best or width == self.sizes[group]:
+                fast.append(width)
+                best = min(best, ms)
+        return sorted(fast)
+
+    def removal_options(self, group: str, min_channels: int = 1) -> list[int]:
+        """Channel counts to remove from ``group`` that land on a fast width, ascending (``0`` first)."""
+        size = self.sizes[group]
+        return sorted({size - w for w in self.fast_widths(group, min_channels)})
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+    def key(self) -> str:
+        """The cache key: backend, input shape, machine, threads and architecture."""
+        text = json.dumps([VERSION, self.backend, self.input_shape, self.device, self.num_threads, self.points,
+                           self.arch])
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def filename(self) -> str:
+        shape = "x".join(str(s) for s in self.input_shape)
+        return f"latency-{self.backend}-{shape}-{self.key()}.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": VERSION, "backend": self.backend, "input_shape": self.input_shape, "device": self.device,
+                "arch": self.arch, "points": self.points, "repeats": self.repeats, "num_threads": self.num_threads,
+                "layers": {name: curve.to_dict() for name, curve in self.layers.items()},
+                "relations": {name: [list(r) for r in rel] for name, rel in self.relations.items()},
+                "sizes": self.sizes}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as JSON, atomically (a temporary file in the same directory, then renamed)."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".cost_table_", suffix=".json", dir=directory)
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump(self.to_dict(), file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CostTable:
+        """Read what :meth:`save` wrote; a one-line ``ValueError`` for a file that is not a cost table."""
+        try:
+            with open(path) as file:
+                data = json.load(file)
+            if data.get("version") != VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
+            return cls(data["backend"], [int(s) for s in data["input_shape"]], data["device"], data["arch"],
+                       {name: LayerCurve.from_dict(c) for name, c in data["layers"].items()},
+                       {name: [(r[0], r[1], int(r[2])) for r in rel] for name, rel in data["relations"].items()},
+                       {name: int(s) for name, s in data["sizes"].items()}, int(data["points"]),
+                       int(data["repeats"]), int(data["num_threads"]))
+        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+            raise ValueError(f"{os.fspath(path)} is not a readable cost table: {err}") from None
+
+    def updated(self, graph: DependencyGraph) -> CostTable:
+        """The table for ``graph``'s current architecture: the same table when nothing changed, else a rebuild that
+        re-measures only the layers whose shape changed."""
+        table = build_cost_table(graph, self.backend, cache_dir=self.cache_dir, previous=self, repeats=self.repeats,
+                                 num_threads=self.num_threads, points=self.points, measure=False)
+        if table.arch == self.arch:
+            return self
+        return build_cost_table(graph, self.backend, cache_dir=self.cache_dir, previous=self, repeats=self.repeats,
+                                num_threads=self.num_threads, points=self.points)
+
+
+# -- discovery ----------------------------------------------------------------------------------------------------
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _activation_after(model: nn.Module, name: str, module: nn.Module) -> str | None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if getattr(parent, "conv", None) is module:
+        return activation_name(getattr(parent, "act", None))
+    if isinstance(parent, nn.Sequential):
+        names = [n for n, _ in parent.named_children()]
+        for follower in list(parent.children())[names.index(child) + 1:]:
+            if isinstance(follower, nn.modules.batchnorm._BatchNorm):
+                continue
+            return activation_name(follower)
+    return None
+
+
+def discover_layers(model: nn.Module, example_inputs: Any) -> dict[str, LayerSpec]:
+    """Every ``nn.Conv2d`` the forward on ``example_inputs`` calls, as a :class:`LayerSpec` (first call).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.SiLU())
+        >>> spec = discover_layers(net, torch.randn(1, 3, 9, 9))["0"]
+        >>> spec.in_channels, spec.out_channels, spec.input_hw, spec.act
+        (3, 4, (9, 9), 'silu')
+    """
+    specs: dict[str, LayerSpec] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros":
+            continue
+
+        def hook(m: nn.Conv2d, args: Any, name: str = name) -> None:
+            if name in specs or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 4:
+                return
+            x = args[0]
+            kernel, dilation = _pair(m.kernel_size), _pair(m.dilation)
+            if isinstance(m.padding, str):
+                padding = (0, 0) if m.padding == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+            else:
+                padding = _pair(m.padding)
+            specs[name] = LayerSpec(m.in_channels, m.out_channels, kernel, _pair(m.stride), padding,  # type: ignore
+                                    dilation, m.groups, m.bias is not None, (int(x.shape[2]), int(x.shape[3])),
+                                    _activation_after(model, name, m), int(x.shape[0]))
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with eval_mode(model), torch.no_grad():
+            call_model(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return specs
+
+
+def _relations(graph: DependencyGraph, specs: Mapping[str, LayerSpec]) -> tuple[dict[str, list[Relation]],
+                                                                                 dict[str, int]]:
+    relations: dict[str, list[Relation]] = {}
+    sizes: dict[str, int] = {}
+    for group in graph.prunable_groups:
+        held: dict[tuple[str, str], int] = {}
+        for member in group.members:
+            if member.param != "weight" or member.module not in specs or member.dim not in (0, 1):
+                continue
+            spec = specs[member.module]
+            if member.dim == 1 and spec.depthwise:
+                continue
+            axis = "out" if member.dim == 0 else "in"
+            count = int((member.channels >= 0).sum())
+            held[(member.module, axis)] = max(held.get((member.module, axis), 0), count)
+        relations[group.name] = [(layer, axis, count) for (layer, axis), count in sorted(held.items())]
+        sizes[group.name] = int(group.size)
+    return relations, sizes
+
+
+def _device_name(backend: str) -> str:
+    if is_cuda(backend) and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _arch_hash(specs: Mapping[str, LayerSpec], relations: Mapping[str, list[Relation]]) -> str:
+    text = json.dumps([[name, spec.key()] for name, spec in sorted(specs.items())]
+                      + [[name, [list(r) for r in rel]] for name, rel in sorted(relations.items())])
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _axes(relations: Mapping[str, list[Relation]]) -> dict[str, set[str]]:
+    axes: dict[str, set[str]] = {}
+    for rel in relations.values():
+        for layer, axis, _ in rel:
+            axes.setdefault(layer, set()).add(axis)
+    return axes
+
+
+def build_cost_table(graph: DependencyGraph, backend: str = "eager", *, cache_dir: str | os.PathLike | None = None,
+                     previous: CostTable | None = None, repeats: int = 5, num_threads: int = 1, points: int = 16,
+                     progress: Callable[[str], Any] | None = None, measure: bool = True) -> CostTable:
+    """Measure (or load, or take over from ``previous``) the latency table of ``graph``'s model on ``backend``.
+
+    Args:
+        graph: the model's dependency graph (its ``example_inputs`` fix the input size).
+        backend: one of :data:`~lightning_prune.profiling.backends.BACKENDS`.
+        cache_dir: where tables are cached (one JSON file per backend, input shape, machine and architecture);
+            ``None``: no disk cache.
+        previous: an earlier table of the same model (e.g. before a prune): layers whose shape did not change are
+            taken from it instead of being measured again.
+        repeats, num_threads: per isolated layer (the fastest of ``repeats`` runs after one warm-up).
+        points: sampled widths per layer axis (at most).
+        progress: called with a line after each measured layer.
+        measure: ``False`` only resolves the architecture (no timing; missing layers get empty curves).
+
+    Returns:
+        a :class:`CostTable`; bad input raises ``ValueError`` naming it.
+    """
+    require_backend(backend)
+    if repeats < 1 or num_threads < 1 or points < 2:
+        raise ValueError(f"need repeats >= 1, num_threads >= 1 and points >= 2, got {repeats}, {num_threads}, "
+                         f"{points}")
+    start = time.perf_counter()
+    example = graph.example_inputs
+    first = example if isinstance(example, torch.Tensor) else next(
+        (t for t in (example.values() if isinstance(example, dict) else example) if isinstance(t, torch.Tensor)),
+        None)
+    input_shape = [int(s) for s in first.shape] if isinstance(first, torch.Tensor) else []
+    specs = discover_layers(graph.model, example)
+    relations, sizes = _relations(graph, specs)
+    axes = _axes(relations)
+    table = CostTable(backend, input_shape, _device_name(backend), _arch_hash(specs, relations), {}, relations, sizes,
+                      points, repeats, num_threads, os.fspath(cache_dir) if cache_dir is not None else None)
+    if not measure:
+        return table
+    path = os.path.join(table.cache_dir, table.filename()) if table.cache_dir is not None else None
+    if path is not None and os.path.exists(path):
+        try:
+            cached = CostTable.load(path)
+        except ValueError:
+            cached = None
+        if cached is not None and cached.key() == table.key() and set(cached.layers) == set(axes):
+            cached.cache_dir, cached.reused, cached.measured = table.cache_dir, len(cached.layers), 0
+            cached.build_seconds = time.perf_counter() - start
+            return cached
+    old: dict[str, LayerCurve] = {}
+    if previous is not None and previous.backend == backend and previous.num_threads == num_threads:
+        old = {curve.spec.key() + "".join(sorted(_curve_axes(curve))): curve for curve in previous.layers.values()}
+    for layer in sorted(axes):
+        spec, wanted = specs[layer], axes[layer]
+        reuse = old.get(spec.key() + "".join(sorted(wanted)))
+        if reuse is not None:
+            table.layers[layer] = reuse
+            table.reused += 1
+            continue
+        table.layers[layer] = _measure_layer(spec, wanted, backend, repeats, num_threads, points)
+        table.measured += 1
+        if progress is not None:
+            progress(f"{layer}: {spec.key()} {table.layers[layer].full_ms:.3f} ms")
+    table.build_seconds = time.perf_counter() - start
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def _curve_axes(curve: LayerCurve) -> set[str]:
+    return ({"out"} if curve.out_widths else set()) | ({"in"} if curve.in_widths else set())
+
+
+def _measure_layer(spec: LayerSpec, axes: set[str], backend: str, repeats: int, num_threads: int,
+                   points: int) -> LayerCurve:
+    out_widths = sample_widths(spec.out_channels, points) if "out" in axes else []
+    in_widths = sample_widths(spec.in_channels, points) if "in" in axes and not spec.depthwise else []
+    batch = [spec] + [spec.with_channels(spec.in_channels, w) for w in out_widths if w != spec.out_channels]
+    batch += [spec.with_channels(w, spec.out_channels) for w in in_widths if w != spec.in_channels]
+    times = time_layers(batch, backend, repeats=repeats, num_threads=num_threads)
+    full = times[0]
+    rest = iter(times[1:])
+    out_ms = monotone([full if w == spec.out_channels else next(rest) for w in out_widths])
+    in_ms = monotone([full if w == spec.in_channels else next(rest) for w in in_widths])
+    # the current width's time, as the fitted curves see it (both end there)
+    ends = [curve[-1] for curve in (out_ms, in_ms) if curve]
+    full = sum(ends) / len(ends) if ends else full
+    out_ms = [min(v, full) for v in out_ms[:-1]] + [full] if out_ms else []
+    in_ms = [min(v, full) for v in in_ms[:-1]] + [full] if in_ms else []
+    return LayerCurve(spec, full, out_widths, out_ms, in_widths, in_ms)

@@ -1,0 +1,223 @@
+"""Latency as the cost in selection (``cost="latency"``) and a latency budget that is met
+(``target_metric="latency"``), end to end on a small model. A scripted cost table and a scripted "measured"
+latency keep every assertion free of timing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from toy_modules import IMAGE_SIZE, ToyData, ToyModule, ToyNet
+
+from lightning_prune import DependencyGraph
+from lightning_prune.callbacks import IterativePruningCallback
+from lightning_prune.pruning import IterativePruner, PruningConfig
+from lightning_prune.pruning.strategies import candidate_groups, latency_options, score_channels, select_counts
+from lightning_prune.selection import (
+    cost_function,
+    global_counts,
+    paper_selection,
+    score_probes,
+    sensitivity_counts,
+    uniform_counts,
+)
+from lightning_prune.sensitivity import Probe
+
+X = torch.randn(32, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()
+EXAMPLE = X[:1]
+STEP = 4  # the scripted backend is fast at multiples of 4 channels
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded() -> Any:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class ScriptedTable:
+    """A cost table whose 'measurements' are scripted: each group costs ``ms_per_channel[group]`` per channel, and
+    the backend is fast only at multiples of :data:`STEP` (and at the current width)."""
+
+    def __init__(self, graph: DependencyGraph, ms_per_channel: dict[str, float] | None = None) -> None:
+        self.sizes = {g.name: g.size for g in graph.prunable_groups}
+        self.rates = ms_per_channel or {name: 1.0 + index for index, name in enumerate(sorted(self.sizes))}
+        self.updates = 0
+
+    def removed_ms(self, plan: dict[str, Any]) -> float:
+        return float(sum(self.rates[name] * (v if isinstance(v, int) else len(v)) for name, v in plan.items()))
+
+    def total_ms(self) -> float:
+        return float(sum(self.rates[name] * size for name, size in self.sizes.items()))
+
+    def removal_options(self, group: str, min_channels: int = 1) -> list[int]:
+        size = self.sizes[group]
+        return sorted({size - w for w in range(max(min_channels, 1), size + 1) if w % STEP == 0 or w == size})
+
+    def updated(self, graph: DependencyGraph) -> ScriptedTable:
+        table = ScriptedTable(graph, self.rates)
+        table.updates = self.updates + 1
+        return table
+
+
+def make_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return ToyNet(30)  # 30 channels: not a multiple of STEP, so rounding shows
+
+
+def scripted_latency(pruner_ref: list, overhead: float = 3.0, efficiency: float = 0.8) -> Any:
+    """'Measured' latency: an overhead plus ``efficiency`` x the scripted table's total (read from the graph)."""
+
+    def measure() -> float:
+        table = ScriptedTable(pruner_ref[0].graph)
+        return overhead + efficiency * table.total_ms()
+
+    return measure
+
+
+def accuracy_of(net: nn.Module) -> Any:
+    def evaluate() -> float:
+        return float((net(X).argmax(1) == Y).float().mean()) + 0.5
+
+    return evaluate
+
+
+def on_fast_widths(graph: DependencyGraph, original: dict[str, int]) -> bool:
+    return all(g.size % STEP == 0 or g.size == original[g.name] for g in graph.prunable_groups)
+
+
+# -- selection --------------------------------------------------------------------------------------------------
+def test_budget_functions_take_a_cost_function_and_keep_their_old_signatures() -> None:
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, net, "l1")
+    budget = 0.3 * graph.traced_flops
+    by_name = uniform_counts(graph, groups, ranking, budget, "flops")
+    by_function = uniform_counts(graph, groups, ranking, budget, cost_function(graph, "flops"))
+    assert by_name == by_function
+    assert global_counts(graph, groups, scores, ranking, budget, "flops") == global_counts(
+        graph, groups, scores, ranking, budget, cost_function(graph, "flops"))
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "global", "sensitivity"])
+def test_latency_cost_rounds_every_strategy_to_fast_widths(strategy: str) -> None:
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    table = ScriptedTable(graph)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, net, "l1")
+    options = latency_options(table, groups)
+    probes = [Probe(g.name, rate, int(rate * g.size), 1.0 - rate * (i % 3) / 10, 1.0, 1.0)
+              for i, g in enumerate(groups) for rate in (0.25, 0.5, 0.75)]
+
+    def scored() -> list:
+        return score_probes(probes, 1.0, latency=lambda p: table.removed_ms({p.group: p.removed}))
+
+    budget = 0.4 * table.total_ms()
+    counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, "latency", scored=scored,
+                              cost_table=table)
+    assert counts and all(count in options[name] for name, count in counts.items())
+    removed = table.removed_ms(counts)
+    assert abs(removed - budget) <= max(table.rates.values()) * STEP * 2  # as close as the coarse widths allow
+    # a FLOPs budget met at latency-fast widths
+    flops_budget = 0.4 * graph.traced_flops
+    counts, _ = select_counts(strategy, graph, groups, scores, ranking, flops_budget, "latency", scored=scored,
+                              cost_table=table, budget_cost="flops")
+    assert all(count in options[name] for name, count in counts.items())
+    assert graph.estimate_removal({n: list(range(c)) for n, c in counts.items() if c})[0] > 0.2 * graph.traced_flops
+
+
+def test_the_paper_score_with_latency_ranks_by_latency_saved() -> None:
+    probes = [Probe("a", 0.5, 4, 1.0, 100.0, 10.0), Probe("b", 0.5, 4, 1.0, 10.0, 10.0)]
+    latency = {"a": 1.0, "b": 5.0}
+    scored = score_probes(probes, 1.0, latency=lambda p: latency[p.group])
+    assert [s.value_latency for s in scored] == [1.0, 5.0]
+    assert [s.probe.group for s in paper_selection(scored, 0, 1, "latency")] == ["b"]
+    assert [s.probe.group for s in paper_selection(scored, 0, 1, "flops")] == ["a"]
+
+
+def test_sensitivity_counts_rounds_probes_down_to_allowed_counts() -> None:
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    groups = candidate_groups(graph)
+    _, ranking = score_channels(groups, net, "l1")
+    probes = [Probe(g.name, 0.5, 15, 1.0, 1.0, 1.0) for g in groups]
+    options = {g.name: [0, 2, 6, 10, 14, 18] for g in groups}
+    counts, used = sensitivity_counts(graph, groups, ranking, score_probes(probes, 1.0), 1e30, "flops",
+                                      options=options)
+    assert used and all(count in options[name] for name, count in counts.items())
+
+
+def test_latency_cost_without_a_table_fails_in_one_line() -> None:
+    graph = DependencyGraph(make_net(), EXAMPLE)
+    with pytest.raises(ValueError, match="needs a measured cost table"):
+        select_counts("uniform", graph, candidate_groups(graph), {}, {}, 1.0, "latency")
+    with pytest.raises(ValueError, match="unknown cost 'speed'"):
+        PruningConfig(cost="speed")
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["uniform", "global", "sensitivity"])
+def test_a_latency_budget_is_met_at_fast_widths(strategy: str) -> None:
+    net = make_net()
+    ref: list = []
+    graph = DependencyGraph(net, EXAMPLE)
+    original = {g.name: g.size for g in graph.prunable_groups}
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0, 1], target=0.4, target_metric="latency", cost="latency",
+                             strategy=strategy, measure_latency=scripted_latency(ref), latency_corrections=3,
+                             latency_tolerance=0.03, evaluate=accuracy_of(net), cost_table=ScriptedTable(graph))
+    ref.append(pruner)
+    pruner.check()
+    baseline = pruner.baseline["latency"]
+    pruner.step(0)
+    assert on_fast_widths(pruner.graph, original)
+    result = pruner.step(1)
+    assert result.latency_after <= baseline * 0.6 * 1.03
+    assert result.latency_after >= baseline * 0.6 * 0.75  # not gutted either
+    assert on_fast_widths(pruner.graph, original)
+    assert pruner._cost_table.updates >= 2  # rebuilt after the prunes
+
+
+def test_a_latency_target_with_a_real_measured_table(tmp_path: Any) -> None:
+    """The default path: the table is measured (eager, tiny repeat counts) and cached; the latency itself is
+    scripted from the FLOPs, so nothing here depends on timing."""
+    from lightning_prune import count_flops
+
+    net = make_net()
+    base = count_flops(net, EXAMPLE)
+
+    def measure() -> float:
+        return 1.0 + 9.0 * count_flops(net, EXAMPLE) / base
+
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.3, target_metric="latency", cost="latency",
+                             strategy="global", measure_latency=measure, latency_corrections=3,
+                             latency_tolerance=0.05, cost_table_dir=str(tmp_path))
+    pruner.check()
+    result = pruner.step(0)
+    assert result.flops_after < result.flops_before
+    assert result.latency_after <= 10.0 * 0.7 * 1.05
+    assert list(tmp_path.iterdir())  # cached on disk
+
+
+def test_the_callback_takes_cost_latency(tmp_path: Any) -> None:
+    from lightning.pytorch import Trainer
+
+    callback = IterativePruningCallback(schedule=[1], target=0.3, strategy="uniform", cost="latency",
+                                        cost_table_dir=str(tmp_path), verbose=False)
+    module = ToyModule(width=16)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, max_epochs=2, limit_train_batches=1,
+                      limit_val_batches=1, num_sanity_val_steps=0, callbacks=[callback])
+    trainer.fit(module, ToyData(n=32))
+    assert callback.history and callback.pruner.config.selection_cost == "latency"
+    table = callback.pruner.cost_table
+    widths = {g.name: g.size for g in callback.pruner.graph.prunable_groups}
+    assert all(np.isfinite(table.total_ms()) for _ in widths)
+    with pytest.raises(ValueError, match="unknown cost"):
+        IterativePruningCallback(cost="time")
