@@ -137,6 +137,19 @@ def detect_run(datasets: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
                                  for state in [trainer.optimizer.state.get(param)] if state)
         seen["has_state"] = bool(trainer.optimizer.state)
         seen["resumed_flops"] = _flops(trainer.model)
+        # the probes validate the live model (which they mask), not the EMA: shifting its class bias moves the
+        # val loss (an untrained detector's outputs barely depend on its features, so masking alone would not)
+        plain = second._validate(trainer)
+        bias = trainer.model.model[-1].cv3[0][-1].bias
+        ema_before = {k: v.clone() for k, v in trainer.ema.ema.state_dict().items()}
+        with torch.no_grad():
+            bias.add_(10.0)
+        shifted = second._validate(trainer)
+        with torch.no_grad():
+            bias.sub_(10.0)
+        seen["probe_keys"] = sorted(plain)
+        seen["probe_moves"] = shifted["val/cls_loss"] > plain["val/cls_loss"] + 1.0
+        seen["ema_untouched"] = all(torch.equal(v, trainer.ema.ema.state_dict()[k]) for k, v in ema_before.items())
         trainer.model.train()
 
     resumed.add_callback("on_train_start", check_resumed)
@@ -158,6 +171,8 @@ def test_detect_prunes_to_target_and_resumes(detect_run: dict) -> None:
     assert seen["resumed_updates"] == seen["updates"] > 0
     assert seen["has_state"] and seen["state_fits"]
     assert seen["resumed_flops"] == pytest.approx(detect_run["mid_flops"], rel=1e-6)
+    assert TASK_MONITORS["detect"] in seen["probe_keys"]
+    assert seen["probe_moves"] and seen["ema_untouched"]
     assert [r.epoch for r in second.results] == [2]
     assert [entry["epoch"] for entry in second.history] == [1, 2]
     assert second.flops_ratio == pytest.approx(0.5, abs=0.02)
