@@ -1,0 +1,308 @@
+"""Latency-aware pruning vs FLOPs-aware pruning, side by side in one run (issue 14, item 6).
+
+For each model (YOLOv8n, YOLO11n; random init from the YAML; 640 px, batch 1) and each backend (eager PyTorch, ONNX
+Runtime, OpenVINO; CPU, 1 thread per measurement), all arms are measured *interleaved* in one
+:func:`~lightning_prune.profiling.compare_latency` call (``--rounds`` rounds of ``--repeats`` single calls each,
+medians), on their deployed form (BatchNorm folded, eval):
+
+* ``unpruned``;
+* ``uniform L1 -50% FLOPs``: the library's uniform strategy, FLOPs budget, ``round_to=1``;
+* ``latency-aware -50% FLOPs``: the same budget, ``cost="latency"``: every group kept at a width where this backend
+  is fast (the measured cost table of this backend);
+* ``Torch-Pruning -50% FLOPs`` (YOLOv8n only, on the split-block rewrite it can handle: see ``_peers.py``; YOLO11n
+  does not finish setting up in Torch-Pruning, see /work/shared/peers.md);
+* ``narrower sibling``: ultralytics' own model with a smaller ``width_multiple`` at about half the FLOPs;
+* ``latency-aware -50% latency``: ``target_metric="latency"``, ``cost="latency"`` (budget in the table's predicted ms,
+  corrections until the measured latency of the deployed form meets the target);
+* ``uniform L1 -60/-70% FLOPs``: FLOPs-targeted pruning further down, to find the FLOPs it keeps at the latency the
+  latency target reached (linear interpolation of FLOPs over measured latency).
+
+Speedup efficiency = (latency speedup) / (FLOPs reduction factor), both against ``unpruned`` in the same run.
+
+    python benchmarks/latency_aware.py                 # the whole benchmark (about 40 minutes on 2 shared cores)
+    python benchmarks/latency_aware.py --render        # the Markdown and the plot from the JSON
+    python benchmarks/latency_aware.py --backends eager-cuda onnxruntime-cuda   # on a CUDA GPU
+
+Writes ``benchmarks/results/latency_aware.json`` after every (model, backend), then ``latency_aware.md`` and
+``latency_aware.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name, dist_version  # noqa: E402
+from _harness import command_line, git_rev  # noqa: E402
+
+from lightning_prune import DependencyGraph, count_flops  # noqa: E402
+from lightning_prune.profiling import build_cost_table, compare_latency, deployed_copy  # noqa: E402
+from lightning_prune.pruning import IterativePruner  # noqa: E402
+from lightning_prune.pruning.strategies import candidate_groups, score_channels, select_counts  # noqa: E402
+from lightning_prune.selection import plan_from_counts  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+JSON = RESULTS / "latency_aware.json"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build(name: str, width: float | None = None) -> nn.Module:
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    cfg = copy.deepcopy(yaml_model_load(f"{name}.yaml"))
+    if width is not None:
+        depth, _, max_channels = cfg["scales"][cfg["scale"]]
+        cfg["scales"][cfg["scale"]] = [depth, width, max_channels]
+    torch.manual_seed(0)
+    return DetectionModel(cfg, verbose=False).eval()
+
+
+def pruned(base: nn.Module, x: torch.Tensor, fraction: float, cost: str = "flops", table: Any = None) -> nn.Module:
+    """A copy of ``base`` with ``fraction`` of its FLOPs removed by the uniform strategy (L1 ranking), rounded to
+    fast widths with ``cost="latency"``."""
+    model = copy.deepcopy(base)
+    graph = DependencyGraph(model, x)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, model, "l1")
+    budget = fraction * count_flops(model, x)
+    counts, _ = select_counts("uniform", graph, groups, scores, ranking, budget, cost, cost_table=table,
+                              budget_cost="flops")
+    graph.prune(plan_from_counts(ranking, counts))
+    return model
+
+
+def sibling(name: str, x: torch.Tensor, target: float = 0.5) -> tuple[nn.Module, float]:
+    base = build(name)
+    base_flops = count_flops(base, x)
+    _, width, _ = base.yaml["scales"][base.yaml["scale"]]
+    low, high, best = width * 0.3, width, (math.inf, width)
+    for _ in range(10):
+        mid = (low + high) / 2
+        ratio = count_flops(build(name, mid), x) / base_flops
+        best = min(best, (abs(ratio - target), mid))
+        if ratio > target:
+            high = mid
+        else:
+            low = mid
+    return build(name, best[1]), best[1]
+
+
+def torch_pruning(base: nn.Module, x: torch.Tensor) -> nn.Module | str:
+    try:
+        from _peers import split_csp_blocks, tp_prune_to_flops
+
+        model = copy.deepcopy(base)
+        split_csp_blocks(model)
+        small = torch.randn(1, 3, 320, 320)
+        tp_prune_to_flops(model, small, 0.5, flops=lambda m: count_flops(m, small))
+        model(x)
+        return model
+    except Exception as err:  # noqa: BLE001 - the benchmark reports why
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:150] if str(err) else ''}"
+
+
+def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module, x: torch.Tensor,
+             peers: dict[str, Any]) -> dict[str, Any]:
+    log(f"{name} / {backend}: cost table")
+    graph = DependencyGraph(copy.deepcopy(base), x)
+    table = build_cost_table(graph, backend, repeats=args.table_repeats, num_threads=1,
+                             cache_dir=args.cache_dir)
+    log(f"  table: {table.measured} layers measured in {table.build_seconds:.1f} s")
+    models: dict[str, nn.Module] = {"unpruned": base, "uniform L1 -50% FLOPs": peers["uniform-50"],
+                                    "latency-aware -50% FLOPs": pruned(base, x, 0.5, "latency", table)}
+    if isinstance(peers.get("tp"), nn.Module):
+        models["Torch-Pruning -50% FLOPs"] = peers["tp"]
+    models["narrower sibling"] = peers["sibling"]
+    log(f"  {name} / {backend}: latency target")
+    target_model = copy.deepcopy(base)
+    started = time.perf_counter()
+    pruner = IterativePruner(target_model, x, schedule=[0], target=0.5, target_metric="latency", cost="latency",
+                             strategy="uniform", latency_backend=backend, latency_repeats=args.target_repeats,
+                             latency_corrections=2, latency_tolerance=0.05, cost_table=table)
+    pruner.check()
+    step = pruner.step(0)
+    target_seconds = time.perf_counter() - started
+    models["latency-aware -50% latency"] = target_model
+    models["uniform L1 -60% FLOPs"] = peers["uniform-60"]
+    models["uniform L1 -70% FLOPs"] = peers["uniform-70"]
+    log(f"  {name} / {backend}: interleaved timing of {len(models)} arms")
+    deployed = {arm: deployed_copy(model) for arm, model in models.items()}
+    results = compare_latency(deployed, x, backend, rounds=args.rounds, repeats=args.repeats, warmup=2,
+                              num_threads=1)
+    flops = {arm: count_flops(model, x) for arm, model in models.items()}
+    base_ms, base_flops = results["unpruned"].median_ms, flops["unpruned"]
+    arms = {}
+    for arm, result in results.items():
+        speedup = base_ms / result.median_ms
+        reduction = base_flops / flops[arm]
+        arms[arm] = {"ms": result.median_ms, "iqr_ms": result.iqr_ms, "gflops": flops[arm] / 1e9,
+                     "flops_ratio": flops[arm] / base_flops, "speedup": speedup,
+                     "efficiency": speedup / reduction if arm != "unpruned" else None}
+    # FLOPs kept by FLOPs-targeted pruning at the latency the latency target reached (interpolated)
+    sweep = sorted((arms[a]["ms"], arms[a]["flops_ratio"]) for a in
+                   ("uniform L1 -50% FLOPs", "uniform L1 -60% FLOPs", "uniform L1 -70% FLOPs"))
+    reached = arms["latency-aware -50% latency"]["ms"]
+    flops_at = _interp(sweep, reached)
+    return {"model": name, "backend": backend, "arms": arms,
+            "table": {"build_seconds": table.build_seconds, "layers": table.measured, "points": table.points,
+                      "repeats": table.repeats},
+            "latency_target": {"goal_ratio": 0.5, "measured_ratio": reached / base_ms,
+                               "pruner_latency_before_ms": step.latency_before,
+                               "pruner_latency_after_ms": step.latency_after,
+                               "pruner_baseline_ms": step.baseline.get("latency"), "plans": len(step.plans),
+                               "seconds": target_seconds,
+                               "flops_ratio": arms["latency-aware -50% latency"]["flops_ratio"],
+                               "flops_targeted_flops_ratio_at_same_latency": flops_at},
+            "timing": {"rounds": args.rounds, "repeats": args.repeats, "threads": 1}}
+
+
+def _interp(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation (extrapolation from the two nearest ends) of y at x over (x, y) points."""
+    if len(points) < 2:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1 and x1 > x0:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    (x0, y0), (x1, y1) = (points[:2] if x < points[0][0] else points[-2:])
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 != x0 else y0
+
+
+def render(data: dict[str, Any]) -> None:
+    meta = data["meta"]
+    lines = ["# Latency-aware pruning (issue 14)", "",
+             f"Command: `{meta['command']}` at commit `{meta['commit']}`; {meta['machine']}; torch {meta['torch']}, "
+             f"onnxruntime {meta['onnxruntime']}, openvino {meta['openvino']}, ultralytics {meta['ultralytics']}, "
+             f"torch-pruning {meta['torch_pruning']}; started {meta['started']}, {meta['minutes']:.0f} min.",
+             "",
+             "**The machine was shared with other jobs** (4 engineers on 2 cores; load average "
+             f"{meta.get('load', '?')} at the start): every measurement uses 1 thread, all arms of a (model, backend) "
+             "are interleaved in one run (rounds × repeats single calls, medians); compare numbers only inside one "
+             "table. Random-init models from the YAMLs, 640 px, batch 1, BatchNorm folded, CPU.", "",
+             "Speedup efficiency = latency speedup ÷ FLOPs reduction factor (1.0: latency falls as fast as FLOPs).",
+             ""]
+    verdicts = []
+    for pair in data["pairs"]:
+        arms = pair["arms"]
+        timing, table, target = pair["timing"], pair["table"], pair["latency_target"]
+        lines += [f"## {pair['model']} / {pair['backend']}", "",
+                  f"{timing['rounds']} rounds × {timing['repeats']} calls per arm, interleaved; cost table: "
+                  f"{table['layers']} layers measured in {table['build_seconds']:.0f} s ({table['points']} widths per "
+                  f"axis, fastest of {table['repeats']}).", "",
+                  "| arm | GFLOPs | FLOPs | ms (median) | IQR | speedup | efficiency |",
+                  "|---|--:|--:|--:|--:|--:|--:|"]
+        for arm, row in arms.items():
+            eff = "—" if row["efficiency"] is None else f"{row['efficiency']:.2f}"
+            lines.append(f"| {arm} | {row['gflops']:.2f} | {row['flops_ratio']:.2f}× | {row['ms']:.1f} | "
+                         f"{row['iqr_ms']:.1f} | {row['speedup']:.2f}× | {eff} |")
+        at = target["flops_targeted_flops_ratio_at_same_latency"]
+        lines += ["", f"Latency target −50 %: measured {target['measured_ratio']:.2f}× of the unpruned latency here "
+                  f"(the pruner's own last reading: {target['pruner_latency_after_ms']:.1f} ms vs baseline "
+                  f"{target['pruner_baseline_ms']:.1f} ms, {target['plans']} plan(s), {target['seconds']:.0f} s); "
+                  f"it keeps {target['flops_ratio']:.2f}× FLOPs, FLOPs-targeted uniform L1 at the same measured "
+                  f"latency keeps {'—' if at is None else f'{at:.2f}×'} (interpolated over −50/−60/−70 %).", ""]
+        aware = arms["latency-aware -50% FLOPs"]["efficiency"]
+        others = {a: r["efficiency"] for a, r in arms.items() if r["efficiency"] is not None
+                  and a in ("uniform L1 -50% FLOPs", "Torch-Pruning -50% FLOPs", "narrower sibling")}
+        beaten = [a for a, e in others.items() if e >= aware]
+        verdicts.append(f"- {pair['model']} / {pair['backend']}: latency-aware efficiency {aware:.2f} "
+                        f"({'meets' if aware >= 0.9 else 'misses'} the 0.9 goal); "
+                        + (f"not above {', '.join(beaten)}" if beaten else "above " + ", ".join(others))
+                        + (f"; at the latency target it keeps {target['flops_ratio']:.2f}× FLOPs vs "
+                           f"{at:.2f}× for FLOPs-targeted" if at is not None else ""))
+    lines[len(lines):] = ["## Verdict", "", *verdicts, ""]
+    if data.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
+    (RESULTS / "latency_aware.md").write_text("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    pairs = data["pairs"]
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(4.2 * max(len(pairs), 1), 4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        for index, (arm, row) in enumerate(pair["arms"].items()):
+            ax.scatter(row["flops_ratio"], 1 / row["speedup"], label=arm, marker="osD^v<>p*"[index % 9])
+        ax.plot([0.3, 1], [0.3, 1], color="grey", lw=0.7, ls="--")
+        ax.set_title(f"{pair['model']} / {pair['backend']}", fontsize=9)
+        ax.set_xlabel("FLOPs (× unpruned)")
+        ax.set_ylabel("latency (× unpruned)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "latency_aware.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["yolov8n", "yolo11n"])
+    parser.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "openvino"])
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--table_repeats", type=int, default=5)
+    parser.add_argument("--target_repeats", type=int, default=10)
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--render", action="store_true", help="only render the Markdown and plot from the JSON")
+    args = parser.parse_args()
+    if args.render:
+        render(json.loads(JSON.read_text()))
+        return
+    torch.set_num_threads(1)
+    started = time.time()
+    data: dict[str, Any] = {"meta": {
+        "command": command_line(), "commit": git_rev(["lightning_prune", "benchmarks/latency_aware.py"]),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
+        "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "torch": torch.__version__, "onnxruntime": dist_version("onnxruntime"), "openvino": dist_version("openvino"),
+        "ultralytics": dist_version("ultralytics"), "torch_pruning": dist_version("torch-pruning"),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "minutes": 0.0},
+        "pairs": [], "notes": []}
+    RESULTS.mkdir(exist_ok=True)
+    x = torch.randn(1, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
+    for name in args.models:
+        base = build(name)
+        log(f"{name}: FLOPs-targeted arms, sibling, Torch-Pruning")
+        peers: dict[str, Any] = {f"uniform-{int(f * 100)}": pruned(base, x, f) for f in (0.5, 0.6, 0.7)}
+        peers["sibling"], width = sibling(name, x)
+        data["notes"].append(f"{name}: narrower sibling width_multiple {width:.3f}")
+        if name == "yolov8n":
+            peers["tp"] = torch_pruning(base, x)
+            if isinstance(peers["tp"], str):
+                data["notes"].append(f"{name}: Torch-Pruning failed: {peers['tp']}")
+        else:
+            data["notes"].append(f"{name}: no Torch-Pruning arm (it does not finish setting up on this family: "
+                                 "see /work/shared/peers.md)")
+        for backend in args.backends:
+            try:
+                data["pairs"].append(run_pair(name, backend, args, base, x, peers))
+            except Exception as err:  # noqa: BLE001 - one failing backend must not lose the others
+                data["notes"].append(f"{name} / {backend} failed: {type(err).__name__}: {str(err)[:200]}")
+                log(f"  failed: {err}")
+            data["meta"]["minutes"] = (time.time() - started) / 60
+            JSON.write_text(json.dumps(data, indent=1))
+            render(data)
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
