@@ -15,7 +15,8 @@ downloaded; 1x3x224x224, ``--side``), each pruned once at the same per-group cha
   real forward, so it cannot be faster than that), groups prunable, ``graph.prunable_flops_share`` (the FLOPs-weighted
   share of conv/linear channel dims pruning can reach), the most costly pins with their reasons, FLOPs before and
   after, and the masked-vs-pruned oracle (largest |Δ| between outputs under ``graph.masked(plan)`` and after
-  ``graph.prune(plan)``, eval mode).
+  ``graph.prune(plan)``, eval mode; value-dependent selections such as RT-DETR's ``topk`` replayed from the masked
+  forward, as ``prune`` itself checks).
 * ``tp``: Torch-Pruning's ``MagnitudePruner`` (L1) at ``pruning_ratio=--ratio`` in one step, output layers ignored as
   in its examples (``_peers.tp_pruner``), then one forward (it must still run and keep the output shapes).
 
@@ -138,11 +139,15 @@ def worker(tool: str, name: str, result_file: str, args: argparse.Namespace) -> 
                     pins=sorted(pins.items(), key=lambda item: -item[1])[:3], phase="select")
             plan = {g.name: lowest_channels(g, model, removed(g.size, args.ratio), "l1") for g in graph.prunable_groups
                     if removed(g.size, args.ratio) > 0}
-            with graph.masked(plan):
+            from lightning_prune.graph.replay import SelectionReplay
+
+            replay = SelectionReplay()  # value-dependent selections (RT-DETR's topk) as in the graph's own check
+            with graph.masked(plan), replay:
                 expected = _outputs(model, x)
             rec.set(phase="prune")
             graph.prune(plan, verify=True)
-            actual = _outputs(model, x)
+            with replay.replaying():
+                actual = _outputs(model, x)
             rec.set(oracle=max((float((a - e).abs().max()) for a, e in zip(actual, expected) if a.numel()),
                                default=0.0))
         else:

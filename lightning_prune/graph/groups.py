@@ -131,7 +131,10 @@ def build_groups(result: TraceResult) -> list[Group]:
         if reason is None and not any(m.role == Role.PRODUCER for m in members[g]):
             reason = "no parameter produces these channels"
         if reason is None and len(group_roots) < 2:
-            reason = "a single channel"
+            widest = max((int((m.channels >= 0).sum()) for m in members[g]), default=1)
+            reason = "a single channel" if widest < 2 else (
+                f"a single channel: couplings (adds, lock-step splits, block reshapes) tie all {widest} channels of "
+                "its widest member into one unit")
         note = next((inexact[r] for r in class_roots[g] if r in inexact), None)
         groups.append(Group(name, len(group_roots), reason is None, reason, note is None, note, members[g],
                             shares[g], group_roots))
