@@ -302,7 +302,10 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
     normalised = {}
     for group in groups:
         values = np.asarray(scores[group.name], dtype=np.float64)
-        normalised[group.name] = np.sort(values / (np.abs(values).max() or 1.0))
+        # equal scores (e.g. the BatchNorm scales of a fresh model, all 1) are split in ranking order by a tiny
+        # rising offset, so one threshold can take part of a tie instead of all of it or none
+        ordered = np.sort(values / (np.abs(values).max() or 1.0))
+        normalised[group.name] = ordered + np.arange(len(ordered)) * 1e-12
 
     def counts_at(threshold: float) -> dict[str, int]:
         counts = {}
@@ -311,7 +314,7 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
             counts[group.name] = removal_count(group, below / group.size, round_to, min_channels)
         return _snap(counts, options)
 
-    return _bisect_knob(graph, ranking, counts_at, -1.0 - 1e-9, 1.0 + 1e-9, budget, target_metric)
+    return _bisect_knob(graph, ranking, counts_at, -1.0 - 1e-6, 1.0 + 1e-6, budget, target_metric)
 
 
 def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],

@@ -255,3 +255,10 @@ def test_a_zero_baseline_metric_warns_with_what_to_do() -> None:
     pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.2, strategy="sensitivity", evaluate=lambda: 0.0)
     with pytest.warns(UserWarning, match="cannot tell groups apart.*train the model before pruning"):
         pruner.step()
+
+
+def test_global_strategy_splits_tied_scores() -> None:
+    """A fresh model's BatchNorm scales are all 1: the global threshold must still reach the budget."""
+    net = make_net()
+    result = IterativePruner(net, EXAMPLE, schedule=[0], target=0.3, strategy="global", criterion="bn_scale").step()
+    assert result.flops_ratio == pytest.approx(0.7, abs=0.05)
