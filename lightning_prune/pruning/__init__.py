@@ -9,6 +9,7 @@ trainer, Lightning).
 from lightning_prune.pruning.averaged import declared_copies, mirror_all, mirror_prune
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator, TorchDistributedCommunicator
 from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
+from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.pruner import IterativePruner, conv_widths
@@ -35,6 +36,7 @@ __all__ = [
     "mirror_prune",
     "parse_schedule",
     "pending_epochs",
+    "release_grad_accumulators",
     "slice_optimizer_state",
     "step_budget",
 ]

@@ -26,6 +26,7 @@ from lightning_prune.profiling import (
 from lightning_prune.pruning.averaged import mirror_all
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator
 from lightning_prune.pruning.config import PruningConfig
+from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
@@ -83,19 +84,16 @@ class IterativePruner:
         >>> accuracy = lambda: float((net(x).argmax(1) == y).float().mean())
         >>> pruner = IterativePruner(net, x[:1], schedule=[1, 2], target=0.5, evaluate=accuracy)
         >>> optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-        >>> def train_one_epoch():
-        ...     optimizer.zero_grad()
-        ...     nn.functional.cross_entropy(net(x), y).backward()
-        ...     optimizer.step()
         >>> for epoch in range(4):
         ...     if pruner.due(epoch):
         ...         result = pruner.step(epoch, optimizers=[optimizer])
-        ...     train_one_epoch()
+        ...     loss = nn.functional.cross_entropy(net(x), y)
+        ...     optimizer.zero_grad(); loss.backward(); optimizer.step()
         >>> len(pruner.history), round(result.flops_ratio, 1)
         (2, 0.5)
 
-    Keep no autograd graph of an earlier forward alive across a step (a ``loss`` variable from the last
-    iteration): it remembers the old parameter shapes, and its next ``backward`` fails.
+    A ``loss`` kept alive across a step is fine: the pruned parameters' gradient accumulators are released
+    (:func:`~lightning_prune.pruning.grad_state.release_grad_accumulators`).
     """
 
     def __init__(self, model: nn.Module, example_input: Any, config: PruningConfig | None = None, *,
@@ -370,6 +368,7 @@ class IterativePruner:
         with self.surgery_guard():
             result = self.graph.prune(plan)
         slice_optimizer_state(optimizers, result.changes)
+        release_grad_accumulators(change.tensor for change in result.changes)
         mirror_all(copies, result, self.model)
 
     def _correct_latency(self, controller: LatencyController, goal: float, flops_before: float,

@@ -331,7 +331,6 @@ class UltralyticsPruning:
         if pruner is None or not pruner.due(epoch):
             return
         result = pruner.step(epoch, optimizers=[trainer.optimizer], copies=[(trainer.ema.ema, "")])
-        _fresh_grad_accumulators(trainer.model)
         self.results.append(result)
         trainer.best_fitness = None  # best.pt: the best epoch of the current architecture
         trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
@@ -547,23 +546,6 @@ def _same_outputs(model: nn.Module, source: nn.Module, example: torch.Tensor) ->
         ours, theirs = trial(example), reference(example)
     ours, theirs = (x[0] if isinstance(x, (tuple, list)) else x for x in (ours, theirs))
     return ours.shape == theirs.shape and bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4))
-
-
-def _fresh_grad_accumulators(model: nn.Module) -> None:
-    """Let the next backward create new gradient accumulators for the pruned parameters.
-
-    ultralytics' epoch loop keeps the last batch's ``loss`` (a local of ``_do_train``, and ``trainer.loss``) alive
-    across epochs; its autograd graph holds each parameter's ``AccumulateGrad`` node, which remembers the unpruned
-    shape, and autograd reuses a live node, so the first backward after a prune would fail. Assigning ``.data`` of
-    another dtype makes torch drop the cached node (it does so for dtype and device changes, not for shape changes);
-    the data is then put back. Parameters keep their identity (the optimizer still holds them).
-    """
-    with torch.no_grad():
-        for param in model.parameters():
-            data = param.data
-            other = torch.float64 if data.dtype != torch.float64 else torch.float32
-            param.data = data.new_empty(0, dtype=other)
-            param.data = data
 
 
 def _info(message: str) -> None:
