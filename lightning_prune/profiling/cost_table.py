@@ -290,6 +290,9 @@ class CostTable:
                 json.dump(self.to_dict(), file)
                 file.flush()
                 os.fsync(file.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the cache from other users
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):
