@@ -367,8 +367,9 @@ class IterativePruner:
             return
         with self.surgery_guard():
             result = self.graph.prune(plan)
+            # inside the guard: a DDP wrapper made after it hooks the fresh accumulators, not the released ones
+            release_grad_accumulators(change.tensor for change in result.changes)
         slice_optimizer_state(optimizers, result.changes)
-        release_grad_accumulators(change.tensor for change in result.changes)
         mirror_all(copies, result, self.model)
 
     def _correct_latency(self, controller: LatencyController, goal: float, flops_before: float,
