@@ -221,3 +221,15 @@ def test_the_callback_takes_cost_latency(tmp_path: Any) -> None:
     assert all(np.isfinite(table.total_ms()) for _ in widths)
     with pytest.raises(ValueError, match="unknown cost"):
         IterativePruningCallback(cost="time")
+
+
+def test_the_example_config_asks_for_a_latency_budget_with_latency_cost() -> None:
+    from pathlib import Path
+
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "yolo" / "latency.yaml").read_text())
+    pruning = next(cb["init_args"] for cb in config["trainer"]["callbacks"]
+                   if cb["class_path"].endswith("IterativePruningCallback"))
+    assert pruning["target_metric"] == "latency" and pruning["cost"] == "latency"
+    PruningConfig(**{k: v for k, v in pruning.items() if k in PruningConfig.__dataclass_fields__})
+    IterativePruningCallback(**pruning)  # every key is an init arg, every choice valid
