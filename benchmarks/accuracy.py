@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import yolo_at_width
 from _harness import REPO, command_line, git_rev, one_line
 from _harness import cpu_name as _cpu
 from _harness import dist_version as _version
@@ -283,7 +284,7 @@ def sibling_model(cfg: Config, flops_ratio: float) -> nn.Module:
     """ultralytics' own narrower sibling of ``cfg.model``: the same YAML at the smaller ``width_multiple`` (channel
     counts stay multiples of 8, as ultralytics rounds them) whose FLOPs at the training input are closest to
     ``flops_ratio`` of the base model's — what a user would train instead of pruning."""
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+    from ultralytics.nn.tasks import yaml_model_load
 
     from lightning_prune import count_flops
 
@@ -292,11 +293,7 @@ def sibling_model(cfg: Config, flops_ratio: float) -> nn.Module:
     scale = base.get("scale") or "n"
 
     def build(width: float) -> nn.Module:
-        spec = copy.deepcopy(base)
-        depth, _, max_channels = spec["scales"][scale]
-        spec["scales"][scale] = [depth, width, max_channels]
-        torch.manual_seed(cfg.seed)
-        return DetectionModel(spec, nc=3, verbose=False)
+        return yolo_at_width(cfg.model, width, nc=3, seed=cfg.seed)
 
     reference = count_flops(build(base["scales"][scale][1]).eval(), x)
     widths = [base["scales"][scale][1] * k / 40 for k in range(12, 41)]

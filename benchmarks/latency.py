@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import yolo_at_width
 from _harness import command_line
 from _harness import cpu_name as _cpu
 from _harness import dist_version as _version
@@ -95,14 +96,7 @@ def log(message: str) -> None:
 # -- models ---------------------------------------------------------------------------------------------------------
 def build(name: str, width: float | None = None) -> nn.Module:
     """An ultralytics detection model from its YAML (random init), optionally with another ``width_multiple``."""
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
-
-    cfg = copy.deepcopy(yaml_model_load(f"{name}.yaml"))
-    if width is not None:
-        depth, _, max_channels = cfg["scales"][cfg["scale"]]
-        cfg["scales"][cfg["scale"]] = [depth, width, max_channels]
-    torch.manual_seed(0)
-    return DetectionModel(cfg, verbose=False).eval()
+    return yolo_at_width(f"{name}.yaml", width).eval()
 
 
 def uniform_plan(graph: DependencyGraph, model: nn.Module, fraction: float,

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name, dist_version  # noqa: E402
+from _common import cpu_name, dist_version, yolo_at_width  # noqa: E402
 from _harness import command_line, git_rev  # noqa: E402
 
 from lightning_prune import DependencyGraph, count_flops  # noqa: E402
@@ -64,14 +64,8 @@ def log(message: str) -> None:
 
 
 def build(name: str, width: float | None = None) -> nn.Module:
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
-
-    cfg = copy.deepcopy(yaml_model_load(f"{name}.yaml"))
-    if width is not None:
-        depth, _, max_channels = cfg["scales"][cfg["scale"]]
-        cfg["scales"][cfg["scale"]] = [depth, width, max_channels]
-    torch.manual_seed(0)
-    return DetectionModel(cfg, verbose=False).eval()
+    """An ultralytics detection model from its YAML (random init), optionally with another ``width_multiple``."""
+    return yolo_at_width(f"{name}.yaml", width).eval()
 
 
 def pruned(base: nn.Module, x: torch.Tensor, fraction: float, cost: str = "flops", table: Any = None) -> nn.Module:
