@@ -7,13 +7,18 @@ medians), on their deployed form (BatchNorm folded, eval):
 
 * ``unpruned``;
 * ``uniform L1 -50% FLOPs``: the library's uniform strategy, FLOPs budget, ``round_to=1``;
-* ``latency-aware -50% FLOPs``: the same budget, ``cost="latency"``: every group kept at a width where this backend
-  is fast (the measured cost table of this backend);
+* ``latency-aware -50% FLOPs``: the same budget, ``strategy="global"``, ``cost="latency"``, ``max_rate=0.5``:
+  one threshold on L1 importance *per predicted millisecond* (the measured cost table of this backend), every
+  group kept at a width where the backend is fast and at least half of it kept;
+* ``latency-aware uniform -50% FLOPs``: the uniform strategy with ``cost="latency"``: the same fraction of every
+  group, each rounded to a fast width (what per-group rounding alone buys);
+* ``global L1 -50% FLOPs``: ``strategy="global"`` with the FLOPs cost (importance only, no cap);
 * ``Torch-Pruning -50% FLOPs`` (YOLOv8n only, on the split-block rewrite it can handle: see ``_peers.py``; YOLO11n
   does not finish setting up in Torch-Pruning, see /work/shared/peers.md);
 * ``narrower sibling``: ultralytics' own model with a smaller ``width_multiple`` at about half the FLOPs;
-* ``latency-aware -50% latency``: ``target_metric="latency"``, ``cost="latency"`` (budget in the table's predicted ms,
-  corrections until the measured latency of the deployed form meets the target);
+* ``latency-aware -50% latency``: ``target_metric="latency"``, ``cost="latency"``, ``strategy="global"``,
+  ``max_rate=0.5`` (budget in the table's predicted ms, corrections until the measured latency of the deployed form
+  meets the target; the pruner's readings are interleaved with its kept baseline model);
 * ``uniform L1 -60/-70% FLOPs``: FLOPs-targeted pruning further down, to find the FLOPs it keeps at the latency the
   latency target reached (linear interpolation of FLOPs over measured latency).
 
@@ -57,6 +62,7 @@ from lightning_prune.selection import plan_from_counts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON = RESULTS / "latency_aware.json"
+MAX_RATE = 0.5  # latency-aware global keeps at least half of every group (else it empties the slowest ones)
 
 
 def log(message: str) -> None:
@@ -68,16 +74,17 @@ def build(name: str, width: float | None = None) -> nn.Module:
     return yolo_at_width(f"{name}.yaml", width).eval()
 
 
-def pruned(base: nn.Module, x: torch.Tensor, fraction: float, cost: str = "flops", table: Any = None) -> nn.Module:
-    """A copy of ``base`` with ``fraction`` of its FLOPs removed by the uniform strategy (L1 ranking), rounded to
-    fast widths with ``cost="latency"``."""
+def pruned(base: nn.Module, x: torch.Tensor, fraction: float, cost: str = "flops", table: Any = None,
+           strategy: str = "uniform", max_rate: float = 1.0) -> nn.Module:
+    """A copy of ``base`` with ``fraction`` of its FLOPs removed by ``strategy`` (L1 ranking); with
+    ``cost="latency"`` latency-aware (fast widths; for ``global`` importance per predicted millisecond)."""
     model = copy.deepcopy(base)
     graph = DependencyGraph(model, x)
     groups = candidate_groups(graph)
     scores, ranking = score_channels(groups, model, "l1")
     budget = fraction * count_flops(model, x)
-    counts, _ = select_counts("uniform", graph, groups, scores, ranking, budget, cost, cost_table=table,
-                              budget_cost="flops")
+    counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, cost, cost_table=table,
+                              budget_cost="flops", max_rate=max_rate)
     graph.prune(plan_from_counts(ranking, counts))
     return model
 
@@ -119,8 +126,11 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     table = build_cost_table(graph, backend, repeats=args.table_repeats, num_threads=1,
                              cache_dir=args.cache_dir)
     log(f"  table: {table.measured} layers measured in {table.build_seconds:.1f} s")
-    models: dict[str, nn.Module] = {"unpruned": base, "uniform L1 -50% FLOPs": peers["uniform-50"],
-                                    "latency-aware -50% FLOPs": pruned(base, x, 0.5, "latency", table)}
+    models: dict[str, nn.Module] = {
+        "unpruned": base, "uniform L1 -50% FLOPs": peers["uniform-50"],
+        "latency-aware -50% FLOPs": pruned(base, x, 0.5, "latency", table, "global", MAX_RATE),
+        "latency-aware uniform -50% FLOPs": pruned(base, x, 0.5, "latency", table),
+        "global L1 -50% FLOPs": peers["global-50"]}
     if isinstance(peers.get("tp"), nn.Module):
         models["Torch-Pruning -50% FLOPs"] = peers["tp"]
     models["narrower sibling"] = peers["sibling"]
@@ -128,8 +138,9 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     target_model = copy.deepcopy(base)
     started = time.perf_counter()
     pruner = IterativePruner(target_model, x, schedule=[0], target=0.5, target_metric="latency", cost="latency",
-                             strategy="uniform", latency_backend=backend, latency_repeats=args.target_repeats,
-                             latency_corrections=2, latency_tolerance=0.05, cost_table=table)
+                             strategy="global", max_rate=MAX_RATE, latency_backend=backend,
+                             latency_repeats=args.target_repeats, latency_corrections=2,
+                             latency_tolerance=0.05, cost_table=table)
     pruner.check()
     step = pruner.step(0)
     target_seconds = time.perf_counter() - started
@@ -178,6 +189,13 @@ def _interp(points: list[tuple[float, float]], x: float) -> float | None:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 != x0 else y0
 
 
+def _busy(meta: dict[str, Any]) -> bool:
+    try:
+        return float(str(meta.get("load", "9")).split()[0]) >= 1.5
+    except ValueError:
+        return True
+
+
 def render(data: dict[str, Any]) -> None:
     meta = data["meta"]
     lines = ["# Latency-aware pruning (issue 14)", "",
@@ -185,10 +203,11 @@ def render(data: dict[str, Any]) -> None:
              f"onnxruntime {meta['onnxruntime']}, openvino {meta['openvino']}, ultralytics {meta['ultralytics']}, "
              f"torch-pruning {meta['torch_pruning']}; started {meta['started']}, {meta['minutes']:.0f} min.",
              "",
-             "**The machine was shared with other jobs** (4 engineers on 2 cores; load average "
-             f"{meta.get('load', '?')} at the start): every measurement uses 1 thread, all arms of a (model, backend) "
+             (f"Load average {meta.get('load', '?')} at the start" + (
+                 " (**the machine was shared with other jobs**)" if _busy(meta) else " (a quiet machine)")
+              + ": every measurement uses 1 thread, all arms of a (model, backend) "
              "are interleaved in one run (rounds × repeats single calls, medians); compare numbers only inside one "
-             "table. Random-init models from the YAMLs, 640 px, batch 1, BatchNorm folded, CPU.", "",
+             "table. Random-init models from the YAMLs, 640 px, batch 1, BatchNorm folded, CPU."), "",
              "Speedup efficiency = latency speedup ÷ FLOPs reduction factor (1.0: latency falls as fast as FLOPs).",
              ""]
     verdicts = []
@@ -213,7 +232,8 @@ def render(data: dict[str, Any]) -> None:
                   f"latency keeps {'—' if at is None else f'{at:.2f}×'} (interpolated over −50/−60/−70 %).", ""]
         aware = arms["latency-aware -50% FLOPs"]["efficiency"]
         others = {a: r["efficiency"] for a, r in arms.items() if r["efficiency"] is not None
-                  and a in ("uniform L1 -50% FLOPs", "Torch-Pruning -50% FLOPs", "narrower sibling")}
+                  and a in ("uniform L1 -50% FLOPs", "global L1 -50% FLOPs", "Torch-Pruning -50% FLOPs",
+                            "narrower sibling")}
         beaten = [a for a, e in others.items() if e >= aware]
         verdicts.append(f"- {pair['model']} / {pair['backend']}: latency-aware efficiency {aware:.2f} "
                         f"({'meets' if aware >= 0.9 else 'misses'} the 0.9 goal); "
@@ -251,7 +271,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["yolov8n", "yolo11n"])
     parser.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "openvino"])
     parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--table_repeats", type=int, default=5)
     parser.add_argument("--target_repeats", type=int, default=10)
@@ -277,6 +297,7 @@ def main() -> None:
         base = build(name)
         log(f"{name}: FLOPs-targeted arms, sibling, Torch-Pruning")
         peers: dict[str, Any] = {f"uniform-{int(f * 100)}": pruned(base, x, f) for f in (0.5, 0.6, 0.7)}
+        peers["global-50"] = pruned(base, x, 0.5, strategy="global")
         peers["sibling"], width = sibling(name, x)
         data["notes"].append(f"{name}: narrower sibling width_multiple {width:.3f}")
         if name == "yolov8n":

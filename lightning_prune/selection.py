@@ -295,10 +295,30 @@ def uniform_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Map
 def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mapping[str, np.ndarray],
                   ranking: Mapping[str, np.ndarray], budget: float, target_metric: Cost = "flops",
                   round_to: int = 1, min_channels: int = 1,
-                  options: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
+                  options: Mapping[str, Sequence[int]] | None = None,
+                  channel_cost: Mapping[str, float] | None = None) -> dict[str, int]:
     """One threshold on importance normalised per group (score / the group's largest |score|): every channel below
     it goes, as far as ``round_to``/``min_channels`` (or the allowed ``options``, nearest) allow; the lowest
-    threshold that removes ``budget`` of ``target_metric`` (a name or a cost function)."""
+    threshold that removes ``budget`` of ``target_metric`` (a name or a cost function).
+
+    With ``channel_cost`` (group -> what one of its channels costs, e.g. milliseconds from a measured latency table)
+    the threshold is on importance *per unit of cost* (the greedy answer to "keep the most importance within the
+    cost", as in HALP's latency knapsack): a group whose channels are expensive is pruned further than one whose
+    channels are cheap at the same importance.
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 1),
+        ...                         torch.nn.Conv2d(8, 2, 1)), torch.randn(1, 3, 4, 4))
+        >>> groups = graph.prunable_groups
+        >>> scores = {g.name: np.arange(1.0, 9.0) for g in groups}
+        >>> ranking = {g.name: np.arange(8) for g in groups}
+        >>> flops = lambda plan: float(sum(len(v) for v in plan.values()))
+        >>> global_counts(graph, groups, scores, ranking, 4.0, flops)
+        {'0': 2, '1': 2}
+        >>> global_counts(graph, groups, scores, ranking, 4.0, flops, channel_cost={"0": 1.0, "1": 10.0})
+        {'0': 0, '1': 4}
+    """
     normalised = {}
     for group in groups:
         values = np.asarray(scores[group.name], dtype=np.float64)
@@ -306,6 +326,18 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
         # rising offset, so one threshold can take part of a tie instead of all of it or none
         ordered = np.sort(values / (np.abs(values).max() or 1.0))
         normalised[group.name] = ordered + np.arange(len(ordered)) * 1e-12
+    if channel_cost:
+        known = [c for c in (channel_cost.get(g.name, 0.0) for g in groups) if c > 0]
+        mean = float(np.mean(known)) if known else 1.0
+        for group in groups:
+            # a channel that saves nothing is never worth its importance: it sorts after every costly one
+            weight = channel_cost.get(group.name, 0.0) / mean
+            normalised[group.name] = normalised[group.name] / weight if weight > 0 else \
+                np.full_like(normalised[group.name], np.inf)
+    finite = [v[np.isfinite(v)] for v in normalised.values()]
+    finite = [v for v in finite if v.size]
+    lo = min((float(v.min()) for v in finite), default=-1.0) - 1e-6
+    hi = max((float(v.max()) for v in finite), default=1.0) + 1e-6
 
     def counts_at(threshold: float) -> dict[str, int]:
         counts = {}
@@ -314,7 +346,8 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
             counts[group.name] = removal_count(group, below / group.size, round_to, min_channels)
         return _snap(counts, options)
 
-    return _bisect_knob(graph, ranking, counts_at, -1.0 - 1e-6, 1.0 + 1e-6, budget, target_metric)
+    return _bisect_knob(graph, ranking, counts_at, min(lo, -1.0 - 1e-6) if not channel_cost else lo,
+                        max(hi, 1.0 + 1e-6) if not channel_cost else hi, budget, target_metric)
 
 
 def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],

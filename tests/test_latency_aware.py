@@ -233,3 +233,78 @@ def test_the_example_config_asks_for_a_latency_budget_with_latency_cost() -> Non
     assert pruning["target_metric"] == "latency" and pruning["cost"] == "latency"
     PruningConfig(**{k: v for k, v in pruning.items() if k in PruningConfig.__dataclass_fields__})
     IterativePruningCallback(**pruning)  # every key is an init arg, every choice valid
+
+
+# -- latency-aware global selection, the per-step cap, interleaved controller readings --------------------------
+def test_global_latency_prunes_where_channels_cost_most() -> None:
+    """At the same importance, the group whose channels cost ten times more on the backend loses more of them."""
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    groups = candidate_groups(graph)
+    assert len(groups) >= 2
+    costly, cheap = groups[0].name, groups[1].name
+    rates = {g.name: 1.0 for g in groups}
+    rates[costly] = 10.0
+    table = ScriptedTable(graph, rates)
+    scores = {g.name: np.linspace(1.0, 2.0, g.size) for g in groups}  # the same importance profile everywhere
+    ranking = {g.name: np.arange(g.size) for g in groups}
+    budget = 0.3 * table.total_ms()
+    by_latency, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", cost_table=table)
+    by_flops, _ = select_counts("global", graph, groups, scores, ranking, 0.3 * graph.traced_flops, "flops")
+    share = {name: by_latency.get(name, 0) / next(g.size for g in groups if g.name == name) for name in (costly, cheap)}
+    assert share[costly] > share[cheap]
+    assert table.removed_ms(by_latency) >= budget * 0.9
+    assert by_flops != by_latency
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "global"])
+@pytest.mark.parametrize("cost", ["flops", "latency"])
+def test_max_rate_caps_every_group_in_a_step(strategy: str, cost: str) -> None:
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    table = ScriptedTable(graph)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, net, "l1")
+    budget = 0.35 * (table.total_ms() if cost == "latency" else graph.traced_flops)
+    counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, cost, cost_table=table,
+                              max_rate=0.5)
+    assert any(counts.values())
+    for group in groups:
+        assert counts.get(group.name, 0) <= 0.5 * group.size
+
+
+def test_max_rate_is_validated_in_one_line() -> None:
+    with pytest.raises(ValueError, match="max_rate must be a fraction"):
+        PruningConfig(max_rate=0.0)
+    with pytest.raises(ValueError, match="max_rate must be a fraction"):
+        IterativePruningCallback(strategy="uniform", max_rate=1.5)
+
+
+def test_latency_readings_after_the_baseline_are_interleaved_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine gets twice as slow between the baseline and the step: single readings would see no speedup,
+    readings interleaved with the kept baseline model see the real ratio."""
+    import lightning_prune.pruning.pruner as pruner_module
+
+    slow = {"factor": 1.0}
+    calls: list[list[str]] = []
+
+    def fake_measure(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        width = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+        return type("R", (), {"median_ms": slow["factor"] * width})()
+
+    def fake_compare(models: dict[str, nn.Module], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(sorted(models))
+        return {name: fake_measure(model) for name, model in models.items()}
+
+    monkeypatch.setattr(pruner_module, "measure_latency", fake_measure)
+    monkeypatch.setattr(pruner_module, "compare_latency", fake_compare)
+    net = make_net()
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.3, target_metric="latency", strategy="uniform",
+                             latency_corrections=0)
+    pruner.check()
+    baseline = pruner.baseline["latency"]
+    slow["factor"] = 2.0  # everything now runs twice as slow
+    step = pruner.step(0)
+    assert calls and all(names == ["current", "reference"] for names in calls)
+    assert step.latency_before == pytest.approx(baseline)  # the ratio, not the slowed-down single reading
+    assert step.latency_after < baseline

@@ -83,6 +83,8 @@ class IterativePruningCallback(Callback):
             per-group latency table on ``latency_backend``: ``Δlatency × metric^k``, widths where the backend is
             fast; with ``target_metric="latency"`` the budget is in predicted milliseconds); default: the target's.
         cost_table_dir: where measured latency tables are cached (``None``: no disk cache).
+        max_rate: the largest share of any one group a single step removes (``1.0``: no cap; see
+            :class:`~lightning_prune.pruning.PruningConfig`).
 
     Example::
 
@@ -128,6 +130,7 @@ class IterativePruningCallback(Callback):
         remeasure_fraction: float = 0.2,
         cost: Cost | None = None,
         cost_table_dir: str | None = None,
+        max_rate: float = 1.0,
     ) -> None:
         super().__init__()
         self.config = PruningConfig(
@@ -136,7 +139,8 @@ class IterativePruningCallback(Callback):
             flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
             latency_backend=latency_backend, latency_repeats=latency_repeats,
             latency_corrections=latency_corrections, latency_tolerance=latency_tolerance,
-            remeasure_fraction=remeasure_fraction, cost=cost, cost_table_dir=cost_table_dir)
+            remeasure_fraction=remeasure_fraction, cost=cost, cost_table_dir=cost_table_dir,
+            max_rate=max_rate)
         if strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
         if int(sensitivity_batches) < 1:

@@ -78,6 +78,9 @@ class PruningConfig:
             then in the table's predicted milliseconds. Default: the target's own metric (``"flops"`` for a latency
             target: the budget is converted through the observed latency-per-FLOP efficiency).
         cost_table_dir: where measured cost tables are cached (``None``: not cached on disk).
+        max_rate: the largest share of any one group a single step removes (``1.0``: no cap). Latency-aware
+            ``global`` selection (``cost="latency"``) weighs importance against what a channel costs on the
+            backend and would otherwise empty the slowest groups first; ``0.5`` keeps half of every group per step.
     """
 
     schedule: Sequence[int] | dict[str, int] | int = (1,)
@@ -101,6 +104,7 @@ class PruningConfig:
     remeasure_fraction: float = 0.2
     cost: Cost | None = None
     cost_table_dir: str | None = None
+    max_rate: float = 1.0
 
     def __post_init__(self) -> None:
         self.schedule = parse_schedule(self.schedule)
@@ -139,6 +143,9 @@ class PruningConfig:
         if not 0.0 <= float(self.remeasure_fraction) <= 1.0:
             raise ValueError(f"remeasure_fraction must be between 0 and 1, got {self.remeasure_fraction!r}")
         self.remeasure_fraction = float(self.remeasure_fraction)
+        if isinstance(self.max_rate, bool) or not 0.0 < float(self.max_rate) <= 1.0:
+            raise ValueError(f"max_rate must be a fraction in (0, 1], got {self.max_rate!r}")
+        self.max_rate = float(self.max_rate)
 
     @property
     def selection_cost(self) -> Literal["flops", "params", "latency"]:

@@ -17,6 +17,7 @@ from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import channel_scores
 from lightning_prune.profiling import (
     build_cost_table,
+    compare_latency,
     count_flops,
     count_params,
     deployed_copy,
@@ -59,7 +60,11 @@ class IterativePruner:
             decide the picks.
         measure_latency: returns the model's latency in ms; default: :func:`lightning_prune.profiling.
             measure_latency` of the deployed form (:func:`~lightning_prune.profiling.deployed_copy`: a BatchNorm-
-            folded eval copy) on ``config.latency_backend`` (latency targets only).
+            folded eval copy) on ``config.latency_backend`` (latency targets only). The default keeps the deployed
+            form of the model as it was at the baseline reading and times every later reading *interleaved* with it
+            (the latency is the baseline times the measured ratio), so a machine that slows down or speeds up
+            between steps does not move the controller's readings; after a resume, when that reference is gone,
+            readings are single runs again.
         cost_table: for ``cost="latency"``, a measured :class:`~lightning_prune.profiling.CostTable` of the model
             (or anything with its ``removed_ms``, ``removal_options``, ``total_ms`` and ``updated(graph)``); default:
             built on first use on ``config.latency_backend`` (cached in ``config.cost_table_dir``) and rebuilt
@@ -121,6 +126,7 @@ class IterativePruner:
         self.progress = progress
         self._measure_latency = measure_latency
         self._cost_table = cost_table
+        self._reference: nn.Module | None = None  # the deployed baseline model later latency readings compare to
         self.graph = DependencyGraph(model, example_input)
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, float] = {"flops": float(count_flops(model, example_input)),
@@ -193,7 +199,7 @@ class IterativePruner:
         if config.selection_cost == "latency" and self._cost_table is None:
             require_backend(config.latency_backend)
         if config.target_metric == "latency" and "latency" not in self.baseline:
-            self.baseline["latency"] = self._latency()
+            self.baseline["latency"] = self._latency(baseline=True)
 
     @property
     def cost_table(self) -> Any:
@@ -219,7 +225,7 @@ class IterativePruner:
         config, comm = self.config, self.communicator
         optimizers, copies = list(optimizers), list(copies)
         if config.target_metric == "latency" and "latency" not in self.baseline:
-            self.baseline["latency"] = self._latency()
+            self.baseline["latency"] = self._latency(baseline=True)
         pending = self.pending(epoch)
         if epoch is None and pending:
             epoch = pending[0]
@@ -275,17 +281,29 @@ class IterativePruner:
         with torch.no_grad():
             return float(self.evaluate())
 
-    def _latency(self) -> float:
-        """Measured on rank 0, the same number everywhere."""
+    def _latency(self, baseline: bool = False) -> float:
+        """Measured on rank 0, the same number everywhere (see ``measure_latency`` in the class docstring)."""
         comm = self.communicator
         value = None
         if comm.rank == 0:
             if self._measure_latency is not None:
                 value = float(self._measure_latency())
             else:
-                value = measure_latency(deployed_copy(self.model), self.example_input, self.config.latency_backend,
-                                        repeats=self.config.latency_repeats, num_threads=1).median_ms
+                value = self._measured_latency(baseline)
         return float(comm.broadcast(value))
+
+    def _measured_latency(self, baseline: bool) -> float:
+        config, current = self.config, deployed_copy(self.model)
+        if baseline or self._reference is None or "latency" not in self.baseline:
+            if baseline:
+                self._reference = current
+            return measure_latency(current, self.example_input, config.latency_backend,
+                                   repeats=config.latency_repeats, num_threads=1).median_ms
+        rounds = min(5, config.latency_repeats)
+        timed = compare_latency({"reference": self._reference, "current": current}, self.example_input,
+                                config.latency_backend, rounds=rounds, warmup=2,
+                                repeats=max(1, -(-config.latency_repeats // rounds)), num_threads=1)
+        return self.baseline["latency"] * timed["current"].median_ms / timed["reference"].median_ms
 
     def _select(self, budget: float, strategy: str, step: int, local_before: float | None,
                 metric_before: float | None) -> tuple[dict[str, list[int]], list[Probe], list[str]]:
@@ -327,7 +345,8 @@ class IterativePruner:
 
         counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, cost,
                                      config.round_to, config.min_channels, scored, config.params_layers,
-                                     config.flops_layers, cost_table=table, budget_cost=budget_cost)
+                                     config.flops_layers, cost_table=table, budget_cost=budget_cost,
+                                     max_rate=config.max_rate)
         plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
         return plan, probes, [item.probe.group for item in used]
 

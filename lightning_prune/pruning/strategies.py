@@ -14,7 +14,8 @@ from lightning_prune.importance import Criterion, channel_scores
 from lightning_prune.selection import Cost, Scored, global_counts, sensitivity_counts, uniform_counts
 from lightning_prune.sensitivity import removal_count
 
-__all__ = ["candidate_groups", "is_ignored", "latency_options", "max_removable", "score_channels", "select_counts"]
+__all__ = ["candidate_groups", "is_ignored", "latency_options", "latency_per_channel", "max_removable",
+           "score_channels", "select_counts"]
 
 
 def is_ignored(group: Group, patterns: Sequence[str]) -> bool:
@@ -59,12 +60,28 @@ def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1) 
     return {group.name: table.removal_options(group.name, min_channels) for group in groups}
 
 
+def _counts(group: Group, round_to: int, min_channels: int) -> list[int]:
+    return sorted({removal_count(group, k / group.size, round_to, min_channels) for k in range(group.size + 1)})
+
+
+def latency_per_channel(table: Any, groups: Sequence[Group],
+                        options: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Per group, the predicted milliseconds one of its channels saves on average over its whole removable range
+    (from a measured :class:`~lightning_prune.profiling.CostTable`): the cost that global latency-aware selection
+    weighs each channel's importance against."""
+    costs = {}
+    for group in groups:
+        most = max(options.get(group.name) or [0])
+        costs[group.name] = table.removed_ms({group.name: most}) / most if most > 0 else 0.0
+    return costs
+
+
 def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group],
                   scores: Mapping[str, np.ndarray], ranking: Mapping[str, np.ndarray], budget: float,
                   cost: Cost = "flops", round_to: int = 1, min_channels: int = 1,
                   scored: Callable[[], Sequence[Scored]] | None = None, params_layers: int = 6,
                   flops_layers: int = 5, cost_table: Any = None,
-                  budget_cost: Cost | None = None) -> tuple[dict[str, int], list[Scored]]:
+                  budget_cost: Cost | None = None, max_rate: float = 1.0) -> tuple[dict[str, int], list[Scored]]:
     """Channels to remove per group so that ``budget`` of ``budget_cost`` (default: ``cost``) goes, and the paper's
     picks used (sensitivity).
 
@@ -73,7 +90,11 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     strategy rounds each group to its fast widths instead of ``round_to``) or a cost function ``plan -> removed
     cost``. ``budget_cost`` measures the budget when it differs (e.g. a FLOPs budget met at latency-fast widths);
     ``"latency"`` there means the table's predicted milliseconds. ``scored`` runs (only when needed) the
-    sensitivity probes and returns them scored.
+    sensitivity probes and returns them scored. ``max_rate`` caps the share of any one group this step removes.
+
+    ``global`` with ``cost="latency"`` thresholds importance *per predicted millisecond* (each group's channels
+    weighed by what one of them costs on the backend), so it prunes where the backend is slow, not only where
+    channels are unimportant.
 
     Example:
         >>> import torch
@@ -91,12 +112,19 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     if budget <= 0 or not groups:
         return {}, []
     options = None
+    channel_cost = None
     value = cost if isinstance(cost, str) else "flops"
     if cost == "latency":
         if cost_table is None:
             raise ValueError("cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)")
         options = latency_options(cost_table, groups, min_channels)
+        channel_cost = latency_per_channel(cost_table, groups, options)
         cost = cost_table.removed_ms
+    if max_rate < 1.0:
+        if not 0.0 < max_rate <= 1.0:
+            raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
+        options = {g.name: [c for c in (options or {}).get(g.name) or _counts(g, round_to, min_channels)
+                            if c <= max_rate * g.size] or [0] for g in groups}
     measure = cost if budget_cost is None else budget_cost
     if measure == "latency":
         if cost_table is None:
@@ -107,7 +135,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         return uniform_counts(graph, groups, ranking, budget, measure, round_to, min_channels, options=options), []
     if strategy == "global":
         return global_counts(graph, groups, scores, ranking, budget, measure, round_to, min_channels,
-                             options=options), []
+                             options=options, channel_cost=channel_cost), []
     if strategy == "sensitivity":
         if scored is None:
             raise ValueError("strategy 'sensitivity' needs scored probes")

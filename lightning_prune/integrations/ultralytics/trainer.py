@@ -71,6 +71,7 @@ from lightning_prune.pruning import (
     Strategy,
     TargetMetric,
 )
+from lightning_prune.pruning.config import Cost
 
 __all__ = ["TASK_MONITORS", "UltralyticsPruning", "add_pruning", "keep_pruned"]
 
@@ -577,6 +578,10 @@ def add_pruning(
     latency_repeats: int = 20,
     latency_corrections: int = 2,
     latency_tolerance: float = 0.05,
+    remeasure_fraction: float = 0.2,
+    cost: Cost | None = None,
+    cost_table_dir: str | None = None,
+    max_rate: float = 1.0,
     verbose: bool = True,
 ) -> UltralyticsPruning:
     """Prune an ultralytics ``YOLO`` model iteratively while ``model.train(...)`` fine-tunes it.
@@ -598,7 +603,8 @@ def add_pruning(
         sensitivity_batches: validation batches (of the trainer's validation batch size) each probe validates.
         verbose: log the graph summary and each step's summary through ultralytics' logger.
         target_metric, mode, sensitivity_rates, exponent, params_layers, flops_layers, ignore, round_to,
-            min_channels, seed, latency_*: as :class:`~lightning_prune.pruning.PruningConfig`.
+            min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate: as
+            :class:`~lightning_prune.pruning.PruningConfig`.
 
     Bad input fails with one line: here (an unknown strategy or criterion, a target outside (0, 1)), or when
     ``train`` starts, before any epoch (a schedule epoch ≥ ``epochs``, a ``monitor`` the validator does not produce,
@@ -620,7 +626,8 @@ def add_pruning(
         mode=mode, sensitivity_rates=sensitivity_rates, exponent=exponent, params_layers=params_layers,
         flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
         latency_backend=latency_backend, latency_repeats=latency_repeats, latency_corrections=latency_corrections,
-        latency_tolerance=latency_tolerance)
+        latency_tolerance=latency_tolerance, remeasure_fraction=remeasure_fraction, cost=cost,
+        cost_table_dir=cost_table_dir, max_rate=max_rate)
     return UltralyticsPruning(config, monitor, sensitivity_batches, verbose).attach(model)
 
 
