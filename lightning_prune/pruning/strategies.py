@@ -118,13 +118,15 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         if cost_table is None:
             raise ValueError("cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)")
         options = latency_options(cost_table, groups, min_channels)
-        channel_cost = latency_per_channel(cost_table, groups, options)
-        cost = cost_table.removed_ms
+    if not 0.0 < max_rate <= 1.0:
+        raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
     if max_rate < 1.0:
-        if not 0.0 < max_rate <= 1.0:
-            raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
         options = {g.name: [c for c in (options or {}).get(g.name) or _counts(g, round_to, min_channels)
                             if c <= max_rate * g.size] or [0] for g in groups}
+    if cost == "latency":
+        # what one channel saves, on average over the range this step may remove
+        channel_cost = latency_per_channel(cost_table, groups, options)
+        cost = cost_table.removed_ms
     measure = cost if budget_cost is None else budget_cost
     if measure == "latency":
         if cost_table is None:
