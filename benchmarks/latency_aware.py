@@ -229,8 +229,9 @@ def render(data: dict[str, Any]) -> None:
             share = min(modelled / arms["unpruned"]["ms"], 1.0)
             ceiling = 0.5 / (0.5 * share + (1.0 - share))
             lines += ["", f"The cost table models {modelled:.1f} ms of the unpruned model's "
-                      f"{arms['unpruned']['ms']:.1f} ms ({share:.0%}, its conv layers timed in isolation); the rest (concatenations, splits, "
-                      "upsampling, the head's box decoding) barely shrinks with channels, so halving the modelled part "
+                      f"{arms['unpruned']['ms']:.1f} ms ({share:.0%}, its conv layers timed in isolation); the rest "
+                      "(concatenations, splits, upsampling, the head's box decoding) barely shrinks with channels, so "
+                      "halving the modelled part "
                       f"alone would give an efficiency of {ceiling:.2f} at −50 % FLOPs."]
         at = target["flops_targeted_flops_ratio_at_same_latency"]
         lines += ["", f"Latency target −50 %: measured {target['measured_ratio']:.2f}× of the unpruned latency here "
