@@ -7,6 +7,7 @@ Run from the repository root::
     YOLO_OFFLINE=1 python benchmarks/accuracy.py            # < 1 h on 2 CPU cores (2 seeds) -> benchmarks/results/
     YOLO_OFFLINE=1 python benchmarks/accuracy.py --quick    # a few minutes (tiny images and epochs: a smoke run)
     YOLO_OFFLINE=1 python benchmarks/accuracy.py --arms unpruned ours-uniform --out-dir /tmp/acc
+    YOLO_OFFLINE=1 python benchmarks/accuracy.py --model yolov7-tiny --reuse   # -> accuracy_yolov7-tiny.*
 
 Protocol (every arm alike):
 
@@ -27,9 +28,22 @@ Protocol (every arm alike):
      schedule, at the per-layer channel fraction ``ours-uniform`` removes; it masks, so FLOPs and latency stay.
    * ``ours-sensitivity-r8``: the paper's method with ``round_to=8`` (every group keeps a multiple of 8 channels,
      which ``latency.py`` found turns more of the FLOPs saving into speed) — our recommended setting;
+   * ``ours-sensitivity-latency``: the paper's method scored by *measured* latency instead of FLOPs
+     (``cost="latency"``, ``latency_backend="onnxruntime"``: ``Δlatency × metric^k`` from a per-group latency table,
+     removals at the widths where ONNX Runtime is fast), the same FLOPs target and schedule; the graph is traced and
+     the table measured at the deployment input ``example_input=[1, 3, 640, 640]`` (FLOPs ratios are the same as at
+     the training size), cached in ``<workdir>/cost_tables`` so the seeds share the unpruned architecture's table;
    * ``sibling-scratch``: ultralytics' narrower sibling (the same YAML at the ``width_multiple`` whose FLOPs are
      closest to the pruned models'), ``yolo11n-scratch``, ``yolo26n-scratch``: trained from scratch for pretraining
      + fine-tuning epochs — what a user would do instead of pruning.
+
+   ``--model yolov7-tiny`` (the paper's model, ``lightning_prune/models/yolov7-tiny.yaml``) runs every arm from
+   YOLOv7-tiny: its sibling is that YAML at a smaller ``width_multiple``; ``tp-magnitude`` has no CSP block to
+   rewrite there (an arm that fails records its one-line cause). Its files get their own prefix
+   (``accuracy_yolov7-tiny``), never the YOLOv8n ``accuracy.*``; the speed sweep (of YOLOv8n) is skipped. The two
+   arms that do not depend on the start model, ``yolo11n-scratch`` and ``yolo26n-scratch``, are taken with
+   ``--reuse`` from ``--scratch-workdir`` (the YOLOv8n run's work directory) when they ran there with the identical
+   configuration (apart from ``model`` and ``sweep``); otherwise they run again.
 
 3. **Measure** every arm's final model: mAP50-95 / mAP50 on the held-out **test** split (torchmetrics, as
    ``YOLOModule`` logs it; the sensitivity probes read ``val``, nothing selects on ``test``), FLOPs
@@ -43,8 +57,9 @@ Every seed (``--seeds``, default 0, 1 and 2; ``--quick``: 0) repeats steps 1 and
 order and augmentation (the data set is the same); mAP is reported as the mean with the per-seed values, since on a
 data set this small seeds differ by a few points. ``--reuse`` takes arms that already ran with the same configuration
 from ``--workdir``. The verdict never counts a gap inside the seed spread (max − min) as a win, nor a latency
-within 3 %; it says where a peer or a smaller model wins. Writes ``accuracy.md`` (tables), ``accuracy.json`` (raw)
-and three PNG plots into ``--out-dir``;
+within 3 %; it says where a peer or a smaller model wins, and under each comparison gives the paired per-seed
+differences (every arm of a seed starts from the same pretrained weights). Writes ``accuracy.md`` (tables),
+``accuracy.json`` (raw) and three PNG plots into ``--out-dir``;
 ``--render accuracy.json`` rewrites the tables and plots from a JSON without training.
 """
 
@@ -79,8 +94,10 @@ from torch import nn  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning",
-        "ours-sensitivity-r8", "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
+        "ours-sensitivity-r8", "ours-sensitivity-latency", "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
 SCRATCH_ARMS = ("sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
+MODEL_FREE_ARMS = ("yolo11n-scratch", "yolo26n-scratch")  # do not depend on --model: reusable across models
+SCRATCH_REUSE_IGNORES = ("model", "sweep")  # config keys a model-free arm's training does not read
 ARM_LABELS = {
     "unpruned": "unpruned (same fine-tuning)",
     "ours-sensitivity": "**ours: sensitivity (paper)**",
@@ -89,6 +106,7 @@ ARM_LABELS = {
     "tp-magnitude": "Torch-Pruning MagnitudePruner L1 (C2f rewritten)",
     "modelpruning": "Lightning ModelPruning ln_structured L1 (masks)",
     "ours-sensitivity-r8": "**ours: sensitivity, `round_to=8`**",
+    "ours-sensitivity-latency": "**ours: sensitivity, latency cost (ONNX Runtime table)**",
     "sibling-scratch": "narrower sibling from scratch (same total epochs)",
     "yolo11n-scratch": "YOLO11n from scratch (same total epochs)",
     "yolo26n-scratch": "YOLO26n from scratch (same total epochs)",
@@ -220,7 +238,12 @@ def _uniform_fraction(model: nn.Module, cfg: Config) -> float:
     return sum(counts.values()) / sum(g.size for g in graph.prunable_groups)
 
 
-def _arm_callbacks(arm: str, cfg: Config, module: Any) -> tuple[list[Any], dict[str, Any]]:
+def _cost_table_dir(workdir: Path) -> Path:
+    """Measured latency tables, shared by the seeds (beside the seed folders, like the data)."""
+    return (workdir.parent if workdir.name.startswith("seed") else workdir) / "cost_tables"
+
+
+def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[list[Any], dict[str, Any]]:
     from lightning.pytorch import Callback
     from lightning.pytorch.callbacks import ModelPruning
 
@@ -229,6 +252,17 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any) -> tuple[list[Any], dict[
     example = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
     if arm == "unpruned":
         return [], {}
+    if arm == "ours-sensitivity-latency":
+        # the paper's method scored by measured latency: graph traced and table measured at the deployment size
+        # (FLOPs ratios, and so the FLOPs target, are the same as at the training size)
+        table_dir = _cost_table_dir(workdir)
+        table_dir.mkdir(parents=True, exist_ok=True)
+        return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, strategy="sensitivity",
+                                         criterion="l1", monitor="val/mAP50-95",
+                                         sensitivity_batches=cfg.sensitivity_batches, cost="latency",
+                                         latency_backend="onnxruntime", example_input=[1, 3, LATENCY_SIZE,
+                                                                                       LATENCY_SIZE],
+                                         cost_table_dir=str(table_dir), verbose=False)], {}
     if arm.startswith("ours-"):
         strategy, _, rounding = arm.removeprefix("ours-").partition("-r")
         return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, strategy=strategy, criterion="l1",
@@ -280,23 +314,71 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any) -> tuple[list[Any], dict[
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
+def _cost_table_facts(callbacks: list[Any]) -> dict[str, Any]:
+    """For a ``cost="latency"`` arm: proof that the measured table was built and used (raises if it was not)."""
+    for callback in callbacks:
+        pruner = getattr(callback, "pruner", None)
+        if pruner is None or pruner.config.selection_cost != "latency":
+            continue
+        table = pruner._cost_table  # noqa: SLF001 - only read, to record what was measured
+        if table is None:
+            raise RuntimeError("cost='latency' arm finished without building a latency cost table")
+        steps = len(callback.history)
+        if not steps:
+            raise RuntimeError("cost='latency' arm applied no pruning plan")
+        return {"cost_table": {"backend": table.backend, "input_shape": list(table.input_shape),
+                               "layers": len(table.layers), "last_build_s": table.build_seconds,
+                               "last_measured": table.measured, "last_reused": table.reused,
+                               "cached_files": len(list(Path(table.cache_dir).glob("*"))) if table.cache_dir
+                               else 0},
+                "pruning_plans": steps}
+    return {}
+
+
+def _yaml_at_width(name: str, width: float | None, seed: int) -> nn.Module:
+    """``name``'s detection model (3 classes, random init) at ``width_multiple`` ``width``: ultralytics' own
+    narrower sibling. YAMLs with a ``scales`` table (yolov8n) go through ``yolo_at_width``; a YAML with a plain
+    ``width_multiple`` (``lightning_prune/models/yolov7-tiny.yaml``) gets that key replaced."""
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    from lightning_prune.integrations.ultralytics import resolve_model_yaml
+
+    path = resolve_model_yaml(name)
+    parsed = yaml_model_load(path)
+    if parsed.get("scales"):
+        return yolo_at_width(name, width, nc=3, seed=seed)
+    parsed = copy.deepcopy(parsed)
+    if width is not None:
+        parsed["width_multiple"] = width
+    torch.manual_seed(seed)
+    return DetectionModel(parsed, nc=3, verbose=False)
+
+
+def _base_width(name: str) -> float:
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from lightning_prune.integrations.ultralytics import resolve_model_yaml
+
+    parsed = yaml_model_load(resolve_model_yaml(name))
+    if parsed.get("scales"):
+        return float(parsed["scales"][parsed.get("scale") or next(iter(parsed["scales"]))][1])
+    return float(parsed.get("width_multiple", 1.0))
+
+
 def sibling_model(cfg: Config, flops_ratio: float) -> nn.Module:
     """ultralytics' own narrower sibling of ``cfg.model``: the same YAML at the smaller ``width_multiple`` (channel
     counts stay multiples of 8, as ultralytics rounds them) whose FLOPs at the training input are closest to
     ``flops_ratio`` of the base model's — what a user would train instead of pruning."""
-    from ultralytics.nn.tasks import yaml_model_load
-
     from lightning_prune import count_flops
 
     x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
-    base = yaml_model_load(cfg.model)
-    scale = base.get("scale") or "n"
+    base_width = _base_width(cfg.model)
 
     def build(width: float) -> nn.Module:
-        return yolo_at_width(cfg.model, width, nc=3, seed=cfg.seed)
+        return _yaml_at_width(cfg.model, width, seed=cfg.seed)
 
-    reference = count_flops(build(base["scales"][scale][1]).eval(), x)
-    widths = [base["scales"][scale][1] * k / 40 for k in range(12, 41)]
+    reference = count_flops(build(base_width).eval(), x)
+    widths = [base_width * k / 40 for k in range(12, 41)]
     best = min(widths, key=lambda w: abs(count_flops(build(w).eval(), x) / reference - flops_ratio))
     model = build(best)
     model.sibling_width = best
@@ -350,12 +432,13 @@ def run_arm(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
     datamodule = _datamodule(cfg, workdir)
     x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
     base_flops = count_flops(copy.deepcopy(module.model).eval(), x)
-    callbacks, extra = _arm_callbacks(arm, cfg, module)
+    callbacks, extra = _arm_callbacks(arm, cfg, module, workdir)
     trainer = _trainer(cfg, cfg.finetune_epochs, callbacks)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_s = time.perf_counter() - start
     metrics = _validate(trainer, module, datamodule)
+    extra.update(_cost_table_facts(callbacks))
     final = module.model.eval()
     from _peers import zeroed_filter_fraction
 
@@ -403,7 +486,7 @@ def pretrained(cfg: Config, workdir: Path, timeout: float) -> dict[str, Any]:
         if cached.get("key") == cfg.pretrain_key() and (workdir / "pretrained.pt").is_file():
             log(f"pretrained weights reused from {workdir} (mAP50-95 {cached['map50_95']:.3f})")
             return {**cached, "reused": True}
-    log(f"pretraining YOLOv8n for {cfg.pretrain_epochs} epochs ...")
+    log(f"pretraining {cfg.model} for {cfg.pretrain_epochs} epochs ...")
     result = run_child("pretrain", cfg, workdir, timeout)
     if not result.get("ok"):
         raise SystemExit(f"pretraining failed: {result['error']}")
@@ -420,12 +503,47 @@ def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace) -
             old = json.loads(result_file.read_text())
             if old.get("ok") and old.get("config") == asdict(cfg) and (workdir / f"arm-{arm}.pt").is_file():
                 return {**old, "reused": True}
+        taken = _scratch_from_elsewhere(arm, cfg, workdir, getattr(args, "scratch_workdir", None))
+        if taken is not None:
+            return taken
     log(f"  arm {arm} ...")
     result = run_child(arm, cfg, workdir, args.timeout)
     result["config"] = asdict(cfg)
     result["git"] = git_rev(CODE_PATHS)  # arms reused from another invocation keep the revision they ran at
     result_file.write_text(json.dumps(result))
     return result
+
+
+def _same_except(a: dict[str, Any] | None, b: dict[str, Any], ignored: tuple[str, ...]) -> bool:
+    if not isinstance(a, dict):
+        return False
+    return ({k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored})
+
+
+def _scratch_from_elsewhere(arm: str, cfg: Config, workdir: Path, other: Path | None) -> dict[str, Any] | None:
+    """``yolo11n-scratch``/``yolo26n-scratch`` do not read ``cfg.model``: take the result and model of the same seed
+    from another model's work directory (``--scratch-workdir``) when every other config key is identical, copying
+    both here (the latency block loads the models from this work directory)."""
+    if arm not in MODEL_FREE_ARMS or other is None:
+        return None
+    source = other.resolve() / workdir.name
+    if source == workdir.resolve():
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        old = json.loads((source / f"result-{arm}.json").read_text())
+        model_file = source / f"arm-{arm}.pt"
+        if old.get("ok") and _same_except(old.get("config"), asdict(cfg), SCRATCH_REUSE_IGNORES) \
+                and model_file.is_file():
+            import shutil
+
+            shutil.copyfile(model_file, workdir / f"arm-{arm}.pt")
+            taken = {**old, "config": asdict(cfg), "ran_with_config": old["config"], "reused_from": str(source)}
+            (workdir / f"result-{arm}.json").write_text(json.dumps(taken))
+            log(f"  arm {arm}: reused from {source} (identical configuration apart from "
+                f"{'/'.join(SCRATCH_REUSE_IGNORES)})")
+            return {**taken, "reused": True}
+    log(f"  arm {arm}: nothing to reuse in {source} (missing, failed or another configuration): running it")
+    return None
 
 
 def combine_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -572,6 +690,12 @@ def render(data: dict[str, Any], prefix: str) -> str:
             notes.append(f"width_multiple {r['width_multiple']:.4f}")
         if arm == "tp-magnitude":
             notes.append(f"per-layer ratio {r['tp_ratio']:.2f}; {r['csp_blocks_rewritten']} C2f blocks rewritten")
+        if r.get("cost_table"):
+            table = r["cost_table"]
+            notes.append(f"latency table: {table['layers']} layers on {table['backend']} at "
+                         f"{'×'.join(map(str, table['input_shape']))} ({r.get('pruning_plans', '?')} plans applied)")
+        if r.get("reused_from"):
+            notes.append(f"reused from {r['reused_from']}")
         if r.get("failed_seeds"):
             notes.append("failed: " + "; ".join(r["failed_seeds"]))
         if r.get("ema") is False:
@@ -710,6 +834,7 @@ def verdict(data: dict[str, Any]) -> list[str]:
         for arm in ours:
             lines.append(f"- Against the unpruned model: {compare_map(arm, arms[arm], 'unpruned', arms['unpruned'])[1]}"
                          ".")
+            lines += _paired_line(data, arm, "unpruned")
     for arm in ours:
         for other in others + [k for k in ours if k != arm and k in ("ours-uniform",) and arm != "ours-uniform"]:
             outcome, sentence = compare_map(arm, arms[arm], other, arms[other])
@@ -727,8 +852,41 @@ def verdict(data: dict[str, Any]) -> list[str]:
             elif outcome > 0 and eager_speed >= 0:
                 dominated = f" — **{arm} wins: at least as fast and more accurate**"
             lines.append(f"- {sentence}; {flops}; {'; '.join(speed) or 'latency not measured'}{dominated}.")
+            lines += _paired_line(data, arm, other)
     lines += _sweep_verdict(data)
     return lines
+
+
+def paired_differences(data: dict[str, Any], a: str, b: str) -> list[tuple[int, float]]:
+    """``(seed, mAP50-95 of a − of b)`` for every seed where both arms finished: every arm of a seed starts from the
+    same pretrained weights, data order and augmentation, so these pairs are the like-for-like comparison."""
+    pairs = []
+    for seed in data.get("seeds", []):
+        run = data.get("runs", {}).get(str(seed), {}).get("arms", {})
+        ra, rb = run.get(a, {}), run.get(b, {})
+        if ra.get("ok") and rb.get("ok"):
+            pairs.append((seed, ra["map50_95"] - rb["map50_95"]))
+    return pairs
+
+
+def _paired_line(data: dict[str, Any], a: str, b: str) -> list[str]:
+    """The per-seed differences under a comparison; informative only (the verdict's tie rule is unchanged).
+
+    Example:
+        >>> runs = {str(s): {"arms": {"x": {"ok": True, "map50_95": va}, "y": {"ok": True, "map50_95": vb}}}
+        ...         for s, va, vb in ((0, 0.50, 0.466), (1, 0.52, 0.469), (2, 0.40, 0.41))}
+        >>> _paired_line({"seeds": [0, 1, 2], "runs": runs}, "x", "y")[0]
+        '  - paired by seed, x − y: +3.4, +5.1, −1.0 points (seeds 0, 1, 2); x ahead in 2/3 seeds'
+    """
+    pairs = paired_differences(data, a, b)
+    if not pairs:
+        return []
+    diffs = ", ".join(f"{d * 100:+.1f}".replace("-", "−") for _, d in pairs)
+    ahead = sum(d > 0 for _, d in pairs)
+    behind = sum(d < 0 for _, d in pairs)
+    tail = f"{a} ahead in {ahead}/{len(pairs)} seeds" + (f", level in {len(pairs) - ahead - behind}"
+                                                         if len(pairs) - ahead - behind else "")
+    return [f"  - paired by seed, {a} − {b}: {diffs} points (seeds {', '.join(str(s) for s, _ in pairs)}); {tail}"]
 
 
 def _sweep_verdict(data: dict[str, Any]) -> list[str]:
@@ -772,7 +930,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
     base = arms.get("unpruned")
     written = []
-    markers = dict(zip(ARMS, "o*sD^vPXhp", strict=True))
+    markers = dict(zip(ARMS, "o*sD^vPdXhp", strict=True))
     colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm in every plot
 
     def yerr(r: dict[str, Any]) -> list[list[float]] | None:
@@ -855,7 +1013,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the model the pruning arms start from (default yolov8n.yaml; e.g. yolov7-tiny)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default: all)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the .md/.json/.png go")
-    parser.add_argument("--prefix", default=None, help="file name prefix (default: accuracy, accuracy_quick)")
+    parser.add_argument("--prefix", default=None,
+                        help="file name prefix (default: accuracy, accuracy_quick; another --model: "
+                             "accuracy_<model>[_quick], e.g. accuracy_yolov7-tiny)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="data set, pretrained weights (reused when the config matches) and arm models "
                              "(default: a folder in the system temp directory)")
@@ -866,12 +1026,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "; --quick: 0)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse arms (per seed) that already ran with the same configuration in --workdir")
-    parser.add_argument("--no-sweep", action="store_true", help="skip the untrained speed sweep")
+    parser.add_argument("--scratch-workdir", type=Path, default=None,
+                        help="with --reuse and another --model: the YOLOv8n run's --workdir, from which "
+                             f"{' and '.join(MODEL_FREE_ARMS)} are taken when they ran with the identical "
+                             "configuration apart from model/sweep (default: the default YOLOv8n work directory)")
+    parser.add_argument("--no-sweep", action="store_true",
+                        help="skip the untrained speed sweep (of YOLOv8n; skipped anyway for another --model)")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only rewrite the .md and plots from a results JSON this script wrote (no training)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _model_stem(model: str) -> str:
+    """``yolov8n.yaml`` -> ``yolov8n``, ``lightning_prune/models/yolov7-tiny.yaml`` -> ``yolov7-tiny``."""
+    return Path(model).name.removesuffix(".yaml").removesuffix(".yml")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -894,11 +1064,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model = args.model
     if args.threads:
         cfg.threads = args.threads
-    if args.no_sweep:
+    stem = _model_stem(cfg.model)
+    if args.no_sweep or stem != "yolov8n":  # the sweep prunes untrained YOLOv8n copies, whatever --model is
         cfg.sweep = False
-    prefix = args.prefix or ("accuracy_quick" if args.quick else "accuracy")
-    workdir = args.workdir or Path(os.environ.get("TMPDIR", "/tmp")) / f"lightning_prune_{prefix}"
+    tag = "" if stem == "yolov8n" else f"_{stem}"
+    prefix = args.prefix or f"accuracy{tag}{'_quick' if args.quick else ''}"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    workdir = args.workdir or tmp / f"lightning_prune_{prefix}"
     workdir = workdir.resolve()
+    if tag and args.scratch_workdir is None:
+        args.scratch_workdir = tmp / f"lightning_prune_accuracy{'_quick' if args.quick else ''}"
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     command = command_line()
