@@ -143,3 +143,33 @@ def test_the_deployed_form_folds_batchnorm_into_a_copy() -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
     net.eval()
     torch.testing.assert_close(deployed(EXAMPLE), net(EXAMPLE), atol=1e-4, rtol=1e-4)
+
+
+def test_only_rank_zero_measures_the_table_the_others_get_its_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_prune.pruning.pruner as pruner_module
+    from lightning_prune.pruning import IterativePruner
+
+    measured = build_cost_table(make_graph(), "eager", repeats=1, points=4)
+    sent = measured.to_dict()
+
+    class RankOne:
+        rank, world_size = 1, 2
+
+        def broadcast(self, obj: Any) -> Any:
+            return sent if obj is None else obj
+
+        def all_gather(self, obj: Any) -> list[Any]:
+            return [obj, obj]
+
+    def no_measuring(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("rank 1 measured a cost table")
+
+    monkeypatch.setattr(pruner_module, "build_cost_table", no_measuring)
+    torch.manual_seed(0)
+    pruner = IterativePruner(ToyNet(), EXAMPLE, strategy="uniform", cost="latency", communicator=RankOne())
+    table = pruner.cost_table
+    assert isinstance(table, CostTable)
+    assert table.total_ms() == pytest.approx(measured.total_ms())
+    assert table.key() == measured.key()
+    with pytest.raises(ValueError, match="not a cost table"):
+        CostTable.from_dict({"version": -1})

@@ -304,7 +304,14 @@ class CostTable:
         """Read what :meth:`save` wrote; a one-line ``ValueError`` for a file that is not a cost table."""
         try:
             with open(path) as file:
-                data = json.load(file)
+                return cls.from_dict(json.load(file))
+        except (OSError, ValueError, json.JSONDecodeError) as err:
+            raise ValueError(f"{os.fspath(path)} is not a readable cost table: {err}") from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CostTable:
+        """The table :meth:`to_dict` described (e.g. broadcast from rank 0); ``ValueError`` for anything else."""
+        try:
             if data.get("version") != VERSION:
                 raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
             return cls(data["backend"], [int(s) for s in data["input_shape"]], data["device"], data["arch"],
@@ -312,8 +319,8 @@ class CostTable:
                        {name: [(r[0], r[1], int(r[2])) for r in rel] for name, rel in data["relations"].items()},
                        {name: int(s) for name, s in data["sizes"].items()}, int(data["points"]),
                        int(data["repeats"]), int(data["num_threads"]))
-        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-            raise ValueError(f"{os.fspath(path)} is not a readable cost table: {err}") from None
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a cost table: {err}") from None
 
     def updated(self, graph: DependencyGraph) -> CostTable:
         """The table for ``graph``'s current architecture: the same table when nothing changed, else a rebuild that

@@ -16,6 +16,7 @@ from torch import nn
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import channel_scores
 from lightning_prune.profiling import (
+    CostTable,
     build_cost_table,
     compare_latency,
     count_flops,
@@ -204,7 +205,17 @@ class IterativePruner:
     @property
     def cost_table(self) -> Any:
         """The measured latency table of the current architecture (``cost="latency"``): built on first use,
-        rebuilt incrementally (only the changed layers) after a prune."""
+        rebuilt incrementally (only the changed layers) after a prune. With several processes only rank 0 measures;
+        the others get its table."""
+        comm = self.communicator
+        if comm.world_size > 1 and (self._cost_table is None or isinstance(self._cost_table, CostTable)):
+            table = self._measured_cost_table() if comm.rank == 0 else None
+            data = comm.broadcast(table.to_dict() if table is not None else None)
+            self._cost_table = table if table is not None else CostTable.from_dict(data)
+            return self._cost_table
+        return self._measured_cost_table()
+
+    def _measured_cost_table(self) -> Any:
         if self._cost_table is None:
             self._cost_table = build_cost_table(self.graph, self.config.latency_backend,
                                                 cache_dir=self.config.cost_table_dir)
