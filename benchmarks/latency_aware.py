@@ -232,9 +232,10 @@ def render(data: dict[str, Any]) -> None:
             ceiling = 0.5 / (0.5 * share + (1.0 - share))
             lines += ["", f"The cost table models {modelled:.1f} ms of the unpruned model's "
                       f"{arms['unpruned']['ms']:.1f} ms ({share:.0%}, its conv layers timed in isolation); the rest "
-                      "(concatenations, splits, upsampling, the head's box decoding) barely shrinks with channels, so "
-                      "halving the modelled part "
-                      f"alone would give an efficiency of {ceiling:.2f} at −50 % FLOPs."]
+                      "(concatenations, splits, upsampling, the head's box decoding) is not in it; were that rest "
+                      "fixed, halving the modelled part "
+                      f"would give an efficiency of {ceiling:.2f} at −50 % FLOPs (a reference point, not a "
+                      "bound: the rest shrinks too, by an amount the table does not predict)."]
         at = target["flops_targeted_flops_ratio_at_same_latency"]
         lines += ["", f"Latency target −50 %: measured {target['measured_ratio']:.2f}× of the unpruned latency here "
                   f"(the pruner's own last reading: {target['pruner_latency_after_ms']:.1f} ms vs baseline "
