@@ -268,15 +268,18 @@ def render(data: dict[str, Any]) -> None:
         return
     pairs = data["pairs"]
     fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(4.2 * max(len(pairs), 1), 4), squeeze=False)
+    names = list(dict.fromkeys(arm for pair in pairs for arm in pair["arms"]))  # one marker and colour per arm
     for ax, pair in zip(axes[0], pairs):
-        for index, (arm, row) in enumerate(pair["arms"].items()):
-            ax.scatter(row["flops_ratio"], 1 / row["speedup"], label=arm, marker="osD^v<>p*"[index % 9])
+        for arm, row in pair["arms"].items():
+            index = names.index(arm)
+            ax.scatter(row["flops_ratio"], 1 / row["speedup"], label=arm, marker="osD^v<>p*Xh"[index % 11],
+                       color=f"C{index % 10}")
         ax.plot([0.3, 1], [0.3, 1], color="grey", lw=0.7, ls="--")
         ax.set_title(f"{pair['model']} / {pair['backend']}", fontsize=9)
         ax.set_xlabel("FLOPs (× unpruned)")
         ax.set_ylabel("latency (× unpruned)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
+    axes[0][0].legend(fontsize=6)  # the first pair has every arm (Torch-Pruning runs on YOLOv8n only)
     fig.tight_layout()
     fig.savefig(RESULTS / "latency_aware.png", dpi=110)
 
