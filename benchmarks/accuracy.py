@@ -61,6 +61,24 @@ within 3 %; it says where a peer or a smaller model wins, and under each compari
 differences (every arm of a seed starts from the same pretrained weights). Writes ``accuracy.md`` (tables),
 ``accuracy.json`` (raw) and three PNG plots into ``--out-dir``;
 ``--render accuracy.json`` rewrites the tables and plots from a JSON without training.
+
+``--merge OLD.json`` completes a run of a few arms with an earlier run's results, e.g. one new arm trained per seed
+(in parallel, each with its own ``--out-dir``) and then merged in one final ``--reuse`` invocation::
+
+    python benchmarks/accuracy.py --arms ours-sensitivity-latency --threads 1 --no-sweep --workdir W --seeds 0 \
+        --out-dir /tmp/acc_seed0                          # likewise --seeds 1, --seeds 2
+    python benchmarks/accuracy.py --arms ours-sensitivity-latency --threads 1 --no-sweep --workdir W --seeds 0 1 2 \
+        --reuse --merge benchmarks/results/accuracy.json --out-dir benchmarks/results --prefix accuracy
+
+Every arm of OLD.json this invocation did not run joins ``runs`` and the table per seed of this run, marked
+``merged_from`` and keeping its own revision and configuration (this invocation's arms win). Per seed, this run's
+pretrained mAP50-95 is compared with OLD's (equal within 1e-6: the same deterministic pretraining, so the paired
+per-seed lines stay valid; otherwise the pairs of a merged arm with an arm of this run leave that seed out). The
+merged arms whose architecture does not depend on training (``unpruned``, ``modelpruning`` — masks only —,
+``sibling-scratch`` at its recorded ``width_multiple``, ``yolo11n``/``yolo26n-scratch``) are rebuilt from their YAML
+(random init; FLOPs and params checked against OLD's) and timed in this run's one interleaved measurement; the
+others (``ours-*``, ``tp-magnitude``) keep OLD's latency (``latency_source``), marked † in the table, with speedups
+relative to OLD's unpruned model, and the verdict compares them with this run's models by those speedups only.
 """
 
 from __future__ import annotations
@@ -165,8 +183,16 @@ def make_data(cfg: Config, workdir: Path) -> None:
     from lightning_prune.data.synthetic import make_synthetic_dataset
 
     root = _data_root(workdir)
-    if not (root / "data.yaml").is_file():
-        make_synthetic_dataset(root, cfg.num_train, cfg.num_val, cfg.imgsz, cfg.data_seed, num_test=cfg.num_test)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # per-seed invocations may run in parallel on one work directory: one writes the data set, the others wait
+    with open(root.parent / "data.lock", "w") as lock:
+        with contextlib.suppress(ImportError, OSError):
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "data.yaml").is_file():
+            make_synthetic_dataset(root, cfg.num_train, cfg.num_val, cfg.imgsz, cfg.data_seed,
+                                   num_test=cfg.num_test)
 
 
 def _datamodule(cfg: Config, workdir: Path) -> Any:
@@ -551,8 +577,9 @@ def combine_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     the seeds where the arm finished, and the per-seed values kept (``*_seeds``)."""
     seeds = list(runs)
     combined: dict[str, dict[str, Any]] = {}
-    for arm in runs[seeds[0]]["arms"]:
-        results = [runs[s]["arms"].get(arm, {}) for s in seeds]
+    names = _ordered([arm for s in seeds for arm in runs[s]["arms"]])  # every arm of any seed (merged ones too)
+    for arm in names:
+        results = [runs[s]["arms"].get(arm, {"ok": False, "error": "not run for this seed"}) for s in seeds]
         done = [r for r in results if r.get("ok")]
         if not done:
             combined[arm] = results[0]
@@ -567,6 +594,137 @@ def combine_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             first["failed_seeds"] = failed
         combined[arm] = first
     return combined
+
+
+def _ordered(names: list[str]) -> list[str]:
+    """Arm names without repeats, in ``ARMS`` order (unknown names last, as they came)."""
+    unique = list(dict.fromkeys(names))
+    return sorted(unique, key=lambda n: (ARMS.index(n) if n in ARMS else len(ARMS), unique.index(n)))
+
+
+# -- --merge: arms of an earlier results JSON -------------------------------------------------------------------------
+PRETRAIN_TOLERANCE = 1e-6  # pretrained mAP50-95 equal within this: the same (deterministic) pretraining
+REBUILDABLE_ARMS = ("unpruned", "modelpruning", "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
+LATENCY_REBUILT = "this run (architecture rebuilt from its YAML, random init)"
+LATENCY_EARLIER = "earlier run"
+MERGE_CONFIG_IGNORES = ("seed", "sweep")  # keys that may differ between the merged run and this one
+
+
+def load_merge_source(path: Path) -> dict[str, Any]:
+    """The earlier results JSON of ``--merge`` (read before anything runs: the output may overwrite it)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data.get("runs"), dict) or not isinstance(data.get("config"), dict):
+        raise SystemExit(f"--merge {path}: not a results JSON of this script (no 'runs'/'config')")
+    return data
+
+
+def _earlier_loaded(old_latency: dict[str, Any]) -> bool:
+    """Whether the earlier latency block ran with more runnable work than cores (a load average above the cores)."""
+    loads = [v[0] for v in (old_latency.get("loadavg_before"), old_latency.get("loadavg_after")) if v]
+    return bool(loads) and max(loads) > (os.cpu_count() or 1)
+
+
+def merge_runs(runs: dict[int, dict[str, Any]], own_arms: list[str], old: dict[str, Any], source: str,
+               cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """Take every arm of ``old`` that this invocation did not run (``own_arms`` win, even failed), per seed of this
+    run, into ``runs`` (in place), marked ``merged_from``, each keeping its own ``git`` revision and ``config``.
+
+    Returns the merge record: the source, its command/date/revision, per arm the seeds and revisions merged, the
+    pretraining check per seed (this run's pretrained mAP50-95 against the merged file's: equal within
+    ``PRETRAIN_TOLERANCE`` means the same pretrained weights, so arms of both runs pair by seed), the earlier run's
+    seeds this run has not, and the configuration keys that differ (``MERGE_CONFIG_IGNORES`` aside)."""
+    old_runs = old.get("runs", {})
+    record: dict[str, Any] = {"source": source, "command": old.get("command"), "date": old.get("date"),
+                              "git": old.get("git"), "own_arms": list(own_arms), "arms": {}, "pretrain_match": {},
+                              "seeds_not_merged": [s for s in old.get("seeds", []) if s not in runs],
+                              "config_differs": {}}
+    old_cfg = old.get("config", {})
+    for key in sorted(set(old_cfg) | set(cfg_dict)):
+        if key not in MERGE_CONFIG_IGNORES and old_cfg.get(key) != cfg_dict.get(key):
+            record["config_differs"][key] = {"this": cfg_dict.get(key), "merged": old_cfg.get(key)}
+    for seed, run in runs.items():
+        old_run = old_runs.get(str(seed))
+        if not isinstance(old_run, dict):
+            continue
+        mine = run.get("pretrain", {}).get("map50_95")
+        theirs = old_run.get("pretrain", {}).get("map50_95")
+        match = mine is not None and theirs is not None and abs(mine - theirs) <= PRETRAIN_TOLERANCE
+        record["pretrain_match"][str(seed)] = {"this": mine, "merged": theirs, "match": match}
+        for arm, result in old_run.get("arms", {}).items():
+            if arm in own_arms:
+                continue
+            run["arms"][arm] = {**result, "merged_from": source}
+            entry = record["arms"].setdefault(arm, {"seeds": [], "git": []})
+            entry["seeds"].append(seed)
+            rev = result.get("git", old.get("git", "unknown"))
+            if rev not in entry["git"]:
+                entry["git"].append(rev)
+        run["arms"] = {arm: run["arms"][arm] for arm in _ordered(list(run["arms"]))}
+    if record["config_differs"]:
+        log(f"--merge: the merged run's configuration differs: {record['config_differs']}")
+    for seed, check in record["pretrain_match"].items():
+        if not check["match"]:
+            log(f"--merge: seed {seed} pretrained mAP50-95 {check['this']} here vs {check['merged']} in {source}: "
+                "different pretrained weights, paired lines with merged arms left out for this seed")
+    return record
+
+
+def _config_of(result: dict[str, Any], default: Config) -> Config:
+    known = {f.name for f in dataclasses.fields(Config)}
+    saved = result.get("config")
+    return Config(**{k: v for k, v in saved.items() if k in known}) if isinstance(saved, dict) else default
+
+
+def rebuild_architecture(arm: str, result: dict[str, Any], default: Config) -> nn.Module:
+    """A merged arm's architecture where it does not depend on training (``REBUILDABLE_ARMS``), random init (speed
+    does not depend on the weights): ``unpruned`` and ``modelpruning`` (masks only) are the base YAML,
+    ``sibling-scratch`` the base YAML at the ``width_multiple`` its result records (recomputed as the run did when
+    it is not recorded), ``yolo11n``/``yolo26n-scratch`` their YAMLs, as ``run_scratch`` builds them."""
+    from lightning_prune.integrations.ultralytics import build_yolo_model
+
+    cfg = _config_of(result, default)
+    torch.manual_seed(cfg.seed)
+    if arm in ("unpruned", "modelpruning"):
+        return build_yolo_model(cfg.model, 3).eval()
+    if arm == "sibling-scratch":
+        width = result.get("width_multiple")
+        model = _yaml_at_width(cfg.model, float(width), seed=cfg.seed) if width else sibling_model(cfg,
+                                                                                                   1.0 - cfg.target)
+        return model.eval()
+    if arm in MODEL_FREE_ARMS:
+        return build_yolo_model(f"{arm.removesuffix('-scratch')}.yaml", 3).eval()
+    raise ValueError(f"{arm}'s architecture depends on its training: it cannot be rebuilt")
+
+
+def merged_latency_models(arms: dict[str, dict[str, Any]], cfg: Config) -> dict[str, nn.Module]:
+    """The models to time for the merged arms, each arm's ``latency_source`` set (in place): rebuilt architectures
+    whose FLOPs and parameters at 640 px equal the merged result's are timed in this run; the rest (architecture
+    from training, a failed rebuild or a mismatch) keep the earlier run's numbers (``LATENCY_EARLIER``)."""
+    from lightning_prune import count_flops, count_params
+
+    x640 = torch.zeros(1, 3, LATENCY_SIZE, LATENCY_SIZE)
+    models = {}
+    for arm, r in arms.items():
+        if not r.get("merged_from") or not r.get("ok"):
+            continue
+        r["latency_source"] = LATENCY_EARLIER
+        if arm not in REBUILDABLE_ARMS:
+            continue
+        try:
+            model = rebuild_architecture(arm, r, cfg)
+            flops, params = count_flops(model, x640), count_params(model)
+        except Exception as err:  # noqa: BLE001 - the earlier numbers stay, with the cause
+            r["rebuild_error"] = one_line(err)
+            log(f"  {arm}: could not rebuild its architecture ({r['rebuild_error']}): earlier latency kept")
+            continue
+        if flops != r.get("flops_640") or params != r.get("params"):
+            r["rebuild_error"] = (f"rebuilt {flops} FLOPs / {params} params, merged result {r.get('flops_640')} / "
+                                  f"{r.get('params')}")
+            log(f"  {arm}: rebuilt architecture differs ({r['rebuild_error']}): earlier latency kept")
+            continue
+        r["latency_source"] = LATENCY_REBUILT
+        models[arm] = model
+    return models
 
 
 def _fused(model: nn.Module) -> nn.Module:
@@ -618,9 +776,29 @@ def measure_latency_all(arm_models: dict[str, nn.Module], cfg: Config) -> dict[s
 
 
 # -- report -----------------------------------------------------------------------------------------------------------
+def _is_earlier(data: dict[str, Any], name: str) -> bool:
+    """A merged arm whose latency is the merged file's own (earlier) measurement, not this run's."""
+    return str(data.get("arms", {}).get(name, {}).get("latency_source", "")).startswith(LATENCY_EARLIER)
+
+
+def _measured(block: dict[str, Any] | None, backend: str, name: str) -> float | None:
+    entry = (block or {}).get(backend, {}).get(name)
+    return entry["median_ms"] if isinstance(entry, dict) and "median_ms" in entry else None
+
+
 def _latency(data: dict[str, Any], backend: str, name: str) -> float | None:
-    entry = data["latency"].get(backend, {}).get(name)
-    return entry["median_ms"] if isinstance(entry, dict) else None
+    """``name``'s median latency: this run's measurement, or the earlier one's for a merged arm flagged so."""
+    return _measured(data.get("latency_earlier") if _is_earlier(data, name) else data["latency"], backend, name)
+
+
+def _reference(data: dict[str, Any], backend: str, name: str) -> float | None:
+    """The unpruned latency of the same measurement as ``name``'s (speedups never mix measurements)."""
+    block = data.get("latency_earlier") if _is_earlier(data, name) else data["latency"]
+    return _measured(block, backend, "unpruned")
+
+
+def _earlier_words(data: dict[str, Any]) -> str:
+    return "earlier, loaded" if data.get("merge", {}).get("latency_earlier_loaded") else "earlier"
 
 
 def render(data: dict[str, Any], prefix: str) -> str:
@@ -649,6 +827,7 @@ def render(data: dict[str, Any], prefix: str) -> str:
         f"train / {cfg.num_val} val / {cfg.num_test} held-out test images at {cfg.imgsz} px, 3 classes, batch "
         f"{cfg.batch_size}, ultralytics' augmentation pipeline (`YOLODataModule`)",
         *_reused_line(runs),
+        *_merge_lines(data),
         *_revisions_line(runs, data["git"]),
         f"- Seeds: {', '.join(map(str, seeds))} (model init, data order, augmentation); each seed has its own "
         "pretrained model and runs every arm from it; mAP below is the mean over the seeds, the per-seed values in "
@@ -674,8 +853,6 @@ def render(data: dict[str, Any], prefix: str) -> str:
         "| ONNX Runtime ms (speedup) | train wall min | notes |",
         "|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    base_eager = _latency(data, "eager", "unpruned")
-    base_ort = _latency(data, "onnxruntime", "unpruned")
     for arm, r in arms.items():
         label = ARM_LABELS.get(arm, arm)
         if not r.get("ok"):
@@ -696,6 +873,12 @@ def render(data: dict[str, Any], prefix: str) -> str:
                          f"{'×'.join(map(str, table['input_shape']))} ({r.get('pruning_plans', '?')} plans applied)")
         if r.get("reused_from"):
             notes.append(f"reused from {r['reused_from']}")
+        if r.get("merged_from"):
+            notes.append(f"merged from `{r['merged_from']}` (ran at {r.get('git', '?')})"
+                         + ("; latency: rebuilt architecture timed in this run"
+                            if r.get("latency_source") == LATENCY_REBUILT else ""))
+        if r.get("rebuild_error"):
+            notes.append(f"not rebuilt for timing: {r['rebuild_error']}")
         if r.get("failed_seeds"):
             notes.append("failed: " + "; ".join(r["failed_seeds"]))
         if r.get("ema") is False:
@@ -703,13 +886,21 @@ def render(data: dict[str, Any], prefix: str) -> str:
         if arm == "modelpruning":
             notes.append(f"{r['zeroed_filters']:.0%} of filters zeroed behind masks, none removed: FLOPs, params "
                          f"and latency unchanged (step amount {r['step_amount']:.3f})")
+        dagger = " †" if _is_earlier(data, arm) else ""
         lines.append(
             f"| {label} | {_seeds(r, 'map50_95')} | {_seeds(r, 'map50')} "
             f"| {r['flops_640'] / 1e9:.2f}{pct(r['flops_640'], base_flops)} "
             f"| {r['params'] / 1e6:.2f}{pct(r['params'], base_params)} "
-            f"| {_fmt_speed(_latency(data, 'eager', arm), base_eager)} "
-            f"| {_fmt_speed(_latency(data, 'onnxruntime', arm), base_ort)} "
+            f"| {_fmt_speed(_latency(data, 'eager', arm), _reference(data, 'eager', arm))}{dagger} "
+            f"| {_fmt_speed(_latency(data, 'onnxruntime', arm), _reference(data, 'onnxruntime', arm))}{dagger} "
             f"| {r['fit_s'] / 60:.1f} | {'; '.join(notes)} |")
+    earlier = [arm for arm, r in arms.items() if r.get("ok") and _is_earlier(data, arm)]
+    if earlier:
+        lines += ["", f"† latency of {', '.join(earlier)} from the {_earlier_words(data)} measurement of "
+                  f"`{data.get('merge', {}).get('source', '?')}` (load average before/after its latency block: "
+                  f"{_loads({'latency': data.get('latency_earlier') or {}})}), their speedups relative to that "
+                  "measurement's unpruned model; their milliseconds are not comparable with the other rows' "
+                  "(compare the speedups)."]
     lines += ["", *verdict(data), ""]
     sweep = [name for name in data["latency"].get("eager", {}) if name.startswith("sweep")]
     if sweep:
@@ -735,12 +926,63 @@ def render(data: dict[str, Any], prefix: str) -> str:
 
 
 def _reused_line(runs: dict[str, Any]) -> list[str]:
-    reused = [f"seed {seed}: {', '.join(arm for arm, r in run['arms'].items() if r.get('reused'))}"
-              for seed, run in runs.items() if any(r.get("reused") for r in run["arms"].values())]
+    def reused(r: dict[str, Any]) -> bool:  # a merged arm's own reuse belongs to the merged run
+        return bool(r.get("reused")) and not r.get("merged_from")
+
+    reused = [f"seed {seed}: {', '.join(arm for arm, r in run['arms'].items() if reused(r))}"
+              for seed, run in runs.items() if any(reused(r) for r in run["arms"].values())]
     if not reused:
         return []
     return [f"- Reused (`--reuse`) from an earlier invocation with the identical configuration: "
             f"{'; '.join(reused)}"]
+
+
+def _merge_lines(data: dict[str, Any]) -> list[str]:
+    """``--merge``: the merged file and its arms with their revisions, the pretraining check, where each merged
+    arm's latency comes from."""
+    merge = data.get("merge")
+    if not merge:
+        return []
+    arms = data.get("arms", {})
+    merged = "; ".join(f"{arm} (seeds {', '.join(map(str, e['seeds']))}; git {', '.join(e['git'])})"
+                       for arm, e in merge.get("arms", {}).items()) or "no arm"
+    lines = [f"- Merged (`--merge`) from `{merge['source']}` (its command `{merge.get('command')}`, "
+             f"{merge.get('date')}, git {merge.get('git')}): {merged}; this invocation ran "
+             f"{', '.join(merge.get('own_arms', [])) or 'no arm'} itself (its arms win over the merged file's)"]
+    if merge.get("seeds_not_merged"):
+        lines.append(f"- Seeds of the merged file this run does not have (left out): "
+                     f"{', '.join(map(str, merge['seeds_not_merged']))}")
+    if merge.get("config_differs"):
+        diffs = "; ".join(f"{k}: {v['this']} here, {v['merged']} there" for k, v in merge["config_differs"].items())
+        lines.append(f"- **The merged run's configuration differs from this one's**: {diffs}")
+    checks = merge.get("pretrain_match", {})
+    if checks:
+        def fmt(v: Any) -> str:
+            return f"{v:.6f}" if isinstance(v, (int, float)) else "n/a"
+
+        values = ", ".join(f"seed {s} {fmt(c['this'])} vs {fmt(c['merged'])}" for s, c in checks.items())
+        bad = [s for s, c in checks.items() if not c.get("match")]
+        if not bad:
+            lines.append(f"- Pretraining check (this run's pretrained mAP50-95 vs the merged file's, tolerance "
+                         f"{PRETRAIN_TOLERANCE:g}): {values} — equal: identical weights, paired comparison valid")
+        else:
+            lines.append(f"- Pretraining check (this run's pretrained mAP50-95 vs the merged file's, tolerance "
+                         f"{PRETRAIN_TOLERANCE:g}): {values} — **differ for seed(s) {', '.join(bad)}**: there the "
+                         "merged arms started from different pretrained weights than this run's arms, so the paired "
+                         "per-seed lines between a merged arm and an arm of this run leave those seeds out")
+    rebuilt = [arm for arm, r in arms.items() if r.get("latency_source") == LATENCY_REBUILT]
+    earlier = [arm for arm, r in arms.items() if r.get("ok") and _is_earlier(data, arm)]
+    parts = []
+    if rebuilt:
+        parts.append(f"{', '.join(rebuilt)} timed in this run's interleaved measurement on their architecture "
+                     "rebuilt from the YAML (random init: speed does not depend on the weights; FLOPs and params "
+                     "checked equal to the merged results')")
+    if earlier:
+        parts.append(f"{', '.join(earlier)} (architecture from training, models not kept) keep the "
+                     f"{_earlier_words(data)} measurement's numbers †, speedups relative to its unpruned model")
+    if parts:
+        lines.append("- Latency of the merged arms: " + "; ".join(parts))
+    return lines
 
 
 def _revisions_line(runs: dict[str, Any], final: str) -> list[str]:
@@ -807,6 +1049,11 @@ def _faster(data: dict[str, Any], a: str, b: str, backend: str, tolerance: float
     ms_a, ms_b = _latency(data, backend, a), _latency(data, backend, b)
     if not ms_a or not ms_b:
         return 0
+    if _is_earlier(data, a) != _is_earlier(data, b):  # two measurements: compare latencies relative to unpruned
+        ref_a, ref_b = _reference(data, backend, a), _reference(data, backend, b)
+        if not ref_a or not ref_b:
+            return 0
+        ms_a, ms_b = ms_a / ref_a, ms_b / ref_b
     if abs(ms_a - ms_b) <= tolerance * max(ms_a, ms_b):
         return 0
     return 1 if ms_a < ms_b else -1
@@ -836,14 +1083,16 @@ def verdict(data: dict[str, Any]) -> list[str]:
                          ".")
             lines += _paired_line(data, arm, "unpruned")
     for arm in ours:
-        for other in others + [k for k in ours if k != arm and k in ("ours-uniform",) and arm != "ours-uniform"]:
+        # ours against ours-uniform; the latency-cost arm also against the FLOPs-cost sensitivity it replaces
+        mates = ("ours-uniform", "ours-sensitivity") if arm == "ours-sensitivity-latency" else ("ours-uniform",)
+        for other in others + [k for k in ours if k != arm and k in mates]:
             outcome, sentence = compare_map(arm, arms[arm], other, arms[other])
             speed = []
             for backend in ("eager", "onnxruntime"):
                 ms_a, ms_b = _latency(data, backend, arm), _latency(data, backend, other)
                 if ms_a and ms_b:
                     word = {1: "faster", -1: "slower", 0: "as fast (within 3 %)"}[_faster(data, arm, other, backend)]
-                    speed.append(f"{backend} {ms_a:.0f} vs {ms_b:.0f} ms: {arm} {word}")
+                    speed.append(_speed_words(data, backend, arm, other, word))
             flops = f"{arm} at {arms[arm]['flops_640'] / 1e9:.2f} vs {arms[other]['flops_640'] / 1e9:.2f} GFLOPs"
             dominated = ""
             eager_speed = _faster(data, arm, other, "eager")
@@ -857,11 +1106,45 @@ def verdict(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _speed_words(data: dict[str, Any], backend: str, a: str, b: str, word: str) -> str:
+    """One latency comparison of the verdict, saying when a number is the earlier (merged) run's measurement."""
+    ms_a, ms_b = _latency(data, backend, a), _latency(data, backend, b)
+    early = [arm for arm in (a, b) if _is_earlier(data, arm)]
+    if not early:
+        return f"{backend} {ms_a:.0f} vs {ms_b:.0f} ms: {a} {word}"
+    if len(early) == 2:
+        return (f"{backend} {ms_a:.0f} vs {ms_b:.0f} ms (both from the {_earlier_words(data)} measurement †): "
+                f"{a} {word}")
+    ref_a, ref_b = _reference(data, backend, a), _reference(data, backend, b)
+    if not ref_a or not ref_b:
+        return f"{backend}: not comparable ({early[0]}'s latency is from the {_earlier_words(data)} measurement †)"
+    return (f"{backend} {ref_a / ms_a:.2f}× vs {ref_b / ms_b:.2f}× speedup over the unpruned model of the same "
+            f"measurement ({early[0]}'s from the {_earlier_words(data)} measurement †, the other's from this run): "
+            f"{a} {word}")
+
+
+def _unpaired_seeds(data: dict[str, Any], a: str, b: str) -> list[int]:
+    """Seeds where exactly one of ``a``/``b`` is merged and the pretraining check failed: different pretrained
+    weights, so that seed's difference is no paired comparison."""
+    checks = data.get("merge", {}).get("pretrain_match", {})
+    out = []
+    for seed in data.get("seeds", []):
+        run = data.get("runs", {}).get(str(seed), {}).get("arms", {})
+        merged = [bool(run.get(arm, {}).get("merged_from")) for arm in (a, b)]
+        if merged[0] != merged[1] and not checks.get(str(seed), {}).get("match", True):
+            out.append(seed)
+    return out
+
+
 def paired_differences(data: dict[str, Any], a: str, b: str) -> list[tuple[int, float]]:
     """``(seed, mAP50-95 of a − of b)`` for every seed where both arms finished: every arm of a seed starts from the
-    same pretrained weights, data order and augmentation, so these pairs are the like-for-like comparison."""
+    same pretrained weights, data order and augmentation, so these pairs are the like-for-like comparison. A seed
+    where one arm is merged (``--merge``) and the pretraining check failed is left out (``_unpaired_seeds``)."""
     pairs = []
+    unpaired = _unpaired_seeds(data, a, b)
     for seed in data.get("seeds", []):
+        if seed in unpaired:
+            continue
         run = data.get("runs", {}).get(str(seed), {}).get("arms", {})
         ra, rb = run.get(a, {}), run.get(b, {})
         if ra.get("ok") and rb.get("ok"):
@@ -879,14 +1162,18 @@ def _paired_line(data: dict[str, Any], a: str, b: str) -> list[str]:
         '  - paired by seed, x − y: +3.4, +5.1, −1.0 points (seeds 0, 1, 2); x ahead in 2/3 seeds'
     """
     pairs = paired_differences(data, a, b)
+    unpaired = _unpaired_seeds(data, a, b)
+    left_out = (f"seed(s) {', '.join(map(str, unpaired))} left out: a merged arm started there from other "
+                "pretrained weights (the pretraining check failed)") if unpaired else ""
     if not pairs:
-        return []
+        return [f"  - paired by seed, {a} − {b}: not valid — {left_out}"] if unpaired else []
     diffs = ", ".join(f"{d * 100:+.1f}".replace("-", "−") for _, d in pairs)
     ahead = sum(d > 0 for _, d in pairs)
     behind = sum(d < 0 for _, d in pairs)
     tail = f"{a} ahead in {ahead}/{len(pairs)} seeds" + (f", level in {len(pairs) - ahead - behind}"
                                                          if len(pairs) - ahead - behind else "")
-    return [f"  - paired by seed, {a} − {b}: {diffs} points (seeds {', '.join(str(s) for s, _ in pairs)}); {tail}"]
+    return [f"  - paired by seed, {a} − {b}: {diffs} points (seeds {', '.join(str(s) for s, _ in pairs)}); {tail}"
+            + (f"; {left_out}" if left_out else "")]
 
 
 def _sweep_verdict(data: dict[str, Any]) -> list[str]:
@@ -962,8 +1249,10 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         for arm, r in arms.items():
             ms = _latency(data, backend, arm)
             if ms is not None:
+                early = _is_earlier(data, arm)  # another measurement: hollow, labelled
                 ax.errorbar(ms, r["map50_95"], yerr=yerr(r), marker=markers.get(arm, "o"), color=colors.get(arm),
-                            markersize=9, capsize=4, linestyle="", label=arm)
+                            markersize=9, capsize=4, linestyle="", markerfacecolor="none" if early else None,
+                            label=f"{arm} † (earlier run)" if early else arm)
         ax.set_xlabel(f"{backend} latency, ms (batch 1, {LATENCY_SIZE} px)")
         ax.set_title(backend)
         ax.grid(alpha=0.3)
@@ -974,12 +1263,12 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
     for ax, backend in zip(axes, ("eager", "onnxruntime"), strict=True):
         series: dict[str, list[tuple[float, float]]] = {}
-        ref = _latency(data, backend, "unpruned")
-        if base and ref:
+        if base:
             for arm, r in arms.items():
-                ms = _latency(data, backend, arm)
-                if ms is not None and arm != "unpruned":
-                    series.setdefault(arm, []).append((1 - r["flops_640"] / base["flops_640"], ref / ms))
+                ms, ref = _latency(data, backend, arm), _reference(data, backend, arm)  # one measurement each
+                if ms is not None and ref and arm != "unpruned":
+                    series.setdefault(f"{arm} †" if _is_earlier(data, arm) else arm, []).append(
+                        (1 - r["flops_640"] / base["flops_640"], ref / ms))
         sweep_ref = _latency(data, backend, "sweep unpruned")
         for name, flops in data.get("sweep_flops", {}).items():
             ms = _latency(data, backend, name)
@@ -1032,6 +1321,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "configuration apart from model/sweep (default: the default YOLOv8n work directory)")
     parser.add_argument("--no-sweep", action="store_true",
                         help="skip the untrained speed sweep (of YOLOv8n; skipped anyway for another --model)")
+    parser.add_argument("--merge", type=Path, metavar="OLD_JSON",
+                        help="after this invocation's own arms, take every other arm of an earlier results JSON "
+                             "(per seed of this run; own arms win), check the pretraining matches, time the merged "
+                             "arms whose architecture does not depend on training and keep the earlier latency "
+                             "(flagged) for the rest")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only rewrite the .md and plots from a results JSON this script wrote (no training)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -1081,6 +1375,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
 
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(DEFAULT_SEEDS))
+    merge_old = load_merge_source(args.merge) if args.merge else None  # before anything can overwrite it
     make_data(cfg, workdir)
     runs: dict[int, dict[str, Any]] = {}
     for seed in seeds:
@@ -1096,12 +1391,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['fit_s']:.0f} s{' (reused)' if r.get('reused') else ''}")
             else:
                 log(f"  {arm}: FAILED {r['error']}")
+    merge_record = None
+    if merge_old is not None:
+        merge_record = merge_runs(runs, list(args.arms), merge_old, str(args.merge), asdict(cfg))
+        merge_record["latency_earlier_loaded"] = _earlier_loaded(merge_old.get("latency", {}))
+        log(f"merged from {args.merge}: {', '.join(merge_record['arms']) or 'no arm'}")
     arms = combine_seeds(runs)
 
     # speed does not depend on the weights: the first seed's models are timed
     first_dir = workdir / f"seed{seeds[0]}"
     models = {arm: torch.load(first_dir / f"arm-{arm}.pt", weights_only=False)
-              for arm, r in runs[seeds[0]]["arms"].items() if r.get("ok")}
+              for arm, r in runs[seeds[0]]["arms"].items() if r.get("ok") and not r.get("merged_from")}
+    if merge_record is not None:  # merged arms: rebuilt architectures join this run's one interleaved measurement
+        models.update(merged_latency_models(arms, cfg))
     sweep_flops: dict[str, int] = {}
     if cfg.sweep:
         from lightning_prune import count_flops
@@ -1116,6 +1418,9 @@ def main(argv: list[str] | None = None) -> int:
     data = {"command": command, "date": started, "git": git_rev(CODE_PATHS), "config": asdict(cfg), "seeds": seeds,
             "runs": {str(seed): run for seed, run in runs.items()}, "arms": arms, "latency": latency,
             "sweep_flops": sweep_flops, "total_s": time.monotonic() - t0}
+    if merge_old is not None:
+        data["merge"] = merge_record
+        data["latency_earlier"] = merge_old.get("latency", {})  # the merged file's own measurement, as it was
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{prefix}.json").write_text(json.dumps(data, indent=1, default=float))
     written = plots(data, args.out_dir, prefix)

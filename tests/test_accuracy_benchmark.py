@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -131,3 +132,204 @@ def test_peer_arms_set_up_on_yolov7_tiny(arm: str, tmp_path: Path) -> None:
         assert extra["csp_blocks_rewritten"] == 0 and 0 < extra["tp_ratio"] < 0.9
     else:
         assert 0 < extra["channel_fraction"] < 1
+
+
+# -- --merge (fabricated JSON, no training) ---------------------------------------------------------------------------
+def _cfg(seed: int) -> dict:
+    return asdict(accuracy.Config(threads=1, sweep=False, seed=seed))
+
+
+def _res(value: float, seed: int, git: str, flops: int = 4_000_000_000, params: int = 1_000_000, **extra) -> dict:
+    return {"ok": True, "map50_95": value, "map50": value + 0.2, "fit_s": 60.0, "flops": flops // 25,
+            "flops_base": 8_000_000_000 // 25, "flops_640": flops, "params": params, "zeroed_filters": 0.0,
+            "config": _cfg(seed), "git": git, "reused": True, **extra}
+
+
+def _old(pretrain: tuple[float, ...] = (0.35, 0.51, 0.48)) -> dict:
+    runs = {}
+    for seed, pre in enumerate(pretrain):
+        runs[str(seed)] = {"pretrain": {"map50_95": pre, "map50": 0.5, "ok": True}, "arms": {
+            "unpruned": _res(0.70 + seed / 100, seed, "5a58f3c", flops=8_000_000_000, params=3_000_000),
+            "ours-sensitivity": _res(0.68 + seed / 100, seed, "5a58f3c", params=700_000),
+            "modelpruning": _res(0.65, seed, "4138f81", flops=8_000_000_000, params=3_000_000, ema=False,
+                                 step_amount=0.11, channel_fraction=0.3, zeroed_filters=0.3),
+            "sibling-scratch": _res(0.72 - seed / 100, seed, "5a58f3c", width_multiple=0.15),
+            "ours-sensitivity-latency": _res(0.10, seed, "5a58f3c")}}  # an old version: this run's own must win
+    latency = {"loadavg_before": [9.2, 9.5, 8.8], "loadavg_after": [6.2, 7.1, 7.9],
+               "eager": {"unpruned": {"median_ms": 600.0, "iqr_ms": 1.0},
+                         "ours-sensitivity": {"median_ms": 300.0, "iqr_ms": 1.0},
+                         "modelpruning": {"median_ms": 700.0, "iqr_ms": 1.0},
+                         "sibling-scratch": {"median_ms": 450.0, "iqr_ms": 1.0}},
+               "onnxruntime": {"unpruned": {"median_ms": 200.0, "iqr_ms": 1.0},
+                               "ours-sensitivity": {"median_ms": 120.0, "iqr_ms": 1.0}}}
+    return {"command": "python benchmarks/accuracy.py --old", "date": "2026-12-01 21:49 UTC", "git": "4138f81",
+            "config": _cfg(0), "seeds": [0, 1, 2], "runs": runs, "latency": latency, "sweep_flops": {}}
+
+
+def _this_runs(pretrain: tuple[float, ...] = (0.35, 0.51, 0.48)) -> dict:
+    return {seed: {"pretrain": {"map50_95": pre, "ok": True},
+                   "arms": {"ours-sensitivity-latency": _res(0.69 + seed / 100, seed, "6b1a899", reused=False)}}
+            for seed, pre in enumerate(pretrain)}
+
+
+def _merged_data(runs: dict, old: dict, record: dict) -> dict:
+    arms = accuracy.combine_seeds(runs)
+    for arm, r in arms.items():  # as merged_latency_models decides, without building models
+        if r.get("merged_from"):
+            r["latency_source"] = (accuracy.LATENCY_REBUILT if arm in accuracy.REBUILDABLE_ARMS
+                                   else accuracy.LATENCY_EARLIER)
+    record["latency_earlier_loaded"] = accuracy._earlier_loaded(old["latency"])
+    latency = {"loadavg_before": [0.1, 0.1, 0.1], "loadavg_after": [0.2, 0.2, 0.2],
+               "eager": {"unpruned": {"median_ms": 200.0, "iqr_ms": 1.0},
+                         "ours-sensitivity-latency": {"median_ms": 100.0, "iqr_ms": 1.0},
+                         "modelpruning": {"median_ms": 201.0, "iqr_ms": 1.0},
+                         "sibling-scratch": {"median_ms": 150.0, "iqr_ms": 1.0}},
+               "onnxruntime": {"unpruned": {"median_ms": 80.0, "iqr_ms": 1.0},
+                               "ours-sensitivity-latency": {"median_ms": 40.0, "iqr_ms": 1.0}}}
+    return {"command": "python benchmarks/accuracy.py --merge old.json", "date": "2026-12-02 09:00 UTC",
+            "git": "6b1a899", "config": _cfg(0), "seeds": list(runs), "total_s": 60.0,
+            "runs": {str(s): r for s, r in runs.items()}, "arms": arms, "latency": latency, "sweep_flops": {},
+            "merge": record, "latency_earlier": old["latency"]}
+
+
+def test_merge_takes_other_arms_own_arms_win_and_checks_pretraining() -> None:
+    runs, old = _this_runs(), _old()
+    record = accuracy.merge_runs(runs, ["ours-sensitivity-latency"], old, "old.json", _cfg(0))
+    for seed in (0, 1, 2):
+        arms = runs[seed]["arms"]
+        assert list(arms) == ["unpruned", "ours-sensitivity", "modelpruning", "ours-sensitivity-latency",
+                              "sibling-scratch"]  # ARMS order
+        assert arms["ours-sensitivity-latency"]["map50_95"] == pytest.approx(0.69 + seed / 100)  # own wins
+        assert "merged_from" not in arms["ours-sensitivity-latency"]
+        assert arms["unpruned"]["merged_from"] == "old.json"
+        assert arms["unpruned"]["git"] == "5a58f3c" and arms["modelpruning"]["git"] == "4138f81"
+        assert arms["unpruned"]["config"]["seed"] == seed  # its own configuration
+    assert set(record["arms"]) == {"unpruned", "ours-sensitivity", "modelpruning", "sibling-scratch"}
+    assert record["arms"]["modelpruning"] == {"seeds": [0, 1, 2], "git": ["4138f81"]}
+    assert all(c["match"] for c in record["pretrain_match"].values())
+    assert record["config_differs"] == {} and record["seeds_not_merged"] == []
+    data = _merged_data(runs, old, record)
+    assert data["arms"]["unpruned"]["map50_95_seeds"] == pytest.approx([0.70, 0.71, 0.72])
+    text = accuracy.render(data, "accuracy")
+    assert "Merged (`--merge`) from `old.json`" in text and "modelpruning (seeds 0, 1, 2; git 4138f81)" in text
+    assert "identical weights, paired comparison valid" in text
+    assert "4138f81: modelpruning" in text and "5a58f3c: ours-sensitivity, sibling-scratch, unpruned" in text
+    assert "Reused (`--reuse`)" not in text  # the merged run's own reuse is not this invocation's
+    (line,) = accuracy._paired_line(data, "ours-sensitivity-latency", "unpruned")
+    assert "(seeds 0, 1, 2)" in line and "left out" not in line
+
+
+def test_merge_only_this_runs_seeds_and_config_differences() -> None:
+    runs = {0: _this_runs()[0]}
+    cfg = {**_cfg(0), "finetune_epochs": 3}
+    record = accuracy.merge_runs(runs, ["ours-sensitivity-latency"], _old(), "old.json", cfg)
+    assert record["seeds_not_merged"] == [1, 2] and list(record["pretrain_match"]) == ["0"]
+    assert record["config_differs"] == {"finetune_epochs": {"this": 3, "merged": 10}}
+
+
+def test_merge_pretrain_mismatch_leaves_out_mixed_pairs() -> None:
+    runs, old = _this_runs((0.35, 0.40, 0.48)), _old()
+    record = accuracy.merge_runs(runs, ["ours-sensitivity-latency"], old, "old.json", _cfg(0))
+    assert [s for s, c in record["pretrain_match"].items() if not c["match"]] == ["1"]
+    data = _merged_data(runs, old, record)
+    # a merged arm against this run's arm: seed 1 is no pair
+    assert [s for s, _ in accuracy.paired_differences(data, "ours-sensitivity-latency", "unpruned")] == [0, 2]
+    (line,) = accuracy._paired_line(data, "ours-sensitivity-latency", "unpruned")
+    assert "(seeds 0, 2)" in line and "seed(s) 1 left out" in line
+    # two merged arms started from the same (earlier) pretrained weights: still paired
+    assert [s for s, _ in accuracy.paired_differences(data, "ours-sensitivity", "unpruned")] == [0, 1, 2]
+    text = accuracy.render(data, "accuracy")
+    assert "differ for seed(s) 1" in text and "identical weights" not in text
+    # every seed mismatching: the paired line says it is not valid
+    runs, old = _this_runs((0.1, 0.2, 0.3)), _old()
+    data = _merged_data(runs, old, accuracy.merge_runs(runs, ["ours-sensitivity-latency"], old, "o.json", _cfg(0)))
+    (line,) = accuracy._paired_line(data, "ours-sensitivity-latency", "sibling-scratch")
+    assert "not valid" in line
+
+
+def test_merged_latency_sources_and_speedups_per_measurement() -> None:
+    runs, old = _this_runs(), _old()
+    data = _merged_data(runs, old, accuracy.merge_runs(runs, ["ours-sensitivity-latency"], old, "old.json",
+                                                       _cfg(0)))
+    arms = data["arms"]
+    assert arms["ours-sensitivity"]["latency_source"].startswith("earlier run")
+    assert arms["sibling-scratch"]["latency_source"] == accuracy.LATENCY_REBUILT
+    assert "latency_source" not in arms["ours-sensitivity-latency"]
+    assert data["merge"]["latency_earlier_loaded"] is (9.2 > (os.cpu_count() or 1))  # the larger 1-min load
+    # the earlier arm: its own number and the earlier unpruned as the reference; the rest: this run's
+    assert accuracy._latency(data, "eager", "ours-sensitivity") == 300.0
+    assert accuracy._reference(data, "eager", "ours-sensitivity") == 600.0
+    assert accuracy._latency(data, "eager", "sibling-scratch") == 150.0
+    assert accuracy._reference(data, "eager", "sibling-scratch") == 200.0
+    assert accuracy._latency(data, "eager", "unpruned") == 200.0
+    # across measurements only the speedups compare: 300/600 vs 100/200 is a tie, not "3× slower"
+    assert accuracy._faster(data, "ours-sensitivity", "ours-sensitivity-latency", "eager") == 0
+    assert accuracy._faster(data, "ours-sensitivity", "sibling-scratch", "eager") == 1  # 0.50 vs 0.75
+    text = accuracy.render(data, "accuracy")
+    row = next(line for line in text.splitlines() if line.startswith("| **ours: sensitivity (paper)**"))
+    assert "300.0 (2.00×) †" in row and "120.0 (1.67×) †" in row
+    row = next(line for line in text.splitlines() if line.startswith("| narrower sibling"))
+    assert "150.0 (1.33×)" in row and "†" not in row
+    assert "† latency of ours-sensitivity from the" in text
+    assert "speedup over the unpruned model of the same measurement (ours-sensitivity's from the" in text
+    assert "Latency of the merged arms:" in text
+    # the latency-cost arm is compared with the FLOPs-cost sensitivity arm it replaces
+    line = next(line for line in text.splitlines() if "ours-sensitivity-latency and ours-sensitivity tie" in line)
+    assert "eager 2.00× vs 2.00× speedup" in line
+
+
+def test_merged_latency_models_rebuild_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_prune import count_flops, count_params
+
+    tiny = torch.nn.Conv2d(3, 1, 1)
+    flops, params = count_flops(tiny, torch.zeros(1, 3, 640, 640)), count_params(tiny)
+    monkeypatch.setattr(accuracy, "rebuild_architecture", lambda arm, r, cfg: tiny)
+    arms = {"unpruned": _res(0.7, 0, "a", flops=flops, params=params, merged_from="o.json"),
+            "sibling-scratch": _res(0.7, 0, "a", flops=flops, params=params + 1, merged_from="o.json"),
+            "tp-magnitude": _res(0.6, 0, "a", merged_from="o.json"),
+            "ours-sensitivity-latency": _res(0.7, 0, "b")}
+    models = accuracy.merged_latency_models(arms, accuracy.Config())
+    assert list(models) == ["unpruned"]
+    assert arms["unpruned"]["latency_source"] == accuracy.LATENCY_REBUILT
+    assert arms["sibling-scratch"]["latency_source"] == accuracy.LATENCY_EARLIER  # mismatch: earlier kept
+    assert "params" in arms["sibling-scratch"]["rebuild_error"]
+    assert arms["tp-magnitude"]["latency_source"] == accuracy.LATENCY_EARLIER
+    assert "latency_source" not in arms["ours-sensitivity-latency"]
+
+
+def test_rebuilt_architectures_match_the_committed_results() -> None:
+    """The rebuilt merged arms have the FLOPs and params the earlier YOLOv8n run recorded for its trained models."""
+    pytest.importorskip("ultralytics")
+    from lightning_prune import count_flops, count_params
+
+    committed = json.loads((REPO / "benchmarks" / "results" / "accuracy.json").read_text())
+    cfg = accuracy.Config(**committed["config"])
+    x = torch.zeros(1, 3, 640, 640)
+    for arm in accuracy.REBUILDABLE_ARMS:
+        r = committed["arms"].get(arm)
+        if not r or not r.get("ok"):
+            continue
+        model = accuracy.rebuild_architecture(arm, r, cfg)
+        assert (count_flops(model, x), count_params(model)) == (r["flops_640"], r["params"]), arm
+    with pytest.raises(ValueError, match="depends on its training"):
+        accuracy.rebuild_architecture("ours-sensitivity", {}, cfg)
+
+
+def test_render_cli_on_merged_json(tmp_path: Path) -> None:
+    runs, old = _this_runs(), _old()
+    data = _merged_data(runs, old, accuracy.merge_runs(runs, ["ours-sensitivity-latency"], old, "old.json",
+                                                       _cfg(0)))
+    path = tmp_path / "merged.json"
+    path.write_text(json.dumps(data))
+    assert accuracy.main(["--render", str(path)]) == 0
+    text = (tmp_path / "merged.md").read_text()
+    assert "Merged (`--merge`)" in text and "†" in text
+
+
+def test_combine_seeds_keeps_arms_missing_in_the_first_seed() -> None:
+    runs = {0: {"arms": {"a": {"ok": True, "map50_95": 0.5, "map50": 0.7}}},
+            1: {"arms": {"a": {"ok": True, "map50_95": 0.6, "map50": 0.8},
+                         "unpruned": {"ok": True, "map50_95": 0.7, "map50": 0.9}}}}
+    combined = accuracy.combine_seeds(runs)
+    assert list(combined) == ["unpruned", "a"]
+    assert combined["unpruned"]["failed_seeds"] == ["seed 0: not run for this seed"]
