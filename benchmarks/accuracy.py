@@ -344,7 +344,8 @@ def _cost_table_facts(callbacks: list[Any]) -> dict[str, Any]:
     """For a ``cost="latency"`` arm: proof that the measured table was built and used (raises if it was not)."""
     for callback in callbacks:
         pruner = getattr(callback, "pruner", None)
-        if pruner is None or pruner.config.selection_cost != "latency":
+        config = getattr(pruner, "config", None)  # Torch-Pruning's callback holds a pruner without one
+        if config is None or getattr(config, "selection_cost", None) != "latency":
             continue
         table = pruner._cost_table  # noqa: SLF001 - only read, to record what was measured
         if table is None:
