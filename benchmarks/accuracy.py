@@ -522,14 +522,25 @@ def pretrained(cfg: Config, workdir: Path, timeout: float) -> dict[str, Any]:
     return result
 
 
-def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Run an arm, or with ``--reuse`` take its earlier result when it ran with the same configuration."""
+def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace,
+               need_model: bool = True) -> dict[str, Any]:
+    """Run an arm, or with ``--reuse`` take its earlier result when it ran with the same configuration: from the
+    work directory, or (``--reuse-json``) from an earlier results file — only for seeds whose models are not timed
+    (``need_model=False``), since a results file holds no models."""
     result_file = workdir / f"result-{arm}.json"
     if args.reuse:
         with contextlib.suppress(OSError, ValueError):
             old = json.loads(result_file.read_text())
-            if old.get("ok") and old.get("config") == asdict(cfg) and (workdir / f"arm-{arm}.pt").is_file():
+            if old.get("ok") and old.get("config") == asdict(cfg) and (
+                    not need_model or (workdir / f"arm-{arm}.pt").is_file()):
                 return {**old, "reused": True}
+        earlier = getattr(args, "reuse_json", None)
+        if earlier is not None and not need_model:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                old = json.loads(Path(earlier).read_text())["runs"][str(cfg.seed)]["arms"][arm]
+                if old.get("ok") and old.get("config") == asdict(cfg):
+                    log(f"  arm {arm}: reused from {earlier} (identical configuration, ran at {old.get('git')})")
+                    return {**old, "reused": True, "reused_from": str(earlier)}
         taken = _scratch_from_elsewhere(arm, cfg, workdir, getattr(args, "scratch_workdir", None))
         if taken is not None:
             return taken
@@ -1316,6 +1327,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "; --quick: 0)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse arms (per seed) that already ran with the same configuration in --workdir")
+    parser.add_argument("--reuse-json", type=Path, default=None,
+                        help="with --reuse: an earlier results JSON whose per-seed arm results count as earlier runs "
+                             "when their configuration is identical (seeds after the first only: the first seed's "
+                             "models are timed, and a results file holds none)")
     parser.add_argument("--scratch-workdir", type=Path, default=None,
                         help="with --reuse and another --model: the YOLOv8n run's --workdir, from which "
                              f"{' and '.join(MODEL_FREE_ARMS)} are taken when they ran with the identical "
@@ -1386,7 +1401,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"seed {seed}:")
         runs[seed] = {"pretrain": pretrained(seed_cfg, seed_dir, args.timeout), "arms": {}}
         for arm in args.arms:
-            runs[seed]["arms"][arm] = r = arm_result(arm, seed_cfg, seed_dir, args)
+            runs[seed]["arms"][arm] = r = arm_result(arm, seed_cfg, seed_dir, args, need_model=seed == seeds[0])
             if r.get("ok"):
                 log(f"  {arm}: mAP50-95 {r['map50_95']:.3f}, FLOPs {r['flops'] / r['flops_base']:.1%} of base, "
                     f"{r['fit_s']:.0f} s{' (reused)' if r.get('reused') else ''}")

@@ -333,3 +333,28 @@ def test_combine_seeds_keeps_arms_missing_in_the_first_seed() -> None:
     combined = accuracy.combine_seeds(runs)
     assert list(combined) == ["unpruned", "a"]
     assert combined["unpruned"]["failed_seeds"] == ["seed 0: not run for this seed"]
+
+
+def test_reuse_json_takes_earlier_results_for_seeds_whose_models_are_not_timed(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(accuracy.Config.quick(), seed=1)
+    earlier = tmp_path / "earlier.json"
+    entry = {"ok": True, "map50_95": 0.5, "config": asdict(cfg), "git": "abc1234"}
+    earlier.write_text(json.dumps({"runs": {"1": {"arms": {"ours-uniform": entry}}}}))
+    args = argparse.Namespace(reuse=True, reuse_json=earlier, scratch_workdir=None, timeout=1)
+    ran = []
+    monkeypatch.setattr(accuracy, "run_child", lambda *a, **k: ran.append(a) or {"ok": False, "error": "x"})
+    seed_dir = tmp_path / "seed1"
+    seed_dir.mkdir()
+    taken = accuracy.arm_result("ours-uniform", cfg, seed_dir, args, need_model=False)
+    assert taken["reused"] and taken["git"] == "abc1234" and taken["reused_from"] == str(earlier) and not ran
+    # the first seed's models are timed: a results file cannot stand in for them
+    accuracy.arm_result("ours-uniform", cfg, seed_dir, args, need_model=True)
+    assert ran
+    # another configuration is never reused
+    ran.clear()
+    accuracy.arm_result("ours-uniform", dataclasses.replace(cfg, finetune_epochs=cfg.finetune_epochs + 1), seed_dir,
+                        args, need_model=False)
+    assert ran
