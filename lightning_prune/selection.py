@@ -33,6 +33,7 @@ __all__ = [
     "sensitivity_counts",
     "uniform_counts",
     "global_counts",
+    "valid_counts",
 ]
 
 COST_INDEX = {"flops": 0, "params": 1}
@@ -231,8 +232,19 @@ def _closest(graph: DependencyGraph, ranking: Mapping[str, np.ndarray], below: d
     return below if short < over else above
 
 
-def _valid_counts(group: Group, round_to: int, min_channels: int,
-                  options: Mapping[str, Sequence[int]] | None = None) -> list[int]:
+def valid_counts(group: Group, round_to: int, min_channels: int,
+                 options: Mapping[str, Sequence[int]] | None = None) -> list[int]:
+    """The removal counts ``group`` may take, ascending: its allowed ``options`` when given, else every count that
+    ``round_to`` and ``min_channels`` allow.
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1)),
+        ...                         torch.randn(1, 3, 4, 4))
+        >>> group = graph.prunable_groups[0]
+        >>> valid_counts(group, 4, 1), valid_counts(group, 1, 1, {"0": [4, 0]})
+        ([0, 4], [0, 4])
+    """
     if options and group.name in options:
         return sorted(set(options[group.name]))
     return sorted({removal_count(group, k / group.size, round_to, min_channels) for k in range(group.size + 1)})
@@ -334,10 +346,12 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
             weight = channel_cost.get(group.name, 0.0) / mean
             normalised[group.name] = normalised[group.name] / weight if weight > 0 else \
                 np.full_like(normalised[group.name], np.inf)
-    finite = [v[np.isfinite(v)] for v in normalised.values()]
-    finite = [v for v in finite if v.size]
-    lo = min((float(v.min()) for v in finite), default=-1.0) - 1e-6
-    hi = max((float(v.max()) for v in finite), default=1.0) + 1e-6
+        finite = [v[np.isfinite(v)] for v in normalised.values()]
+        finite = [v for v in finite if v.size]
+        lo = min((float(v.min()) for v in finite), default=-1.0) - 1e-6
+        hi = max((float(v.max()) for v in finite), default=1.0) + 1e-6
+    else:  # normalised importance lies in [-1, 1]
+        lo, hi = -1.0 - 1e-6, 1.0 + 1e-6
 
     def counts_at(threshold: float) -> dict[str, int]:
         counts = {}
@@ -346,8 +360,7 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
             counts[group.name] = removal_count(group, below / group.size, round_to, min_channels)
         return _snap(counts, options)
 
-    return _bisect_knob(graph, ranking, counts_at, min(lo, -1.0 - 1e-6) if not channel_cost else lo,
-                        max(hi, 1.0 + 1e-6) if not channel_cost else hi, budget, target_metric)
+    return _bisect_knob(graph, ranking, counts_at, lo, hi, budget, target_metric)
 
 
 def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],
@@ -388,7 +401,7 @@ def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking:
         counts[name] = wanted
         used.append(item)
         if _removed(graph, ranking, counts, target_metric) >= budget:
-            allowed = [c for c in _valid_counts(by_name[name], round_to, min_channels, options)
+            allowed = [c for c in valid_counts(by_name[name], round_to, min_channels, options)
                        if previous < c <= wanted]
             _trim(graph, ranking, counts, name, allowed, budget, target_metric)
             return counts, used

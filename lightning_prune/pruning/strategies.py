@@ -11,7 +11,7 @@ from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import Criterion, channel_scores
-from lightning_prune.selection import Cost, Scored, global_counts, sensitivity_counts, uniform_counts
+from lightning_prune.selection import Cost, Scored, global_counts, sensitivity_counts, uniform_counts, valid_counts
 from lightning_prune.sensitivity import removal_count
 
 __all__ = ["candidate_groups", "is_ignored", "latency_options", "latency_per_channel", "max_removable",
@@ -60,15 +60,11 @@ def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1) 
     return {group.name: table.removal_options(group.name, min_channels) for group in groups}
 
 
-def _counts(group: Group, round_to: int, min_channels: int) -> list[int]:
-    return sorted({removal_count(group, k / group.size, round_to, min_channels) for k in range(group.size + 1)})
-
-
 def latency_per_channel(table: Any, groups: Sequence[Group],
                         options: Mapping[str, Sequence[int]]) -> dict[str, float]:
-    """Per group, the predicted milliseconds one of its channels saves on average over its whole removable range
-    (from a measured :class:`~lightning_prune.profiling.CostTable`): the cost that global latency-aware selection
-    weighs each channel's importance against."""
+    """Per group, the predicted milliseconds one of its channels saves on average up to its largest allowed removal
+    count in ``options`` (from a measured :class:`~lightning_prune.profiling.CostTable`): the cost that global
+    latency-aware selection weighs each channel's importance against."""
     costs = {}
     for group in groups:
         most = max(options.get(group.name) or [0])
@@ -121,7 +117,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     if not 0.0 < max_rate <= 1.0:
         raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
     if max_rate < 1.0:
-        options = {g.name: [c for c in (options or {}).get(g.name) or _counts(g, round_to, min_channels)
+        options = {g.name: [c for c in valid_counts(g, round_to, min_channels, options)
                             if c <= max_rate * g.size] or [0] for g in groups}
     if cost == "latency":
         # what one channel saves, on average over the range this step may remove
