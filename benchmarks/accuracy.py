@@ -88,6 +88,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -522,6 +523,12 @@ def pretrained(cfg: Config, workdir: Path, timeout: float) -> dict[str, Any]:
     return result
 
 
+@functools.lru_cache(maxsize=4)
+def _results_file(path: str) -> dict[str, Any]:
+    """An earlier results JSON, read once per invocation (every arm of every seed looks into it)."""
+    return json.loads(Path(path).read_text())
+
+
 def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace,
                need_model: bool = True) -> dict[str, Any]:
     """Run an arm, or with ``--reuse`` take its earlier result when it ran with the same configuration: from the
@@ -537,7 +544,7 @@ def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace,
         earlier = getattr(args, "reuse_json", None)
         if earlier is not None and not need_model:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                old = json.loads(Path(earlier).read_text())["runs"][str(cfg.seed)]["arms"][arm]
+                old = _results_file(str(earlier))["runs"][str(cfg.seed)]["arms"][arm]
                 if old.get("ok") and old.get("config") == asdict(cfg):
                     log(f"  arm {arm}: reused from {earlier} (identical configuration, ran at {old.get('git')})")
                     return {**old, "reused": True, "reused_from": str(earlier)}
