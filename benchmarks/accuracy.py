@@ -1353,7 +1353,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only rewrite the .md and plots from a results JSON this script wrote (no training)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.reuse_json is not None:
+        try:
+            _results_file(str(args.reuse_json))["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            parser.error(f"--reuse-json {args.reuse_json}: not a readable results file ({type(err).__name__}: {err})")
+    return args
 
 
 def _model_stem(model: str) -> str:
