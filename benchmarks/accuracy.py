@@ -35,7 +35,12 @@ Protocol (every arm alike):
      the training size), cached in ``<workdir>/cost_tables`` so the seeds share the unpruned architecture's table;
    * ``sibling-scratch``: ultralytics' narrower sibling (the same YAML at the ``width_multiple`` whose FLOPs are
      closest to the pruned models'), ``yolo11n-scratch``, ``yolo26n-scratch``: trained from scratch for pretraining
-     + fine-tuning epochs — what a user would do instead of pruning.
+     + fine-tuning epochs — what a user would do instead of pruning;
+   * ``sibling-latency-scratch``: the narrower sibling at the *measured latency* of the same seed's
+     ``ours-sensitivity`` model (the question a user asks: at the latency my device allows, what accuracy?): every
+     distinct channel configuration with 0.5–1.5× that model's FLOPs is timed interleaved with it (640 px, batch 1,
+     BatchNorm fused, eager and ONNX Runtime) and the width whose geometric-mean latency ratio is nearest 1 is
+     trained like ``sibling-scratch``; it runs after ``ours-sensitivity`` (arms run in this list's order).
 
    ``--model yolov7-tiny`` (the paper's model, ``lightning_prune/models/yolov7-tiny.yaml``) runs every arm from
    YOLOv7-tiny: its sibling is that YAML at a smaller ``width_multiple``; ``tp-magnitude`` has no CSP block to
@@ -113,8 +118,10 @@ from torch import nn  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning",
-        "ours-sensitivity-r8", "ours-sensitivity-latency", "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
-SCRATCH_ARMS = ("sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
+        "ours-sensitivity-r8", "ours-sensitivity-latency", "sibling-scratch", "sibling-latency-scratch",
+        "yolo11n-scratch", "yolo26n-scratch")
+SCRATCH_ARMS = ("sibling-scratch", "sibling-latency-scratch", "yolo11n-scratch", "yolo26n-scratch")
+LATENCY_MATCH_ARM = "ours-sensitivity"  # the pruned model whose measured latency sibling-latency-scratch matches
 MODEL_FREE_ARMS = ("yolo11n-scratch", "yolo26n-scratch")  # do not depend on --model: reusable across models
 SCRATCH_REUSE_IGNORES = ("model", "sweep")  # config keys a model-free arm's training does not read
 ARM_LABELS = {
@@ -127,6 +134,7 @@ ARM_LABELS = {
     "ours-sensitivity-r8": "**ours: sensitivity, `round_to=8`**",
     "ours-sensitivity-latency": "**ours: sensitivity, latency cost (ONNX Runtime table)**",
     "sibling-scratch": "narrower sibling from scratch (same total epochs)",
+    "sibling-latency-scratch": "narrower sibling at ours-sensitivity's latency, from scratch (same total epochs)",
     "yolo11n-scratch": "YOLO11n from scratch (same total epochs)",
     "yolo26n-scratch": "YOLO26n from scratch (same total epochs)",
 }
@@ -413,6 +421,48 @@ def sibling_model(cfg: Config, flops_ratio: float) -> nn.Module:
     return model
 
 
+def sibling_at_latency(cfg: Config, pruned_file: Path, rounds: int = 3, repeats: int = 3) -> tuple[nn.Module,
+                                                                                                    dict[str, Any]]:
+    """ultralytics' narrower sibling of ``cfg.model`` whose *measured* latency is closest to the pruned model saved
+    in ``pruned_file``: every distinct channel configuration of the base YAML at a smaller ``width_multiple`` with
+    0.5–1.5× the pruned model's FLOPs is timed interleaved with the pruned model (BatchNorm fused, 640 px, batch 1,
+    eager and ONNX Runtime); the width whose geometric-mean latency ratio over the two backends is nearest 1 wins.
+    Returns the untrained model (``sibling_width`` set) and the ratios measured."""
+    from lightning_prune import count_flops
+    from lightning_prune.profiling import compare_latency
+
+    if not pruned_file.is_file():
+        raise FileNotFoundError(f"sibling-latency-scratch matches the measured latency of {LATENCY_MATCH_ARM}'s model "
+                                f"of the same seed: run that arm first ({pruned_file} is missing)")
+    pruned = torch.load(pruned_file, weights_only=False).eval()
+    x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    base_width = _base_width(cfg.model)
+    pruned_flops = count_flops(pruned, x)
+    widths: dict[int, float] = {}  # parameter count (one per channel configuration) -> the widest width giving it
+    for k in range(40, 5, -1):
+        width = base_width * k / 40
+        model = _yaml_at_width(cfg.model, width, seed=cfg.seed).eval()
+        if 0.5 <= count_flops(model, x) / pruned_flops <= 1.5:
+            widths.setdefault(sum(p.numel() for p in model.parameters()), width)
+    if not widths:
+        raise ValueError(f"no width_multiple of {cfg.model} has 0.5-1.5x the FLOPs of {LATENCY_MATCH_ARM}'s model")
+    models = {"pruned": _fused(pruned), **{f"{w:.5f}": _fused(_yaml_at_width(cfg.model, w, seed=cfg.seed))
+                                           for w in widths.values()}}
+    example = torch.randn(1, 3, LATENCY_SIZE, LATENCY_SIZE)
+    ratios: dict[str, dict[str, float]] = {name: {} for name in models if name != "pruned"}
+    for backend in ("eager", "onnxruntime"):
+        results = compare_latency(models, example, backend, rounds=rounds, repeats=repeats, num_threads=cfg.threads)
+        for name in ratios:
+            ratios[name][backend] = results[name].median_ms / results["pruned"].median_ms
+    def off(name: str) -> float:  # noqa: E306 - distance of the geometric-mean ratio from 1, in log space
+        return abs(sum(math.log(r) for r in ratios[name].values()) / len(ratios[name]))
+
+    best = min(ratios, key=off)
+    model = _yaml_at_width(cfg.model, float(best), seed=cfg.seed)
+    model.sibling_width = float(best)
+    return model, {"reference_arm": LATENCY_MATCH_ARM, "ratios": ratios, "chosen": best}
+
+
 def run_scratch(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
     """A smaller model trained from scratch with the pruning arms' whole budget (pretraining + fine-tuning)."""
     from lightning.pytorch import seed_everything
@@ -424,6 +474,9 @@ def run_scratch(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if arm == "sibling-scratch":
         model: Any = sibling_model(cfg, 1.0 - cfg.target)
+        extra["width_multiple"] = model.sibling_width
+    elif arm == "sibling-latency-scratch":
+        model, extra["latency_match"] = sibling_at_latency(cfg, workdir / f"arm-{LATENCY_MATCH_ARM}.pt")
         extra["width_multiple"] = model.sibling_width
     else:
         model = f"{arm.removesuffix('-scratch')}.yaml"
@@ -623,7 +676,8 @@ def _ordered(names: list[str]) -> list[str]:
 
 # -- --merge: arms of an earlier results JSON -------------------------------------------------------------------------
 PRETRAIN_TOLERANCE = 1e-6  # pretrained mAP50-95 equal within this: the same (deterministic) pretraining
-REBUILDABLE_ARMS = ("unpruned", "modelpruning", "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch")
+REBUILDABLE_ARMS = ("unpruned", "modelpruning", "sibling-scratch", "sibling-latency-scratch", "yolo11n-scratch",
+                    "yolo26n-scratch")
 LATENCY_REBUILT = "this run (architecture rebuilt from its YAML, random init)"
 LATENCY_EARLIER = "earlier run"
 MERGE_CONFIG_IGNORES = ("seed", "sweep")  # keys that may differ between the merged run and this one
@@ -710,6 +764,8 @@ def rebuild_architecture(arm: str, result: dict[str, Any], default: Config) -> n
         model = _yaml_at_width(cfg.model, float(width), seed=cfg.seed) if width else sibling_model(cfg,
                                                                                                    1.0 - cfg.target)
         return model.eval()
+    if arm == "sibling-latency-scratch" and result.get("width_multiple"):
+        return _yaml_at_width(cfg.model, float(result["width_multiple"]), seed=cfg.seed).eval()
     if arm in MODEL_FREE_ARMS:
         return build_yolo_model(f"{arm.removesuffix('-scratch')}.yaml", 3).eval()
     raise ValueError(f"{arm}'s architecture depends on its training: it cannot be rebuilt")
@@ -860,7 +916,9 @@ def render(data: dict[str, Any], prefix: str) -> str:
         "batch(es) per probe at rates 25/50/75 %, read from the **val** split",
         f"- Smaller models from scratch (`*-scratch`): the same data, {cfg.pretrain_epochs + cfg.finetune_epochs} "
         "epochs (the pruning arms' pretraining + fine-tuning), AdamW with the pretraining's schedule; the narrower "
-        "sibling is the base YAML at the `width_multiple` whose FLOPs are closest to the pruned models'",
+        "sibling is the base YAML at the `width_multiple` whose FLOPs are closest to the pruned models', the "
+        f"sibling at {LATENCY_MATCH_ARM}'s latency the one whose latency, timed interleaved with that seed's "
+        f"{LATENCY_MATCH_ARM} model (eager and ONNX Runtime, geometric mean), is closest to it",
         f"- mAP: the final model on the {cfg.num_test} held-out **test** images, never seen by training or "
         "selection (torchmetrics `MeanAveragePrecision`, COCO-style, as `YOLOModule` logs `test/mAP50-95`); "
         "compare differences against the per-seed spread",
@@ -884,6 +942,11 @@ def render(data: dict[str, Any], prefix: str) -> str:
         notes = []
         if r.get("width_multiple"):
             notes.append(f"width_multiple {r['width_multiple']:.4f}")
+        match = r.get("latency_match")
+        if match and match.get("chosen") in match.get("ratios", {}):
+            chosen = match["ratios"][match["chosen"]]
+            notes.append(f"chosen at {', '.join(f'{v:.2f}×' for v in chosen.values())} of {match['reference_arm']}'s "
+                         f"{'/'.join(chosen)} latency (timed before training, {len(match['ratios'])} widths)")
         if arm == "tp-magnitude":
             notes.append(f"per-layer ratio {r['tp_ratio']:.2f}; {r['csp_blocks_rewritten']} C2f blocks rewritten")
         if r.get("cost_table"):
@@ -1236,7 +1299,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
     base = arms.get("unpruned")
     written = []
-    markers = dict(zip(ARMS, "o*sD^vPdXhp", strict=True))
+    markers = dict(zip(ARMS, "o*sD^vPdX<hp", strict=True))
     colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm in every plot
 
     def yerr(r: dict[str, Any]) -> list[list[float]] | None:
@@ -1413,7 +1476,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_dir.mkdir(exist_ok=True)
         log(f"seed {seed}:")
         runs[seed] = {"pretrain": pretrained(seed_cfg, seed_dir, args.timeout), "arms": {}}
-        for arm in args.arms:
+        for arm in _ordered(list(args.arms)):  # ARMS order: sibling-latency-scratch after what it matches
             runs[seed]["arms"][arm] = r = arm_result(arm, seed_cfg, seed_dir, args, need_model=seed == seeds[0])
             if r.get("ok"):
                 log(f"  {arm}: mAP50-95 {r['map50_95']:.3f}, FLOPs {r['flops'] / r['flops_base']:.1%} of base, "
