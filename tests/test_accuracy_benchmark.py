@@ -358,3 +358,38 @@ def test_reuse_json_takes_earlier_results_for_seeds_whose_models_are_not_timed(t
     accuracy.arm_result("ours-uniform", dataclasses.replace(cfg, finetune_epochs=cfg.finetune_epochs + 1), seed_dir,
                         args, need_model=False)
     assert ran
+
+
+def test_sibling_at_latency_needs_the_matched_arm(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run that arm first"):
+        accuracy.sibling_at_latency(accuracy.Config(imgsz=64), tmp_path / "arm-ours-sensitivity.pt")
+
+
+def test_sibling_at_latency_picks_the_width_whose_measured_latency_matches(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a stand-in timer (latency = parameter count), the sibling matched to a model that *is* one sibling
+    width is that width's channel configuration, and every timed width is one distinct configuration."""
+    pytest.importorskip("ultralytics")
+    import lightning_prune.profiling as profiling
+
+    cfg = accuracy.Config(imgsz=64)
+    target = accuracy._yaml_at_width(cfg.model, 0.15625, seed=0).eval()
+    torch.save(target, tmp_path / "arm-ours-sensitivity.pt")
+    calls = []
+
+    def fake(models, example, backend, **kwargs):  # noqa: ANN001, ANN202 - stands in for compare_latency
+        calls.append(backend)
+        return {name: argparse.Namespace(median_ms=float(sum(p.numel() for p in m.parameters())))
+                for name, m in models.items()}
+
+    monkeypatch.setattr(profiling, "compare_latency", fake)
+    model, match = accuracy.sibling_at_latency(cfg, tmp_path / "arm-ours-sensitivity.pt")
+    assert calls == ["eager", "onnxruntime"]
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model) == count(target) and model.sibling_width == float(match["chosen"])
+    assert match["ratios"][match["chosen"]] == {"eager": pytest.approx(1.0), "onnxruntime": pytest.approx(1.0)}
+    widths = [accuracy._yaml_at_width(cfg.model, float(w), seed=0) for w in match["ratios"]]
+    assert len({count(m) for m in widths}) == len(widths) >= 3
+    rebuilt = accuracy.rebuild_architecture("sibling-latency-scratch",
+                                            {"width_multiple": model.sibling_width, "config": asdict(cfg)}, cfg)
+    assert count(rebuilt) == count(target)
