@@ -463,6 +463,31 @@ def sibling_at_latency(cfg: Config, pruned_file: Path, rounds: int = 3, repeats:
     return model, {"reference_arm": LATENCY_MATCH_ARM, "ratios": ratios, "chosen": best}
 
 
+def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+
+
+def identical_sibling_run(model: nn.Module, cfg: Config, workdir: Path) -> dict[str, Any] | None:
+    """This seed's ``sibling-scratch`` result when it trained exactly ``model``'s architecture (every parameter
+    shape equal) with this configuration: training it again would repeat that run, so its result and model are
+    taken (marked ``same_run_as``, with the revision it trained at)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        old = json.loads((workdir / "result-sibling-scratch.json").read_text())
+        trained = workdir / "arm-sibling-scratch.pt"
+        if not (old.get("ok") and old.get("config") == asdict(cfg) and trained.is_file()):
+            return None
+        theirs = _yaml_at_width(cfg.model, float(old["width_multiple"]), seed=cfg.seed)
+        if _shapes(theirs) != _shapes(model):
+            return None
+        import shutil
+
+        shutil.copyfile(trained, workdir / "arm-sibling-latency-scratch.pt")
+        kept = {k: v for k, v in old.items() if k not in ("config", "git", "reused", "reused_from", "phase", "ok",
+                                                           "wall_s", "other_load")}
+        return {**kept, "same_run_as": "sibling-scratch", "trained_at": old.get("git")}
+    return None
+
+
 def run_scratch(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
     """A smaller model trained from scratch with the pruning arms' whole budget (pretraining + fine-tuning)."""
     from lightning.pytorch import seed_everything
@@ -478,6 +503,9 @@ def run_scratch(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
     elif arm == "sibling-latency-scratch":
         model, extra["latency_match"] = sibling_at_latency(cfg, workdir / f"arm-{LATENCY_MATCH_ARM}.pt")
         extra["width_multiple"] = model.sibling_width
+        same = identical_sibling_run(model, cfg, workdir)
+        if same is not None:
+            return {**same, **extra}
     else:
         model = f"{arm.removesuffix('-scratch')}.yaml"
     module = YOLOModule(model, nc=3, imgsz=cfg.imgsz, lr=cfg.pretrain_lr, warmup_epochs=1.0)
@@ -942,6 +970,8 @@ def render(data: dict[str, Any], prefix: str) -> str:
         notes = []
         if r.get("width_multiple"):
             notes.append(f"width_multiple {r['width_multiple']:.4f}")
+        if r.get("same_run_as"):
+            notes.append(f"the same architecture as {r['same_run_as']}: its run (trained at {r.get('trained_at')})")
         match = r.get("latency_match")
         if match and match.get("chosen") in match.get("ratios", {}):
             chosen = match["ratios"][match["chosen"]]

@@ -393,3 +393,21 @@ def test_sibling_at_latency_picks_the_width_whose_measured_latency_matches(tmp_p
     rebuilt = accuracy.rebuild_architecture("sibling-latency-scratch",
                                             {"width_multiple": model.sibling_width, "config": asdict(cfg)}, cfg)
     assert count(rebuilt) == count(target)
+
+
+def test_identical_sibling_run_is_taken_not_retrained(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    cfg = accuracy.Config(imgsz=64)
+    model = accuracy._yaml_at_width(cfg.model, 0.15625, seed=0)
+    assert accuracy.identical_sibling_run(model, cfg, tmp_path) is None  # nothing ran
+    torch.save(model, tmp_path / "arm-sibling-scratch.pt")
+    result = {"ok": True, "config": asdict(cfg), "git": "abc1234", "map50_95": 0.7, "width_multiple": 0.15}
+    (tmp_path / "result-sibling-scratch.json").write_text(json.dumps(result))
+    taken = accuracy.identical_sibling_run(model, cfg, tmp_path)  # 0.15 and 0.15625 round to the same channels
+    assert taken is not None and taken["map50_95"] == 0.7 and taken["same_run_as"] == "sibling-scratch"
+    assert taken["trained_at"] == "abc1234" and (tmp_path / "arm-sibling-latency-scratch.pt").is_file()
+    narrower = accuracy._yaml_at_width(cfg.model, 0.125, seed=0)
+    assert accuracy.identical_sibling_run(narrower, cfg, tmp_path) is None
+    other = {**result, "config": {**asdict(cfg), "finetune_epochs": 1}}
+    (tmp_path / "result-sibling-scratch.json").write_text(json.dumps(other))
+    assert accuracy.identical_sibling_run(model, cfg, tmp_path) is None
