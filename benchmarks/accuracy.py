@@ -36,11 +36,13 @@ Protocol (every arm alike):
    * ``sibling-scratch``: ultralytics' narrower sibling (the same YAML at the ``width_multiple`` whose FLOPs are
      closest to the pruned models'), ``yolo11n-scratch``, ``yolo26n-scratch``: trained from scratch for pretraining
      + fine-tuning epochs — what a user would do instead of pruning;
-   * ``sibling-latency-scratch``: the narrower sibling at the *measured latency* of the same seed's
+   * ``sibling-latency-scratch``: the narrower sibling at the *measured latency* of the first seed's
      ``ours-sensitivity`` model (the question a user asks: at the latency my device allows, what accuracy?): every
      distinct channel configuration with 0.5–1.5× that model's FLOPs is timed interleaved with it (640 px, batch 1,
-     BatchNorm fused, eager and ONNX Runtime) and the width whose geometric-mean latency ratio is nearest 1 is
-     trained like ``sibling-scratch``; it runs after ``ours-sensitivity`` (arms run in this list's order).
+     BatchNorm fused, eager and ONNX Runtime; the three nearest again, longer) and the width whose geometric-mean
+     latency ratio is nearest 1 is trained like ``sibling-scratch``, by every seed (one architecture, as the table
+     times the first seed's models); it runs after ``ours-sensitivity`` (arms run in this list's order), and where
+     the match lands on ``sibling-scratch``'s very architecture, that run is taken instead of a duplicate.
 
    ``--model yolov7-tiny`` (the paper's model, ``lightning_prune/models/yolov7-tiny.yaml``) runs every arm from
    YOLOv7-tiny: its sibling is that YAML at a smaller ``width_multiple``; ``tp-magnitude`` has no CSP block to
@@ -421,19 +423,20 @@ def sibling_model(cfg: Config, flops_ratio: float) -> nn.Module:
     return model
 
 
-def sibling_at_latency(cfg: Config, pruned_file: Path, rounds: int = 3, repeats: int = 3) -> tuple[nn.Module,
-                                                                                                    dict[str, Any]]:
-    """ultralytics' narrower sibling of ``cfg.model`` whose *measured* latency is closest to the pruned model saved
-    in ``pruned_file``: every distinct channel configuration of the base YAML at a smaller ``width_multiple`` with
-    0.5–1.5× the pruned model's FLOPs is timed interleaved with the pruned model (BatchNorm fused, 640 px, batch 1,
-    eager and ONNX Runtime); the width whose geometric-mean latency ratio over the two backends is nearest 1 wins.
-    Returns the untrained model (``sibling_width`` set) and the ratios measured."""
+def sibling_at_latency(cfg: Config, pruned_file: Path, coarse: tuple[int, int] = (2, 2),
+                       fine: tuple[int, int] = (6, 5), finalists: int = 3) -> dict[str, Any]:
+    """The ``width_multiple`` of ultralytics' narrower sibling of ``cfg.model`` whose *measured* latency is closest
+    to the pruned model saved in ``pruned_file``. Every distinct channel configuration of the base YAML at a smaller
+    width with 0.5–1.5× the pruned model's FLOPs is timed interleaved with the pruned model (BatchNorm fused, 640 px,
+    batch 1, eager and ONNX Runtime; ``coarse`` = (rounds, calls per round)); the ``finalists`` nearest to it are
+    timed again, longer (``fine``), and the one whose geometric-mean latency ratio over the two backends is nearest
+    1 wins. Returns ``{"chosen": width, "ratios": {width: {backend: ratio}}, "coarse": ...}`` (widths as text)."""
     from lightning_prune import count_flops
     from lightning_prune.profiling import compare_latency
 
     if not pruned_file.is_file():
-        raise FileNotFoundError(f"sibling-latency-scratch matches the measured latency of {LATENCY_MATCH_ARM}'s model "
-                                f"of the same seed: run that arm first ({pruned_file} is missing)")
+        raise FileNotFoundError(f"sibling-latency-scratch matches the measured latency of {LATENCY_MATCH_ARM}'s model: "
+                                f"run that arm first ({pruned_file} is missing)")
     pruned = torch.load(pruned_file, weights_only=False).eval()
     x = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
     base_width = _base_width(cfg.model)
@@ -446,21 +449,58 @@ def sibling_at_latency(cfg: Config, pruned_file: Path, rounds: int = 3, repeats:
             widths.setdefault(sum(p.numel() for p in model.parameters()), width)
     if not widths:
         raise ValueError(f"no width_multiple of {cfg.model} has 0.5-1.5x the FLOPs of {LATENCY_MATCH_ARM}'s model")
-    models = {"pruned": _fused(pruned), **{f"{w:.5f}": _fused(_yaml_at_width(cfg.model, w, seed=cfg.seed))
-                                           for w in widths.values()}}
     example = torch.randn(1, 3, LATENCY_SIZE, LATENCY_SIZE)
-    ratios: dict[str, dict[str, float]] = {name: {} for name in models if name != "pruned"}
-    for backend in ("eager", "onnxruntime"):
-        results = compare_latency(models, example, backend, rounds=rounds, repeats=repeats, num_threads=cfg.threads)
-        for name in ratios:
-            ratios[name][backend] = results[name].median_ms / results["pruned"].median_ms
-    def off(name: str) -> float:  # noqa: E306 - distance of the geometric-mean ratio from 1, in log space
-        return abs(sum(math.log(r) for r in ratios[name].values()) / len(ratios[name]))
+    reference = _fused(pruned)
 
-    best = min(ratios, key=off)
-    model = _yaml_at_width(cfg.model, float(best), seed=cfg.seed)
-    model.sibling_width = float(best)
-    return model, {"reference_arm": LATENCY_MATCH_ARM, "ratios": ratios, "chosen": best}
+    def timed(names: list[str], rounds: int, repeats: int) -> dict[str, dict[str, float]]:
+        models = {"pruned": reference, **{n: _fused(_yaml_at_width(cfg.model, float(n), seed=cfg.seed))
+                                          for n in names}}
+        ratios: dict[str, dict[str, float]] = {n: {} for n in names}
+        for backend in ("eager", "onnxruntime"):
+            results = compare_latency(models, example, backend, rounds=rounds, repeats=repeats,
+                                      num_threads=cfg.threads)
+            for n in names:
+                ratios[n][backend] = results[n].median_ms / results["pruned"].median_ms
+        return ratios
+
+    def off(ratio: dict[str, float]) -> float:  # the geometric-mean ratio's distance from 1, in log space
+        return abs(sum(math.log(r) for r in ratio.values()) / len(ratio))
+
+    first = timed([f"{w:.5f}" for w in widths.values()], *coarse)
+    near = sorted(first, key=lambda n: off(first[n]))[:finalists]
+    second = timed(near, *fine)
+    return {"chosen": min(second, key=lambda n: off(second[n])), "ratios": second, "coarse": first,
+            "timing": {"coarse": list(coarse), "fine": list(fine)}}
+
+
+def _shape_signature(model: nn.Module) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(_shapes(model)).encode()).hexdigest()[:16]
+
+
+def shared_latency_match(cfg: Config, seed_dir: Path) -> dict[str, Any]:
+    """The latency match every seed shares, so that all seeds train one architecture (the report times the first
+    seed's models): measured once, against this seed's ``ours-sensitivity`` model when no match exists yet, and kept
+    in ``<workdir>/sibling-latency-match.json`` with the configuration (bar the seed) and the matched model's shapes;
+    a later seed takes its width while that model file is unchanged."""
+    path = seed_dir.parent / "sibling-latency-match.json"
+    key = {k: v for k, v in asdict(cfg).items() if k != "seed"}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        match = json.loads(path.read_text())
+        matched = Path(match["pruned_file"])
+        if match["config"] == key and matched.is_file() and _shape_signature(
+                torch.load(matched, weights_only=False)) == match["pruned_shapes"]:
+            return match
+    pruned_file = seed_dir / f"arm-{LATENCY_MATCH_ARM}.pt"
+    match = sibling_at_latency(cfg, pruned_file)
+    match.update(reference_arm=LATENCY_MATCH_ARM, reference_seed=cfg.seed, config=key,
+                 pruned_file=str(pruned_file), pruned_shapes=_shape_signature(torch.load(pruned_file,
+                                                                                       weights_only=False)))
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(match))
+    os.replace(temporary, path)
+    return match
 
 
 def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
@@ -501,8 +541,10 @@ def run_scratch(arm: str, cfg: Config, workdir: Path) -> dict[str, Any]:
         model: Any = sibling_model(cfg, 1.0 - cfg.target)
         extra["width_multiple"] = model.sibling_width
     elif arm == "sibling-latency-scratch":
-        model, extra["latency_match"] = sibling_at_latency(cfg, workdir / f"arm-{LATENCY_MATCH_ARM}.pt")
-        extra["width_multiple"] = model.sibling_width
+        match = shared_latency_match(cfg, workdir)
+        extra["latency_match"] = {k: v for k, v in match.items() if k not in ("config", "pruned_shapes")}
+        extra["width_multiple"] = float(match["chosen"])
+        model = _yaml_at_width(cfg.model, extra["width_multiple"], seed=cfg.seed)
         same = identical_sibling_run(model, cfg, workdir)
         if same is not None:
             return {**same, **extra}
@@ -945,8 +987,9 @@ def render(data: dict[str, Any], prefix: str) -> str:
         f"- Smaller models from scratch (`*-scratch`): the same data, {cfg.pretrain_epochs + cfg.finetune_epochs} "
         "epochs (the pruning arms' pretraining + fine-tuning), AdamW with the pretraining's schedule; the narrower "
         "sibling is the base YAML at the `width_multiple` whose FLOPs are closest to the pruned models', the "
-        f"sibling at {LATENCY_MATCH_ARM}'s latency the one whose latency, timed interleaved with that seed's "
-        f"{LATENCY_MATCH_ARM} model (eager and ONNX Runtime, geometric mean), is closest to it",
+        f"sibling at {LATENCY_MATCH_ARM}'s latency the one whose latency, timed interleaved with the first seed's "
+        f"{LATENCY_MATCH_ARM} model (eager and ONNX Runtime, geometric mean), is closest to it (every seed trains "
+        "that width)",
         f"- mAP: the final model on the {cfg.num_test} held-out **test** images, never seen by training or "
         "selection (torchmetrics `MeanAveragePrecision`, COCO-style, as `YOLOModule` logs `test/mAP50-95`); "
         "compare differences against the per-seed spread",
@@ -976,7 +1019,8 @@ def render(data: dict[str, Any], prefix: str) -> str:
         if match and match.get("chosen") in match.get("ratios", {}):
             chosen = match["ratios"][match["chosen"]]
             notes.append(f"chosen at {', '.join(f'{v:.2f}×' for v in chosen.values())} of {match['reference_arm']}'s "
-                         f"{'/'.join(chosen)} latency (timed before training, {len(match['ratios'])} widths)")
+                         f"{'/'.join(chosen)} latency (seed {match.get('reference_seed')}'s model, timed before "
+                         f"training; {len(match.get('coarse', match['ratios']))} widths)")
         if arm == "tp-magnitude":
             notes.append(f"per-layer ratio {r['tp_ratio']:.2f}; {r['csp_blocks_rewritten']} C2f blocks rewritten")
         if r.get("cost_table"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -383,13 +384,34 @@ def test_sibling_at_latency_picks_the_width_whose_measured_latency_matches(tmp_p
                 for name, m in models.items()}
 
     monkeypatch.setattr(profiling, "compare_latency", fake)
-    model, match = accuracy.sibling_at_latency(cfg, tmp_path / "arm-ours-sensitivity.pt")
-    assert calls == ["eager", "onnxruntime"]
+    built: dict[float, torch.nn.Module] = {}
+    real = accuracy._yaml_at_width
+    monkeypatch.setattr(accuracy, "_yaml_at_width", lambda name, width, seed: copy.deepcopy(
+        built.setdefault(width, real(name, width, seed))))
+    match = accuracy.sibling_at_latency(cfg, tmp_path / "arm-ours-sensitivity.pt")
+    assert calls == ["eager", "onnxruntime"] * 2  # all widths, then the three nearest again
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(model) == count(target) and model.sibling_width == float(match["chosen"])
+    model = accuracy._yaml_at_width(cfg.model, float(match["chosen"]), seed=0)
+    assert count(model) == count(target) and len(match["ratios"]) == 3
     assert match["ratios"][match["chosen"]] == {"eager": pytest.approx(1.0), "onnxruntime": pytest.approx(1.0)}
-    widths = [accuracy._yaml_at_width(cfg.model, float(w), seed=0) for w in match["ratios"]]
+    widths = [accuracy._yaml_at_width(cfg.model, float(w), seed=0) for w in match["coarse"]]
     assert len({count(m) for m in widths}) == len(widths) >= 3
+    # the seeds share one match: measured for the first seed that gets there, taken by the next
+    measured = []
+    monkeypatch.setattr(accuracy, "sibling_at_latency", lambda c, f: measured.append(c.seed) or dict(match))
+    for seed in (0, 1):
+        (tmp_path / "w" / f"seed{seed}").mkdir(parents=True)
+    torch.save(target, tmp_path / "w" / "seed0" / "arm-ours-sensitivity.pt")
+    shared = accuracy.shared_latency_match(cfg, tmp_path / "w" / "seed0")
+    again = accuracy.shared_latency_match(accuracy.Config(imgsz=64, seed=1), tmp_path / "w" / "seed1")
+    assert measured == [0] and again["chosen"] == shared["chosen"] == match["chosen"]
+    assert again["reference_seed"] == 0
+    narrower = accuracy._yaml_at_width(cfg.model, 0.125, seed=0)
+    for seed in (0, 1):  # seed 0's model changed: seed 1 measures against its own
+        torch.save(narrower, tmp_path / "w" / f"seed{seed}" / "arm-ours-sensitivity.pt")
+    accuracy.shared_latency_match(accuracy.Config(imgsz=64, seed=1), tmp_path / "w" / "seed1")
+    assert measured == [0, 1]
+    model.sibling_width = float(match["chosen"])
     rebuilt = accuracy.rebuild_architecture("sibling-latency-scratch",
                                             {"width_multiple": model.sibling_width, "config": asdict(cfg)}, cfg)
     assert count(rebuilt) == count(target)
