@@ -69,6 +69,11 @@ differences (every arm of a seed starts from the same pretrained weights). Write
 ``accuracy.json`` (raw) and three PNG plots into ``--out-dir``;
 ``--render accuracy.json`` rewrites the tables and plots from a JSON without training.
 
+``--train-only`` runs the arms of ``--seeds`` into ``--workdir`` and stops before the latency block, so seeds (or
+models) can train in parallel — each with ``--threads 1`` — and one final ``--reuse`` invocation on a quiet machine
+times the first seed's models and writes the report; ``--reuse-json`` takes several earlier results files (the
+first that has an arm wins; ``yolo11n``/``yolo26n-scratch`` also from another ``--model``'s file).
+
 ``--merge OLD.json`` completes a run of a few arms with an earlier run's results, e.g. one new arm trained per seed
 (in parallel, each with its own ``--out-dir``) and then merged in one final ``--reuse`` invocation::
 
@@ -664,13 +669,10 @@ def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace,
             if old.get("ok") and old.get("config") == asdict(cfg) and (
                     not need_model or (workdir / f"arm-{arm}.pt").is_file()):
                 return {**old, "reused": True}
-        earlier = getattr(args, "reuse_json", None)
-        if earlier is not None and not need_model:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                old = _results_file(str(earlier))["runs"][str(cfg.seed)]["arms"][arm]
-                if old.get("ok") and old.get("config") == asdict(cfg):
-                    log(f"  arm {arm}: reused from {earlier} (identical configuration, ran at {old.get('git')})")
-                    return {**old, "reused": True, "reused_from": str(earlier)}
+        if not need_model:
+            taken = _earlier_result(arm, cfg, getattr(args, "reuse_json", None) or [])
+            if taken is not None:
+                return taken
         taken = _scratch_from_elsewhere(arm, cfg, workdir, getattr(args, "scratch_workdir", None))
         if taken is not None:
             return taken
@@ -680,6 +682,24 @@ def arm_result(arm: str, cfg: Config, workdir: Path, args: argparse.Namespace,
     result["git"] = git_rev(CODE_PATHS)  # arms reused from another invocation keep the revision they ran at
     result_file.write_text(json.dumps(result))
     return result
+
+
+def _earlier_result(arm: str, cfg: Config, files: list[Path]) -> dict[str, Any] | None:
+    """``--reuse-json``: this seed's ``arm`` from the first earlier results file where it finished with the identical
+    configuration — for the model-free arms (``yolo11n``/``yolo26n-scratch``) apart from ``model``/``sweep``, so a
+    YOLOv7-tiny run takes them from the YOLOv8n results."""
+    ignored = SCRATCH_REUSE_IGNORES if arm in MODEL_FREE_ARMS else ()
+    for earlier in files:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            old = _results_file(str(earlier))["runs"][str(cfg.seed)]["arms"][arm]
+            if old.get("ok") and _same_except(old.get("config"), asdict(cfg), ignored):
+                log(f"  arm {arm}: reused from {earlier} (identical configuration"
+                    f"{' apart from ' + '/'.join(ignored) if ignored else ''}, ran at {old.get('git')})")
+                taken = {**old, "reused": True, "reused_from": str(earlier), "config": asdict(cfg)}
+                if old.get("config") != asdict(cfg):
+                    taken["ran_with_config"] = old["config"]
+                return taken
+    return None
 
 
 def _same_except(a: dict[str, Any] | None, b: dict[str, Any], ignored: tuple[str, ...]) -> bool:
@@ -1471,10 +1491,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "; --quick: 0)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse arms (per seed) that already ran with the same configuration in --workdir")
-    parser.add_argument("--reuse-json", type=Path, default=None,
-                        help="with --reuse: an earlier results JSON whose per-seed arm results count as earlier runs "
+    parser.add_argument("--reuse-json", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="with --reuse: earlier results JSONs whose per-seed arm results count as earlier runs "
                              "when their configuration is identical (seeds after the first only: the first seed's "
-                             "models are timed, and a results file holds none)")
+                             f"models are timed, and a results file holds none; {' and '.join(MODEL_FREE_ARMS)} also "
+                             "from another --model's results); the first file that has the arm wins")
     parser.add_argument("--scratch-workdir", type=Path, default=None,
                         help="with --reuse and another --model: the YOLOv8n run's --workdir, from which "
                              f"{' and '.join(MODEL_FREE_ARMS)} are taken when they ran with the identical "
@@ -1486,16 +1507,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(per seed of this run; own arms win), check the pretraining matches, time the merged "
                              "arms whose architecture does not depend on training and keep the earlier latency "
                              "(flagged) for the rest")
+    parser.add_argument("--train-only", action="store_true",
+                        help="run (or reuse) the arms of --seeds into --workdir and stop: no latency block, no "
+                             "report (for seeds run in parallel, each timed later by one quiet --reuse invocation)")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only rewrite the .md and plots from a results JSON this script wrote (no training)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.reuse_json is not None:
+    for earlier in args.reuse_json or []:
         try:
-            _results_file(str(args.reuse_json))["runs"]
+            _results_file(str(earlier))["runs"]
         except (OSError, ValueError, KeyError, TypeError) as err:
-            parser.error(f"--reuse-json {args.reuse_json}: not a readable results file ({type(err).__name__}: {err})")
+            parser.error(f"--reuse-json {earlier}: not a readable results file ({type(err).__name__}: {err})")
     return args
 
 
@@ -1557,6 +1581,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['fit_s']:.0f} s{' (reused)' if r.get('reused') else ''}")
             else:
                 log(f"  {arm}: FAILED {r['error']}")
+    if args.train_only:
+        log(f"--train-only: arm results and models are in {workdir} (seed directories); no latency block, no report")
+        return 0 if all(r.get("ok") for run in runs.values() for r in run["arms"].values()) else 1
     merge_record = None
     if merge_old is not None:
         merge_record = merge_runs(runs, list(args.arms), merge_old, str(args.merge), asdict(cfg))

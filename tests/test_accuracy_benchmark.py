@@ -344,7 +344,7 @@ def test_reuse_json_takes_earlier_results_for_seeds_whose_models_are_not_timed(t
     earlier = tmp_path / "earlier.json"
     entry = {"ok": True, "map50_95": 0.5, "config": asdict(cfg), "git": "abc1234"}
     earlier.write_text(json.dumps({"runs": {"1": {"arms": {"ours-uniform": entry}}}}))
-    args = argparse.Namespace(reuse=True, reuse_json=earlier, scratch_workdir=None, timeout=1)
+    args = argparse.Namespace(reuse=True, reuse_json=[earlier], scratch_workdir=None, timeout=1)
     ran = []
     monkeypatch.setattr(accuracy, "run_child", lambda *a, **k: ran.append(a) or {"ok": False, "error": "x"})
     seed_dir = tmp_path / "seed1"
@@ -359,6 +359,47 @@ def test_reuse_json_takes_earlier_results_for_seeds_whose_models_are_not_timed(t
     accuracy.arm_result("ours-uniform", dataclasses.replace(cfg, finetune_epochs=cfg.finetune_epochs + 1), seed_dir,
                         args, need_model=False)
     assert ran
+
+
+def test_reuse_json_takes_model_free_arms_from_another_models_results(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """YOLO11n from scratch does not read --model: a YOLOv7-tiny run takes it from the YOLOv8n results file (the
+    first file holding the arm wins); a pruning arm of the other model is never taken."""
+    import dataclasses
+
+    v7 = dataclasses.replace(accuracy.Config.quick(), seed=1, model="yolov7-tiny")
+    v8 = dataclasses.replace(v7, model="yolov8n.yaml")
+    v7_file, v8_file = tmp_path / "v7.json", tmp_path / "v8.json"
+    v7_file.write_text(json.dumps({"runs": {"1": {"arms": {}}}}))
+    v8_file.write_text(json.dumps({"runs": {"1": {"arms": {
+        "yolo11n-scratch": {"ok": True, "map50_95": 0.6, "config": asdict(v8), "git": "abc1234"},
+        "ours-uniform": {"ok": True, "map50_95": 0.5, "config": asdict(v8), "git": "abc1234"}}}}}))
+    args = argparse.Namespace(reuse=True, reuse_json=[v7_file, v8_file], scratch_workdir=None, timeout=1)
+    ran = []
+    monkeypatch.setattr(accuracy, "run_child", lambda *a, **k: ran.append(a[0]) or {"ok": False, "error": "x"})
+    seed_dir = tmp_path / "seed1"
+    seed_dir.mkdir()
+    taken = accuracy.arm_result("yolo11n-scratch", v7, seed_dir, args, need_model=False)
+    assert taken["reused_from"] == str(v8_file) and taken["map50_95"] == 0.6 and not ran
+    assert taken["config"] == asdict(v7) and taken["ran_with_config"]["model"] == "yolov8n.yaml"
+    accuracy.arm_result("ours-uniform", v7, seed_dir, args, need_model=False)
+    assert ran == ["ours-uniform"]
+
+
+def test_train_only_stops_before_the_latency_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accuracy, "make_data", lambda cfg, workdir: None)
+    monkeypatch.setattr(accuracy, "pretrained", lambda cfg, workdir, timeout: {"ok": True, "map50_95": 0.5})
+    monkeypatch.setattr(accuracy, "arm_result", lambda arm, cfg, workdir, args, need_model=True: {
+        "ok": True, "map50_95": 0.5, "flops": 1, "flops_base": 2, "fit_s": 1.0})
+
+    def no_timing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--train-only must not time anything")
+
+    monkeypatch.setattr(accuracy, "measure_latency_all", no_timing)
+    out = tmp_path / "out"
+    assert accuracy.main(["--quick", "--arms", "unpruned", "--seeds", "0", "1", "--workdir", str(tmp_path / "w"),
+                          "--train-only", "--out-dir", str(out)]) == 0
+    assert (tmp_path / "w" / "seed1").is_dir() and not out.exists()
 
 
 def test_sibling_at_latency_needs_the_matched_arm(tmp_path: Path) -> None:
