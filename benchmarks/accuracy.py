@@ -1077,7 +1077,7 @@ def render(data: dict[str, Any], prefix: str) -> str:
                   f"{_loads({'latency': data.get('latency_earlier') or {}})}), their speedups relative to that "
                   "measurement's unpruned model; their milliseconds are not comparable with the other rows' "
                   "(compare the speedups)."]
-    lines += ["", *verdict(data), ""]
+    lines += ["", *answer(data), *verdict(data), ""]
     sweep = [name for name in data["latency"].get("eager", {}) if name.startswith("sweep")]
     if sweep:
         lines += ["## Speed sweep (untrained YOLOv8n; speed does not depend on the weights)", "",
@@ -1233,6 +1233,73 @@ def _faster(data: dict[str, Any], a: str, b: str, backend: str, tolerance: float
     if abs(ms_a - ms_b) <= tolerance * max(ms_a, ms_b):
         return 0
     return 1 if ms_a < ms_b else -1
+
+
+ANSWER_ARMS = ("ours-sensitivity", "ours-sensitivity-latency")  # the pruned models the answer is about
+ANSWER_RIVALS = ("ours-uniform", "tp-magnitude", "modelpruning", "sibling-latency-scratch", "sibling-scratch",
+                 "yolo11n-scratch", "yolo26n-scratch", "unpruned")  # what a user would do instead, in that order
+
+
+def _outcome(accuracy: int, speeds: list[int]) -> str:
+    """One word for a comparison from the mAP outcome (+1/0/−1, spread rule) and the per-backend speed outcomes of
+    the first arm (+1 faster, 0 within 3 %, −1 slower): a tie is never a win.
+
+    Example:
+        >>> _outcome(0, [0, 0]), _outcome(1, [0, 1]), _outcome(-1, [1, 1]), _outcome(0, [1, 0])
+        ('tie', 'ours wins', 'trade-off: ours faster, it more accurate', 'tied mAP, ours faster')
+    """
+    faster, slower = any(v > 0 for v in speeds), any(v < 0 for v in speeds)
+    if accuracy > 0 and not slower:
+        return "ours wins"
+    if accuracy < 0 and not faster:
+        return "it wins"
+    if accuracy == 0:
+        if faster and not slower:
+            return "tied mAP, ours faster"
+        if slower and not faster:
+            return "tied mAP, it faster"
+        return "tie" if not (faster or slower) else "tied mAP, mixed speed"
+    if accuracy > 0:
+        return "trade-off: ours more accurate, it faster"
+    return "trade-off: ours faster, it more accurate"
+
+
+def answer(data: dict[str, Any]) -> list[str]:
+    """The issue's question in one table per pruned arm of ours: against each alternative, the latency ratio on both
+    backends, the mAP gap with the seed spreads (a gap inside them is a tie), the paired per-seed gaps and one word.
+    Alternatives within 3 % of our latency on a backend compare at equal measured latency there."""
+    arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
+    lines: list[str] = []
+    for ours in (a for a in ANSWER_ARMS if a in arms):
+        rivals = [r for r in ANSWER_RIVALS if r in arms and r != ours]
+        if not rivals:
+            continue
+        lines += [f"### {ours}: against what a user would do instead", "",
+                  "| alternative | its latency ÷ ours, eager / ONNX Runtime | mAP50-95 ours − it (seed spreads) "
+                  "| paired by seed | outcome |", "|---|--:|--:|--:|---|"]
+        for rival in rivals:
+            ratios = []
+            for backend in ("eager", "onnxruntime"):
+                mine, theirs = _latency(data, backend, ours), _latency(data, backend, rival)
+                if mine and theirs and _is_earlier(data, ours) != _is_earlier(data, rival):
+                    mine, theirs = mine / _reference(data, backend, ours), theirs / _reference(data, backend, rival)
+                ratios.append(f"{theirs / mine:.2f}" if mine and theirs else "n/a")
+            accuracy, _ = compare_map(ours, arms[ours], rival, arms[rival])
+            gap = (arms[ours]["map50_95"] - arms[rival]["map50_95"]) * 100
+            spreads = f"{_spread(arms[ours]) * 100:.1f} / {_spread(arms[rival]) * 100:.1f}"
+            pairs = paired_differences(data, ours, rival)
+            paired = ", ".join(f"{d * 100:+.1f}" for _, d in pairs).replace("-", "−") or "n/a"
+            speeds = [_faster(data, ours, rival, b) for b in ("eager", "onnxruntime")
+                      if _latency(data, b, ours) and _latency(data, b, rival)]
+            lines.append(f"| {rival} | {' / '.join(ratios)} | {f'{gap:+.1f}'.replace('-', '−')} ({spreads}) "
+                         f"| {paired} | {_outcome(accuracy, speeds)} |")
+        lines.append("")
+    if lines:
+        lines = ["## The answer: accuracy at the latency each model runs at", "",
+                 "A latency ratio above 1 means the alternative is slower than ours; within 3 % (0.97–1.03) the two "
+                 "run at equal measured latency on that backend. 'ours wins' / 'it wins' need a mAP gap wider than "
+                 "both seed spreads and no speed loss; a gap inside the spreads is a tie, never a win.", "", *lines]
+    return lines
 
 
 def verdict(data: dict[str, Any]) -> list[str]:

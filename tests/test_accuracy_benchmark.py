@@ -474,3 +474,22 @@ def test_identical_sibling_run_is_taken_not_retrained(tmp_path: Path) -> None:
     other = {**result, "config": {**asdict(cfg), "finetune_epochs": 1}}
     (tmp_path / "result-sibling-scratch.json").write_text(json.dumps(other))
     assert accuracy.identical_sibling_run(model, cfg, tmp_path) is None
+
+
+def test_answer_compares_at_measured_latency_and_never_counts_a_tie() -> None:
+    """The answer table: a sibling at equal latency (within 3 %) and a gap wider than both spreads loses to it; a gap
+    inside the spreads with a faster model of ours is a tied mAP, not a win."""
+    maps = {"ours-sensitivity": (0.60, 0.61, 0.62), "sibling-latency-scratch": (0.70, 0.71, 0.72),
+            "ours-uniform": (0.59, 0.60, 0.63)}
+    runs = {str(s): {"arms": {arm: _res(v[s], s, "a") for arm, v in maps.items()}} for s in range(3)}
+    arms = accuracy.combine_seeds({s: runs[str(s)] for s in range(3)})
+    ms = {"ours-sensitivity": 100.0, "sibling-latency-scratch": 101.0, "ours-uniform": 120.0}
+    latency = {b: {arm: {"median_ms": v, "iqr_ms": 1.0} for arm, v in ms.items()} for b in ("eager", "onnxruntime")}
+    data = {"seeds": [0, 1, 2], "runs": runs, "arms": arms, "latency": latency}
+    text = "\n".join(accuracy.answer(data))
+    row = next(line for line in text.splitlines() if line.startswith("| sibling-latency-scratch"))
+    assert "| 1.01 / 1.01 |" in row and "−10.0 (2.0 / 2.0)" in row and row.endswith("| it wins |")
+    row = next(line for line in text.splitlines() if line.startswith("| ours-uniform"))
+    assert "1.20 / 1.20" in row and row.endswith("| tied mAP, ours faster |")
+    assert "ours-sensitivity-latency" not in text  # only arms that ran
+    assert accuracy.answer({"seeds": [0], "runs": {}, "arms": {}, "latency": {}}) == []
