@@ -363,7 +363,7 @@ def _cost_table_facts(callbacks: list[Any]) -> dict[str, Any]:
         config = getattr(pruner, "config", None)  # Torch-Pruning's callback holds a pruner without one
         if config is None or getattr(config, "selection_cost", None) != "latency":
             continue
-        table = pruner._cost_table  # noqa: SLF001 - only read, to record what was measured
+        table = pruner.last_cost_table  # read only: what was measured
         if table is None:
             raise RuntimeError("cost='latency' arm finished without building a latency cost table")
         steps = len(callback.history)

@@ -167,7 +167,9 @@ def test_only_rank_zero_measures_the_table_the_others_get_its_copy(monkeypatch: 
     monkeypatch.setattr(pruner_module, "build_cost_table", no_measuring)
     torch.manual_seed(0)
     pruner = IterativePruner(ToyNet(), EXAMPLE, strategy="uniform", cost="latency", communicator=RankOne())
+    assert pruner.last_cost_table is None  # reading what was measured measures nothing
     table = pruner.cost_table
+    assert pruner.last_cost_table is table
     assert isinstance(table, CostTable)
     assert table.total_ms() == pytest.approx(measured.total_ms())
     assert table.key() == measured.key()

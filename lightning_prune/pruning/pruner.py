@@ -215,6 +215,12 @@ class IterativePruner:
             return self._cost_table
         return self._measured_cost_table()
 
+    @property
+    def last_cost_table(self) -> CostTable | None:
+        """The latency table as last built or updated (``None`` before the first use), read without measuring
+        anything — e.g. to record what a finished run measured."""
+        return self._cost_table
+
     def _measured_cost_table(self) -> Any:
         if self._cost_table is None:
             self._cost_table = build_cost_table(self.graph, self.config.latency_backend,
