@@ -696,6 +696,9 @@ def _earlier_result(arm: str, cfg: Config, files: list[Path]) -> dict[str, Any] 
                 log(f"  arm {arm}: reused from {earlier} (identical configuration"
                     f"{' apart from ' + '/'.join(ignored) if ignored else ''}, ran at {old.get('git')})")
                 taken = {**old, "reused": True, "reused_from": str(earlier), "config": asdict(cfg)}
+                if arm not in SCRATCH_ARMS:  # the pretrained weights it started from (paired lines compare them)
+                    start = _results_file(str(earlier))["runs"][str(cfg.seed)].get("pretrain", {}).get("map50_95")
+                    taken["started_from_map50_95"] = start
                 if old.get("config") != asdict(cfg):
                     taken["ran_with_config"] = old["config"]
                 return taken
@@ -1109,8 +1112,20 @@ def _reused_line(runs: dict[str, Any]) -> list[str]:
               for seed, run in runs.items() if any(reused(r) for r in run["arms"].values())]
     if not reused:
         return []
-    return [f"- Reused (`--reuse`) from an earlier invocation with the identical configuration: "
-            f"{'; '.join(reused)}"]
+    lines = [f"- Reused (`--reuse`) from an earlier invocation with the identical configuration: {'; '.join(reused)}"]
+    other = []
+    for seed, run in runs.items():
+        here = run.get("pretrain", {}).get("map50_95")
+        names = [arm for arm in run["arms"] if here is not None and _start(run, arm) is not None
+                 and abs(_start(run, arm) - here) > 1e-6]
+        if names:
+            other.append(f"seed {seed}: {', '.join(names)} (pretrained mAP50-95 "
+                         f"{_start(run, names[0]):.3f} there, {here:.3f} here)")
+    if other:
+        lines.append("- **Reused from an earlier results file that started from other pretrained weights** (another "
+                     f"machine or environment, the same configuration): {'; '.join(other)}; their mean and spread "
+                     "count as independent seeds, but their paired lines with this run's arms leave those seeds out")
+    return lines
 
 
 def _merge_lines(data: dict[str, Any]) -> list[str]:
@@ -1366,15 +1381,27 @@ def _speed_words(data: dict[str, Any], backend: str, a: str, b: str, word: str) 
             f"{a} {word}")
 
 
+def _start(run: dict[str, Any], arm: str) -> float | None:
+    """The pretrained mAP50-95 ``arm`` of this seed started from: an arm reused from an earlier results file
+    (``--reuse-json``) records its source's; the others started from this run's; scratch arms from nothing."""
+    r = run.get("arms", {}).get(arm, {})
+    if arm in SCRATCH_ARMS or r.get("merged_from"):
+        return None
+    return r.get("started_from_map50_95", run.get("pretrain", {}).get("map50_95"))
+
+
 def _unpaired_seeds(data: dict[str, Any], a: str, b: str) -> list[int]:
-    """Seeds where exactly one of ``a``/``b`` is merged and the pretraining check failed: different pretrained
-    weights, so that seed's difference is no paired comparison."""
+    """Seeds where ``a`` and ``b`` started from different pretrained weights, so that seed's difference is no
+    paired comparison: exactly one of them merged and the pretraining check failed, or one of them reused from an
+    earlier results file whose pretrained model differs from the other's (equal within 1e-6: the same weights)."""
     checks = data.get("merge", {}).get("pretrain_match", {})
     out = []
     for seed in data.get("seeds", []):
-        run = data.get("runs", {}).get(str(seed), {}).get("arms", {})
-        merged = [bool(run.get(arm, {}).get("merged_from")) for arm in (a, b)]
-        if merged[0] != merged[1] and not checks.get(str(seed), {}).get("match", True):
+        run = data.get("runs", {}).get(str(seed), {})
+        merged = [bool(run.get("arms", {}).get(arm, {}).get("merged_from")) for arm in (a, b)]
+        starts = [_start(run, arm) for arm in (a, b)]
+        if (merged[0] != merged[1] and not checks.get(str(seed), {}).get("match", True)) or (
+                None not in starts and abs(starts[0] - starts[1]) > 1e-6):
             out.append(seed)
     return out
 
@@ -1406,8 +1433,8 @@ def _paired_line(data: dict[str, Any], a: str, b: str) -> list[str]:
     """
     pairs = paired_differences(data, a, b)
     unpaired = _unpaired_seeds(data, a, b)
-    left_out = (f"seed(s) {', '.join(map(str, unpaired))} left out: a merged arm started there from other "
-                "pretrained weights (the pretraining check failed)") if unpaired else ""
+    left_out = (f"seed(s) {', '.join(map(str, unpaired))} left out: the two arms started there from different "
+                "pretrained weights (a merged or reused arm of an earlier run)") if unpaired else ""
     if not pairs:
         return [f"  - paired by seed, {a} − {b}: not valid — {left_out}"] if unpaired else []
     diffs = ", ".join(f"{d * 100:+.1f}".replace("-", "−") for _, d in pairs)

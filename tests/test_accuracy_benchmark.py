@@ -351,6 +351,7 @@ def test_reuse_json_takes_earlier_results_for_seeds_whose_models_are_not_timed(t
     seed_dir.mkdir()
     taken = accuracy.arm_result("ours-uniform", cfg, seed_dir, args, need_model=False)
     assert taken["reused"] and taken["git"] == "abc1234" and taken["reused_from"] == str(earlier) and not ran
+    assert taken["started_from_map50_95"] is None  # the earlier file records no pretraining for that seed
     # the first seed's models are timed: a results file cannot stand in for them
     accuracy.arm_result("ours-uniform", cfg, seed_dir, args, need_model=True)
     assert ran
@@ -493,3 +494,21 @@ def test_answer_compares_at_measured_latency_and_never_counts_a_tie() -> None:
     assert "1.20 / 1.20" in row and row.endswith("| tied mAP, ours faster |")
     assert "ours-sensitivity-latency" not in text  # only arms that ran
     assert accuracy.answer({"seeds": [0], "runs": {}, "arms": {}, "latency": {}}) == []
+
+
+def test_reused_arms_from_other_pretrained_weights_are_not_paired() -> None:
+    """An arm reused from a results file whose pretrained model differs from this run's (another machine) counts
+    in the mean, but its paired line with this run's arms leaves that seed out; scratch arms always pair."""
+    runs = {}
+    for seed in (0, 1):
+        arms = {"unpruned": _res(0.70, seed, "a"), "ours-sensitivity": _res(0.68, seed, "b"),
+                "sibling-latency-scratch": _res(0.72, seed, "b")}
+        runs[str(seed)] = {"pretrain": {"map50_95": 0.40 + seed / 100}, "arms": arms}
+    runs["1"]["arms"]["unpruned"].update(reused_from="old.json", started_from_map50_95=0.55)
+    data = {"seeds": [0, 1], "runs": runs}
+    assert [s for s, _ in accuracy.paired_differences(data, "ours-sensitivity", "unpruned")] == [0]
+    assert [s for s, _ in accuracy.paired_differences(data, "sibling-latency-scratch", "unpruned")] == [0, 1]
+    (line,) = accuracy._paired_line(data, "ours-sensitivity", "unpruned")
+    assert "seed(s) 1 left out: the two arms started there from different pretrained weights" in line
+    text = "\n".join(accuracy._reused_line(runs))
+    assert "seed 1: unpruned (pretrained mAP50-95 0.550 there, 0.410 here)" in text
