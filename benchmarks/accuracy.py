@@ -691,14 +691,14 @@ def _earlier_result(arm: str, cfg: Config, files: list[Path]) -> dict[str, Any] 
     ignored = SCRATCH_REUSE_IGNORES if arm in MODEL_FREE_ARMS else ()
     for earlier in files:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            old = _results_file(str(earlier))["runs"][str(cfg.seed)]["arms"][arm]
+            run = _results_file(str(earlier))["runs"][str(cfg.seed)]
+            old = run["arms"][arm]
             if old.get("ok") and _same_except(old.get("config"), asdict(cfg), ignored):
                 log(f"  arm {arm}: reused from {earlier} (identical configuration"
                     f"{' apart from ' + '/'.join(ignored) if ignored else ''}, ran at {old.get('git')})")
                 taken = {**old, "reused": True, "reused_from": str(earlier), "config": asdict(cfg)}
                 if arm not in SCRATCH_ARMS:  # the pretrained weights it started from (paired lines compare them)
-                    start = _results_file(str(earlier))["runs"][str(cfg.seed)].get("pretrain", {}).get("map50_95")
-                    taken["started_from_map50_95"] = start
+                    taken["started_from_map50_95"] = run.get("pretrain", {}).get("map50_95")
                 if old.get("config") != asdict(cfg):
                     taken["ran_with_config"] = old["config"]
                 return taken
@@ -1116,11 +1116,12 @@ def _reused_line(runs: dict[str, Any]) -> list[str]:
     other = []
     for seed, run in runs.items():
         here = run.get("pretrain", {}).get("map50_95")
-        names = [arm for arm in run["arms"] if here is not None and _start(run, arm) is not None
-                 and abs(_start(run, arm) - here) > 1e-6]
+        starts = {arm: _start(run, arm) for arm in run["arms"]}
+        names = [arm for arm, start in starts.items()
+                 if here is not None and start is not None and abs(start - here) > 1e-6]
         if names:
             other.append(f"seed {seed}: {', '.join(names)} (pretrained mAP50-95 "
-                         f"{_start(run, names[0]):.3f} there, {here:.3f} here)")
+                         f"{starts[names[0]]:.3f} there, {here:.3f} here)")
     if other:
         lines.append("- **Reused from an earlier results file that started from other pretrained weights** (another "
                      f"machine or environment, the same configuration): {'; '.join(other)}; their mean and spread "
@@ -1235,16 +1236,27 @@ def compare_map(name_a: str, a: dict[str, Any], name_b: str, b: dict[str, Any]) 
                                     f"({high['map50_95']:.3f} vs {low['map50_95']:.3f}; {spreads})")
 
 
-def _faster(data: dict[str, Any], a: str, b: str, backend: str, tolerance: float = 0.03) -> int:
-    """+1 if ``a`` is faster than ``b`` by more than ``tolerance`` (relative), −1 if slower, 0 a tie."""
+def _comparable(data: dict[str, Any], backend: str, a: str, b: str) -> tuple[float, float] | None:
+    """``a``'s and ``b``'s latencies on ``backend`` in comparable units: milliseconds when one measurement timed
+    both, each relative to its own measurement's unpruned model when one is the earlier (merged) run's; ``None``
+    when either is missing."""
     ms_a, ms_b = _latency(data, backend, a), _latency(data, backend, b)
     if not ms_a or not ms_b:
-        return 0
+        return None
     if _is_earlier(data, a) != _is_earlier(data, b):  # two measurements: compare latencies relative to unpruned
         ref_a, ref_b = _reference(data, backend, a), _reference(data, backend, b)
         if not ref_a or not ref_b:
-            return 0
+            return None
         ms_a, ms_b = ms_a / ref_a, ms_b / ref_b
+    return ms_a, ms_b
+
+
+def _faster(data: dict[str, Any], a: str, b: str, backend: str, tolerance: float = 0.03) -> int:
+    """+1 if ``a`` is faster than ``b`` by more than ``tolerance`` (relative), −1 if slower, 0 a tie."""
+    both = _comparable(data, backend, a, b)
+    if both is None:
+        return 0
+    ms_a, ms_b = both
     if abs(ms_a - ms_b) <= tolerance * max(ms_a, ms_b):
         return 0
     return 1 if ms_a < ms_b else -1
@@ -1293,19 +1305,14 @@ def answer(data: dict[str, Any]) -> list[str]:
                   "| alternative | its latency ÷ ours, eager / ONNX Runtime | mAP50-95 ours − it (seed spreads) "
                   "| paired by seed | outcome |", "|---|--:|--:|--:|---|"]
         for rival in rivals:
-            ratios = []
-            for backend in ("eager", "onnxruntime"):
-                mine, theirs = _latency(data, backend, ours), _latency(data, backend, rival)
-                if mine and theirs and _is_earlier(data, ours) != _is_earlier(data, rival):
-                    mine, theirs = mine / _reference(data, backend, ours), theirs / _reference(data, backend, rival)
-                ratios.append(f"{theirs / mine:.2f}" if mine and theirs else "n/a")
+            timed = {b: _comparable(data, b, ours, rival) for b in ("eager", "onnxruntime")}
+            ratios = [f"{both[1] / both[0]:.2f}" if both else "n/a" for both in timed.values()]
             accuracy, _ = compare_map(ours, arms[ours], rival, arms[rival])
             gap = (arms[ours]["map50_95"] - arms[rival]["map50_95"]) * 100
             spreads = f"{_spread(arms[ours]) * 100:.1f} / {_spread(arms[rival]) * 100:.1f}"
             pairs = paired_differences(data, ours, rival)
             paired = ", ".join(f"{d * 100:+.1f}" for _, d in pairs).replace("-", "−") or "n/a"
-            speeds = [_faster(data, ours, rival, b) for b in ("eager", "onnxruntime")
-                      if _latency(data, b, ours) and _latency(data, b, rival)]
+            speeds = [_faster(data, ours, rival, b) for b, both in timed.items() if both]
             lines.append(f"| {rival} | {' / '.join(ratios)} | {f'{gap:+.1f}'.replace('-', '−')} ({spreads}) "
                          f"| {paired} | {_outcome(accuracy, speeds)} |")
         lines.append("")

@@ -218,7 +218,15 @@ class IterativePruner:
     @property
     def last_cost_table(self) -> CostTable | None:
         """The latency table as last built or updated (``None`` before the first use), read without measuring
-        anything — e.g. to record what a finished run measured."""
+        anything — e.g. to record what a finished run measured.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+            >>> IterativePruner(net, torch.randn(1, 3, 16, 16), cost="latency").last_cost_table is None
+            True
+        """
         return self._cost_table
 
     def _measured_cost_table(self) -> Any:
