@@ -8,8 +8,9 @@ medians), on their deployed form (BatchNorm folded, eval):
 * ``unpruned``;
 * ``uniform L1 -50% FLOPs``: the library's uniform strategy, FLOPs budget, ``round_to=1``;
 * ``latency-aware -50% FLOPs``: the same budget, ``strategy="global"``, ``cost="latency"``, ``max_rate=0.5``:
-  one threshold on L1 importance *per predicted millisecond* (the measured cost table of this backend), every
-  group kept at a width where the backend is fast and at least half of it kept;
+  one threshold on L1 importance per *predicted milliseconds saved per FLOP removed* (the measured cost table of
+  this backend: the FLOPs budget goes where the backend runs FLOPs slowest), every group kept at a width where the
+  backend is fast and at least half of it kept;
 * ``latency-aware uniform -50% FLOPs``: the uniform strategy with ``cost="latency"``: the same fraction of every
   group, each rounded to a fast width (what per-group rounding alone buys);
 * ``global L1 -50% FLOPs``: ``strategy="global"`` with the FLOPs cost (importance only, no cap);

@@ -20,6 +20,7 @@ from lightning_prune.selection import (
     cost_function,
     global_counts,
     paper_selection,
+    plan_from_counts,
     score_probes,
     sensitivity_counts,
     uniform_counts,
@@ -255,6 +256,31 @@ def test_global_latency_prunes_where_channels_cost_most() -> None:
     assert share[costly] > share[cheap]
     assert table.removed_ms(by_latency) >= budget * 0.9
     assert by_flops != by_latency
+
+
+def test_global_latency_under_a_flops_budget_spends_it_where_flops_run_slowest() -> None:
+    """Under a FLOPs budget a channel's weight is the milliseconds it saves per FLOP it removes: two groups whose
+    channels cost the same milliseconds are pruned towards the one whose FLOPs are fewer (slower per FLOP), and
+    the budget is still met in FLOPs."""
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    groups = candidate_groups(graph)
+    flops = cost_function(graph, "flops")
+    per_channel = {g.name: flops({g.name: [0]}) for g in groups}
+    slow, fast = min(per_channel, key=per_channel.get), max(per_channel, key=per_channel.get)
+    assert per_channel[slow] < per_channel[fast]
+    table = ScriptedTable(graph, {g.name: 1.0 for g in groups})  # every channel saves the same milliseconds
+    scores = {g.name: np.linspace(1.0, 2.0, g.size) for g in groups}
+    ranking = {g.name: np.arange(g.size) for g in groups}
+    budget = 0.3 * graph.traced_flops
+    counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", cost_table=table,
+                              budget_cost="flops")
+    share = {name: counts.get(name, 0) / next(g.size for g in groups if g.name == name) for name in (slow, fast)}
+    assert share[slow] > share[fast]
+    assert flops(plan_from_counts(ranking, counts)) >= 0.9 * budget
+    by_ms, _ = select_counts("global", graph, groups, scores, ranking, 0.3 * table.total_ms(), "latency",
+                             cost_table=table, budget_cost="latency")
+    assert by_ms != counts  # under a latency budget the weight is milliseconds alone
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "global"])

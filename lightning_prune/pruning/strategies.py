@@ -11,7 +11,15 @@ from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import Criterion, channel_scores
-from lightning_prune.selection import Cost, Scored, global_counts, sensitivity_counts, uniform_counts, valid_counts
+from lightning_prune.selection import (
+    Cost,
+    Scored,
+    cost_function,
+    global_counts,
+    sensitivity_counts,
+    uniform_counts,
+    valid_counts,
+)
 from lightning_prune.sensitivity import removal_count
 
 __all__ = ["candidate_groups", "is_ignored", "latency_options", "latency_per_channel", "max_removable",
@@ -60,15 +68,40 @@ def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1) 
     return {group.name: table.removal_options(group.name, min_channels) for group in groups}
 
 
-def latency_per_channel(table: Any, groups: Sequence[Group],
-                        options: Mapping[str, Sequence[int]]) -> dict[str, float]:
+def latency_per_channel(table: Any, groups: Sequence[Group], options: Mapping[str, Sequence[int]],
+                        per: Callable[[dict[str, list[int]]], float] | None = None) -> dict[str, float]:
     """Per group, the predicted milliseconds one of its channels saves on average up to its largest allowed removal
     count in ``options`` (from a measured :class:`~lightning_prune.profiling.CostTable`): the cost that global
-    latency-aware selection weighs each channel's importance against."""
+    latency-aware selection weighs each channel's importance against.
+
+    With ``per`` (a cost function ``plan -> removed cost``, e.g. the FLOPs a plan removes), the milliseconds saved
+    per unit of that cost instead: how slow the backend runs the group's FLOPs compared with the others. A group
+    whose removal saves nothing of ``per`` costs ``0``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_prune import DependencyGraph
+        >>> from lightning_prune.profiling import build_cost_table
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 8, 3, padding=1))
+        >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
+        >>> table = build_cost_table(graph, "eager", repeats=1)
+        >>> groups = candidate_groups(graph)
+        >>> options = latency_options(table, groups)
+        >>> latency_per_channel(table, groups, options)["0"] > 0
+        True
+        >>> flops = lambda plan: graph.estimate_removal(plan)[0]
+        >>> latency_per_channel(table, groups, options, per=flops)["0"] > 0
+        True
+    """
     costs = {}
     for group in groups:
         most = max(options.get(group.name) or [0])
-        costs[group.name] = table.removed_ms({group.name: most}) / most if most > 0 else 0.0
+        saved = table.removed_ms({group.name: most}) if most > 0 else 0.0
+        if per is None:
+            costs[group.name] = saved / most if most > 0 else 0.0
+        else:
+            spent = float(per({group.name: list(range(most))})) if most > 0 else 0.0
+            costs[group.name] = saved / spent if spent > 0 else 0.0
     return costs
 
 
@@ -90,7 +123,9 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
 
     ``global`` with ``cost="latency"`` thresholds importance *per predicted millisecond* (each group's channels
     weighed by what one of them costs on the backend), so it prunes where the backend is slow, not only where
-    channels are unimportant.
+    channels are unimportant. Under a FLOPs or params budget (``budget_cost``) the weight is the milliseconds a
+    channel saves *per FLOP (parameter) it removes*: the budget is spent where the backend runs its FLOPs slowest,
+    which buys the most latency for the FLOPs removed (measured in ``benchmarks/latency_aware.py``).
 
     Example:
         >>> import torch
@@ -120,8 +155,10 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         options = {g.name: [c for c in valid_counts(g, round_to, min_channels, options)
                             if c <= max_rate * g.size] or [0] for g in groups}
     if cost == "latency":
-        # what one channel saves, on average over the range this step may remove
-        channel_cost = latency_per_channel(cost_table, groups, options)
+        # what one channel saves, on average over the range this step may remove; under a FLOPs (params) budget,
+        # per FLOP (parameter) it removes: the budget then goes where the backend is slowest per unit of it
+        per = None if budget_cost in (None, "latency") else cost_function(graph, budget_cost)
+        channel_cost = latency_per_channel(cost_table, groups, options, per)
         cost = cost_table.removed_ms
     measure = cost if budget_cost is None else budget_cost
     if measure == "latency":
