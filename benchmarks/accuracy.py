@@ -1274,6 +1274,8 @@ def _outcome(accuracy: int, speeds: list[int]) -> str:
     Example:
         >>> _outcome(0, [0, 0]), _outcome(1, [0, 1]), _outcome(-1, [1, 1]), _outcome(0, [1, 0])
         ('tie', 'ours wins', 'trade-off: ours faster, it more accurate', 'tied mAP, ours faster')
+        >>> _outcome(-1, [-1, 1]), _outcome(1, [1, -1])
+        ('it more accurate, mixed speed', 'ours more accurate, mixed speed')
     """
     faster, slower = any(v > 0 for v in speeds), any(v < 0 for v in speeds)
     if accuracy > 0 and not slower:
@@ -1286,6 +1288,8 @@ def _outcome(accuracy: int, speeds: list[int]) -> str:
         if slower and not faster:
             return "tied mAP, it faster"
         return "tie" if not (faster or slower) else "tied mAP, mixed speed"
+    if faster and slower:  # faster on one backend, slower on the other: neither side of a trade-off
+        return ("ours" if accuracy > 0 else "it") + " more accurate, mixed speed"
     if accuracy > 0:
         return "trade-off: ours more accurate, it faster"
     return "trade-off: ours faster, it more accurate"
@@ -1360,11 +1364,10 @@ def verdict(data: dict[str, Any]) -> list[str]:
                     speed.append(_speed_words(data, backend, arm, other, word))
             flops = f"{arm} at {arms[arm]['flops_640'] / 1e9:.2f} vs {arms[other]['flops_640'] / 1e9:.2f} GFLOPs"
             dominated = ""
-            eager_speed = _faster(data, arm, other, "eager")
-            if outcome < 0 and eager_speed <= 0:
-                dominated = f" — **{other} wins: at least as fast and more accurate**"
-            elif outcome > 0 and eager_speed >= 0:
-                dominated = f" — **{arm} wins: at least as fast and more accurate**"
+            word = _outcome(outcome, [_faster(data, arm, other, b) for b in ("eager", "onnxruntime")])
+            if word in ("it wins", "ours wins"):  # the answer table's rule: no speed loss on either backend
+                winner = other if word == "it wins" else arm
+                dominated = f" — **{winner} wins: at least as fast on both backends and more accurate**"
             lines.append(f"- {sentence}; {flops}; {'; '.join(speed) or 'latency not measured'}{dominated}.")
             lines += _paired_line(data, arm, other)
     lines += _sweep_verdict(data)
