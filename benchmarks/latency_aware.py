@@ -11,6 +11,8 @@ medians), on their deployed form (BatchNorm folded, eval):
   one threshold on L1 importance per *predicted milliseconds saved per FLOP removed* (the measured cost table of
   this backend: the FLOPs budget goes where the backend runs FLOPs slowest), every group kept at a width where the
   backend is fast and at least half of it kept;
+* ``latency-aware per-channel -50% FLOPs``: the same, but each channel weighed by the milliseconds it saves alone
+  (not per FLOP): the weighting the library used before, side by side with the one it uses now;
 * ``latency-aware uniform -50% FLOPs``: the uniform strategy with ``cost="latency"``: the same fraction of every
   group, each rounded to a fast width (what per-group rounding alone buys);
 * ``global L1 -50% FLOPs``: ``strategy="global"`` with the FLOPs cost (importance only, no cap);
@@ -58,8 +60,14 @@ from _harness import command_line, git_rev  # noqa: E402
 from lightning_prune import DependencyGraph, count_flops  # noqa: E402
 from lightning_prune.profiling import build_cost_table, compare_latency, deployed_copy  # noqa: E402
 from lightning_prune.pruning import IterativePruner  # noqa: E402
-from lightning_prune.pruning.strategies import candidate_groups, score_channels, select_counts  # noqa: E402
-from lightning_prune.selection import plan_from_counts  # noqa: E402
+from lightning_prune.pruning.strategies import (  # noqa: E402
+    candidate_groups,
+    latency_options,
+    latency_per_channel,
+    score_channels,
+    select_counts,
+)
+from lightning_prune.selection import global_counts, plan_from_counts, valid_counts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON = RESULTS / "latency_aware.json"
@@ -88,6 +96,22 @@ def pruned(base: nn.Module, x: torch.Tensor, fraction: float, cost: str = "flops
     budget = fraction * count_flops(model, x)
     counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, cost, cost_table=table,
                               budget_cost="flops", max_rate=max_rate)
+    graph.prune(plan_from_counts(ranking, counts))
+    return model
+
+
+def per_channel_weighted(base: nn.Module, x: torch.Tensor, fraction: float, table: Any,
+                         max_rate: float = MAX_RATE) -> nn.Module:
+    """Latency-aware global at a FLOPs budget with each channel weighed by the milliseconds it saves alone (the
+    earlier weighting), for the side-by-side comparison with :func:`pruned`'s per-FLOP weighting."""
+    model = copy.deepcopy(base)
+    graph = DependencyGraph(model, x)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, model, "l1")
+    options = latency_options(table, groups)
+    options = {g.name: [c for c in valid_counts(g, 1, 1, options) if c <= max_rate * g.size] or [0] for g in groups}
+    counts = global_counts(graph, groups, scores, ranking, fraction * count_flops(model, x), "flops",
+                           options=options, channel_cost=latency_per_channel(table, groups, options))
     graph.prune(plan_from_counts(ranking, counts))
     return model
 
@@ -132,6 +156,7 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     models: dict[str, nn.Module] = {
         "unpruned": base, "uniform L1 -50% FLOPs": peers["uniform-50"],
         "latency-aware -50% FLOPs": pruned(base, x, 0.5, "latency", table, "global", MAX_RATE),
+        "latency-aware per-channel -50% FLOPs": per_channel_weighted(base, x, 0.5, table),
         "latency-aware uniform -50% FLOPs": pruned(base, x, 0.5, "latency", table),
         "global L1 -50% FLOPs": peers["global-50"]}
     if isinstance(peers.get("tp"), nn.Module):
