@@ -73,6 +73,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 JSON = RESULTS / "latency_aware.json"
 MAX_RATE = 0.5  # latency-aware global keeps at least half of every group (else it empties the slowest ones)
 TOLERANCE = 0.05  # the latency target is met within this fraction of the goal
+LEVEL = 0.03  # efficiencies this close are level (inside the run-to-run noise): a tie, never "above"
 UNIFORM_SWEEP = {f"uniform L1 -{p}% FLOPs": f"uniform-{p}" for p in (50, 60, 70, 80)}  # arm -> peers key
 
 
@@ -270,10 +271,14 @@ def render(data: dict[str, Any]) -> None:
         others = {a: r["efficiency"] for a, r in arms.items() if r["efficiency"] is not None
                   and a in ("uniform L1 -50% FLOPs", "global L1 -50% FLOPs", "Torch-Pruning -50% FLOPs",
                             "narrower sibling")}
-        beaten = [a for a, e in others.items() if e >= aware]
+        above = [a for a, e in others.items() if aware > e + LEVEL]
+        level = [a for a, e in others.items() if abs(aware - e) <= LEVEL]
+        below = [a for a, e in others.items() if e > aware + LEVEL]
+        standing = "; ".join(f"{word} {', '.join(arms_)}" for word, arms_ in
+                             (("above", above), (f"level with (within {LEVEL:.2f})", level), ("below", below)) if arms_)
         verdicts.append(f"- {pair['model']} / {pair['backend']}: latency-aware efficiency {aware:.2f} "
                         f"({'meets' if aware >= 0.9 else 'misses'} the 0.9 goal); "
-                        + (f"not above {', '.join(beaten)}" if beaten else "above " + ", ".join(others))
+                        + standing
                         + f"; the −50 % latency target ends at {target['measured_ratio']:.2f}× ("
                         + ("met" if abs(target["measured_ratio"] - 0.5) <= 0.5 * TOLERANCE + 1e-9 else "outside")
                         + f" the {TOLERANCE * 100:.0f} % tolerance)"
