@@ -62,12 +62,13 @@ from lightning_prune.profiling import build_cost_table, compare_latency, deploye
 from lightning_prune.pruning import IterativePruner  # noqa: E402
 from lightning_prune.pruning.strategies import (  # noqa: E402
     candidate_groups,
+    capped_options,
     latency_options,
     latency_per_channel,
     score_channels,
     select_counts,
 )
-from lightning_prune.selection import global_counts, plan_from_counts, valid_counts  # noqa: E402
+from lightning_prune.selection import global_counts, plan_from_counts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON = RESULTS / "latency_aware.json"
@@ -109,8 +110,7 @@ def per_channel_weighted(base: nn.Module, x: torch.Tensor, fraction: float, tabl
     graph = DependencyGraph(model, x)
     groups = candidate_groups(graph)
     scores, ranking = score_channels(groups, model, "l1")
-    options = latency_options(table, groups)
-    options = {g.name: [c for c in valid_counts(g, 1, 1, options) if c <= max_rate * g.size] or [0] for g in groups}
+    options = capped_options(groups, max_rate, options=latency_options(table, groups))
     counts = global_counts(graph, groups, scores, ranking, fraction * count_flops(model, x), "flops",
                            options=options, channel_cost=latency_per_channel(table, groups, options))
     graph.prune(plan_from_counts(ranking, counts))

@@ -22,8 +22,8 @@ from lightning_prune.selection import (
 )
 from lightning_prune.sensitivity import removal_count
 
-__all__ = ["candidate_groups", "is_ignored", "latency_options", "latency_per_channel", "max_removable",
-           "score_channels", "select_counts"]
+__all__ = ["candidate_groups", "capped_options", "is_ignored", "latency_options", "latency_per_channel",
+           "max_removable", "score_channels", "select_counts"]
 
 
 def is_ignored(group: Group, patterns: Sequence[str]) -> bool:
@@ -68,6 +68,23 @@ def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1) 
     return {group.name: table.removal_options(group.name, min_channels) for group in groups}
 
 
+def capped_options(groups: Sequence[Group], max_rate: float, round_to: int = 1, min_channels: int = 1,
+                   options: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+    """Per group, the removal counts one step may take: its allowed ``options`` (else every count ``round_to`` and
+    ``min_channels`` allow) that remove at most ``max_rate`` of the group, ascending (``[0]`` when none does).
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1)),
+        ...                         torch.randn(1, 3, 4, 4))
+        >>> groups = candidate_groups(graph)
+        >>> capped_options(groups, 0.5), capped_options(groups, 0.5, options={"0": [0, 6]})
+        ({'0': [0, 1, 2, 3, 4]}, {'0': [0]})
+    """
+    return {g.name: [c for c in valid_counts(g, round_to, min_channels, options) if c <= max_rate * g.size] or [0]
+            for g in groups}
+
+
 def latency_per_channel(table: Any, groups: Sequence[Group], options: Mapping[str, Sequence[int]],
                         per: Callable[[dict[str, list[int]]], float] | None = None) -> dict[str, float]:
     """Per group, the predicted milliseconds one of its channels saves on average up to its largest allowed removal
@@ -96,12 +113,8 @@ def latency_per_channel(table: Any, groups: Sequence[Group], options: Mapping[st
     costs = {}
     for group in groups:
         most = max(options.get(group.name) or [0])
-        saved = table.removed_ms({group.name: most}) if most > 0 else 0.0
-        if per is None:
-            costs[group.name] = saved / most if most > 0 else 0.0
-        else:
-            spent = float(per({group.name: list(range(most))})) if most > 0 else 0.0
-            costs[group.name] = saved / spent if spent > 0 else 0.0
+        spent = float(most if per is None or most <= 0 else per({group.name: list(range(most))}))
+        costs[group.name] = table.removed_ms({group.name: most}) / spent if spent > 0 else 0.0
     return costs
 
 
@@ -152,8 +165,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     if not 0.0 < max_rate <= 1.0:
         raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
     if max_rate < 1.0:
-        options = {g.name: [c for c in valid_counts(g, round_to, min_channels, options)
-                            if c <= max_rate * g.size] or [0] for g in groups}
+        options = capped_options(groups, max_rate, round_to, min_channels, options)
     if cost == "latency":
         # what one channel saves, on average over the range this step may remove; under a FLOPs (params) budget,
         # per FLOP (parameter) it removes: the budget then goes where the backend is slowest per unit of it
