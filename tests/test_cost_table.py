@@ -175,3 +175,108 @@ def test_only_rank_zero_measures_the_table_the_others_get_its_copy(monkeypatch: 
     assert table.key() == measured.key()
     with pytest.raises(ValueError, match="not a cost table"):
         CostTable.from_dict({"version": -1})
+
+
+class PoolBlock(nn.Module):
+    """An SPPF-like block (max pools concatenated), a nearest 2x resize and a residual add: the weightless ops that
+    move channels and that a conv-only table would not see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cv1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU())
+        self.cv2 = nn.Sequential(nn.Conv2d(16, 8, 1), nn.SiLU())
+        self.up = nn.Upsample(scale_factor=2)
+        self.cv3 = nn.Conv2d(8, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv1(x)
+        z = self.cv2(torch.cat([y, nn.functional.max_pool2d(y, 5, 1, 2)], 1))
+        return self.cv3(self.up(z + y))
+
+
+def test_weightless_ops_are_traced_timed_and_scale_with_the_channels_that_stay(tmp_path: Any) -> None:
+    graph = DependencyGraph(PoolBlock(), EXAMPLE)
+    kinds = [(op.kind, op.module_name, graph.channel_owners(op.labels)) for op in graph.op_calls]
+    assert [k for k, _, _ in kinds] == ["max_pool2d", "cat", "add", "resize"]
+    assert kinds[1][2] == {"cv1.0": 16}  # the concatenation holds cv1's channels twice; cv2 and cv1 share a group
+    assert graph.op_calls[0].params == {"kernel": [5, 5], "stride": [1, 1], "padding": [2, 2], "ceil_mode": False,
+                                        "dilation": [1, 1]}
+    assert graph.op_calls[3].params["size"] == [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]
+    table = build_cost_table(graph, "eager", repeats=1, points=4, cache_dir=tmp_path)
+    assert sorted(table.ops) == ["<model>:add", "<model>:cat", "<model>:max_pool2d", "up:resize"]
+    assert all(op.full_ms > 0 for op in table.ops.values())
+    assert table.total_ms() == pytest.approx(sum(c.full_ms for c in table.layers.values()) + table.ops_ms())
+    # removing half of the group saves half of every op it fills, on top of what its convs save
+    convs_only = CostTable(table.backend, table.input_shape, table.device, table.arch, table.layers,
+                           {g: [r for r in rel if r[0] not in table.ops] for g, rel in table.relations.items()},
+                           table.sizes)
+    half = {"cv1.0": 4}
+    assert table.removed_ms(half) == pytest.approx(convs_only.removed_ms(half) + table.ops_ms() / 2)
+    assert table.removed_ms({"cv1.0": 0}) == 0.0
+    # cached with the table (a new format version), and taken over by the rebuild after a prune when unchanged
+    again = build_cost_table(graph, "eager", repeats=1, points=4, cache_dir=tmp_path)
+    assert again.to_dict() == table.to_dict() and again.to_dict()["version"] == 2
+    graph.prune({"cv1.0": [0, 1]})
+    updated = table.updated(graph)
+    assert sorted(op.spec.channels for op in updated.ops.values()) == [6, 6, 6, 12]
+    assert updated.ops_ms() > 0 and updated.removed_ms({"cv1.0": 3}) > 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_weightless_ops_compute_the_same_in_onnx_and_time_on_the_graph_backends(backend: str) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    from onnx import TensorProto, helper
+
+    from lightning_prune.profiling import OpSpec
+
+    specs = [OpSpec("cat", ((1, 4, 6, 6), (1, 2, 6, 6))), OpSpec("split", ((1, 6, 6, 6),), {"sizes": [2, 4]}),
+             OpSpec("max_pool2d", ((1, 4, 7, 7),), {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1],
+                                                    "ceil_mode": False, "dilation": [1, 1]}),
+             OpSpec("avg_pool2d", ((1, 4, 6, 6),), {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0],
+                                                    "ceil_mode": False, "count_include_pad": True}),
+             OpSpec("resize", ((1, 4, 5, 5),), {"size": [10, 10], "mode": "nearest", "align_corners": False}),
+             OpSpec("resize", ((1, 4, 5, 5),), {"size": [10, 10], "mode": "bilinear", "align_corners": False}),
+             OpSpec("add", ((1, 4, 6, 6), (1, 4, 6, 6))), OpSpec("mul", ((1, 4, 6, 6), (1, 4, 6, 6)))]
+    for spec in specs:  # an oracle for the isolated ONNX graph: it computes what the eager op computes
+        nodes, consts = spec.onnx_nodes("b0")
+        inputs = spec.inputs()
+        graph = helper.make_graph(
+            nodes, "op", [helper.make_tensor_value_info(f"b0_x{j}", TensorProto.FLOAT, list(t.shape))
+                          for j, t in enumerate(inputs)],
+            [helper.make_tensor_value_info(f"b0_y{k}", TensorProto.FLOAT, list(shape))
+             for k, shape in enumerate(spec.output_shapes())], consts)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = min(model.ir_version, 8)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {f"b0_x{j}": t.numpy() for j, t in enumerate(inputs)})
+        expected = spec.function()(*inputs)
+        expected = expected if isinstance(expected, (tuple, list)) else [expected]
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-5, rtol=1e-5, msg=spec.key())
+    times = time_layers(specs, backend, repeats=2)
+    assert len(times) == len(specs) and all(t > 0 or t != t for t in times)  # NaN: a kernel the backend elides
+    assert build_cost_table(DependencyGraph(PoolBlock(), EXAMPLE), backend, repeats=1, points=3).ops_ms() >= 0
+
+
+def test_an_op_spec_of_an_unknown_kind_fails_in_one_line() -> None:
+    from lightning_prune.profiling import OpSpec
+
+    with pytest.raises(ValueError, match="unknown op kind 'gather'"):
+        OpSpec("gather", ((1, 2, 3, 3),))
+
+
+def test_yolov8n_s_pools_resizes_concatenations_and_splits_are_in_the_trace() -> None:
+    pytest.importorskip("ultralytics")
+    from collections import Counter
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    graph = DependencyGraph(DetectionModel("yolov8n.yaml", verbose=False), torch.randn(1, 3, 64, 64))
+    assert Counter(op.kind for op in graph.op_calls) == {"cat": 13, "split": 8, "add": 6, "max_pool2d": 3,
+                                                        "resize": 2}
+    # SPPF's three pools move the channels of its first conv, all of them
+    assert [graph.channel_owners(op.labels) for op in graph.op_calls if op.kind == "max_pool2d"] == [
+        {"model.9.cv1.conv": 128}] * 3

@@ -15,7 +15,7 @@ from torch import nn
 
 from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.groups import Group, build_groups
-from lightning_prune.graph.records import Role
+from lightning_prune.graph.records import OpCall, Role
 from lightning_prune.graph.replay import SelectionReplay
 from lightning_prune.graph.tracer import TraceResult, flatten_output, trace_channels
 from lightning_prune.surgery import ParamChange, Surgery
@@ -98,6 +98,7 @@ class DependencyGraph:
         self._result = result
         self.groups = groups
         self._by_name = {group.name: group for group in groups}
+        self._group_of_root = {int(root): group.name for group in groups for root in group.roots}
         self.build_seconds = result.build_seconds + time.perf_counter() - start
 
     def rebuild(self) -> None:
@@ -223,6 +224,37 @@ class DependencyGraph:
             total += call.flops
             reached += call.flops * (sum(sides) / len(sides) if sides else 0.0)
         return float(reached / total) if total else 0.0
+
+    @property
+    def op_calls(self) -> list[OpCall]:
+        """The weightless ops the trace saw moving channels (concatenations and splits along channels, poolings,
+        resizes, residual adds), in call order; :meth:`channel_owners` says whose channels they move."""
+        return list(self._result.op_calls)
+
+    def channel_owners(self, labels: np.ndarray) -> dict[str, int]:
+        """How many of the traced channel ``labels`` (e.g. an :class:`~lightning_prune.graph.records.OpCall`'s)
+        each prunable group holds.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> class Net(nn.Module):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 2, 1), nn.Conv2d(6, 1, 1)
+            ...     def forward(self, x):
+            ...         return self.c(torch.cat([self.a(x), self.b(x)], 1))
+            >>> graph = DependencyGraph(Net(), torch.randn(1, 3, 4, 4))
+            >>> [(op.kind, graph.channel_owners(op.labels)) for op in graph.op_calls]
+            [('cat', {'a': 4, 'b': 2})]
+        """
+        prunable = {group.name for group in self.groups if group.prunable}
+        owners: dict[str, int] = {}
+        for root in self._roots[np.asarray(labels, dtype=np.int64)].tolist():
+            name = self._group_of_root.get(int(root))
+            if name in prunable:
+                owners[name] = owners.get(name, 0) + 1
+        return owners
 
     @property
     def traced_flops(self) -> int:

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lightning_prune.graph.records import ChannelInfo, LayerCall, Role, SplitRecord, channel_info, set_channel_info
+from lightning_prune.graph.records import (
+    ChannelInfo,
+    LayerCall,
+    OpCall,
+    Role,
+    SplitRecord,
+    channel_info,
+    set_channel_info,
+)
 from lightning_prune.profiling.flops import conv_flops, linear_flops
 from lightning_prune.utils.tree import iter_tensors, map_tensors
 
@@ -149,6 +157,44 @@ def _same_channels(tracer: ChannelTracer, source: Any, out: Any) -> None:
         _label(out, info.dim, info.labels, info.taint)
     else:
         tracer.pin(source, f"op in {tracer.where} changed the channel layout")
+
+
+def _record_op(tracer: ChannelTracer, kind: str, inputs: list[torch.Tensor], labels: np.ndarray, **params: Any) -> None:
+    """Remember a weightless op that moves channels ``labels`` (for the latency cost model; 4-d tensors, channels on
+    dim 1, the layout the cost model re-runs ops in)."""
+    if all(isinstance(t, torch.Tensor) and t.ndim == 4 for t in inputs) and len(labels):
+        tracer.result.op_calls.append(OpCall(kind, tracer.where, [tuple(int(s) for s in t.shape) for t in inputs],
+                                             params, np.asarray(labels)))
+
+
+def _as_pair(value: Any) -> list[int]:
+    if isinstance(value, (tuple, list)):
+        return [int(v) for v in value] * (2 if len(value) == 1 else 1)
+    return [int(value)] * 2
+
+
+def _record_spatial(tracer: ChannelTracer, name: str, args: tuple, kwargs: dict, x: torch.Tensor,
+                    out: torch.Tensor, info: ChannelInfo) -> None:
+    if info.dim != 1 or x.ndim != 4:
+        return
+    if name in ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d"):
+        kernel = _as_pair(_arg(args, kwargs, 1, "kernel_size"))
+        stride = _arg(args, kwargs, 2, "stride")
+        params: dict[str, Any] = {"kernel": kernel, "stride": _as_pair(stride) if stride not in (None, [], ()) else
+                                  kernel, "padding": _as_pair(_arg(args, kwargs, 3, "padding", 0)),
+                                  "ceil_mode": bool(_arg(args, kwargs, 5 if name != "avg_pool2d" else 4, "ceil_mode",
+                                                         False))}
+        if name == "avg_pool2d":
+            params["count_include_pad"] = bool(_arg(args, kwargs, 5, "count_include_pad", True))
+        else:
+            params["dilation"] = _as_pair(_arg(args, kwargs, 4, "dilation", 1))
+        _record_op(tracer, "avg_pool2d" if name == "avg_pool2d" else "max_pool2d", [x], info.labels, **params)
+    elif name in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear"):
+        mode = _arg(args, kwargs, 3, "mode", "nearest") if name in ("interpolate", "upsample") else name[9:]
+        align = _arg(args, kwargs, 4, "align_corners", None)
+        if mode in ("nearest", "bilinear"):
+            _record_op(tracer, "resize", [x], info.labels, size=[int(s) for s in out.shape[2:]], mode=mode,
+                       align_corners=bool(align))
 
 
 # -- layers with weights ------------------------------------------------------------------------------------------
@@ -416,6 +462,9 @@ def _pointwise(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs:
     for tensor in outputs:
         if tensor.ndim > out_dim and tensor.shape[out_dim] == width:
             _label(tensor, out_dim, labels, taint)
+    full = [t for t, _ in labelled if t.shape == result.shape]
+    if name in ("add", "sub", "mul") and len(full) == 2 and out_dim == 1:  # e.g. a residual add
+        _record_op(tracer, "mul" if name == "mul" else "add", full, labels)
 
 
 def _spatial(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -429,6 +478,9 @@ def _spatial(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
         else:
             _unsupported(tracer, name, args, kwargs, out, "channel count changed")
             return
+    first = next(iter_tensors(out), None)
+    if first is not None:
+        _record_spatial(tracer, name, args, kwargs, x, first, info)
 
 
 @_register("pad")
@@ -653,6 +705,8 @@ def _cat(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict,
                 parts.append(block)
         taints = [info.taint for info in infos if info is not None and info.taint]
         _label(out, dim, np.concatenate(parts), taints[0] if taints else None)
+        if dim == 1:
+            _record_op(tracer, "cat", tensors, np.concatenate(parts))
         return
     # concatenating along another dim: channel k of the result comes from channel k of every input
     new_dim = ref_info.dim + (1 if name == "stack" and dim <= ref_info.dim else 0)
@@ -820,6 +874,7 @@ def _split(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
                      and [int(v) for v in getattr(module, key)] == literal]
         if sequences and len(literal) > 1:  # e.g. timm MixedConv2d: torch.split(x, self.splits, 1)
             _independent_pieces(tracer, x, pieces, dim, module, sequences, literal)
+            _record_split(tracer, x, pieces, dim, info)
             return
         for size in set(literal):
             attrs = _size_attributes(tracer.current_module, size)
@@ -831,6 +886,12 @@ def _split(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
         _unsupported(tracer, name, (x,), {}, pieces, "split points are fixed in code")
         return
     _pieces_along(tracer, name, x, pieces, dim)
+    _record_split(tracer, x, pieces, dim, info)
+
+
+def _record_split(tracer: ChannelTracer, x: torch.Tensor, pieces: list, dim: int, info: ChannelInfo) -> None:
+    if dim == info.dim == 1 and all(channel_info(piece) is not None for piece in pieces):
+        _record_op(tracer, "split", [x], info.labels, sizes=[int(piece.shape[1]) for piece in pieces])
 
 
 def _index_entries(index: Any, ndim: int) -> list[Any] | None:

@@ -10,8 +10,8 @@ import torch
 
 from lightning_prune.graph.labels import LabelForest
 
-__all__ = ["OUTPUT_REASON", "ChannelInfo", "Binding", "LayerCall", "SplitRecord", "Role", "TraceResult", "channel_info",
-           "set_channel_info"]
+__all__ = ["OUTPUT_REASON", "ChannelInfo", "Binding", "LayerCall", "OpCall", "SplitRecord", "Role", "TraceResult",
+           "channel_info", "set_channel_info"]
 
 OUTPUT_REASON = "reaches the model output"
 
@@ -71,6 +71,20 @@ class LayerCall:
 
 
 @dataclass
+class OpCall:
+    """One weightless op that moves every element of its channels (a concatenation or split along channels, a
+    pooling, a resize, a residual add): its kind, the shapes it reads, what it needs to be re-run on its own, and the
+    labels of the channels it moves (its cost scales with how many of them stay). What the latency cost model
+    (:mod:`~lightning_prune.profiling.cost_table`) times beside the convolutions."""
+
+    kind: str
+    module_name: str
+    input_shapes: list[tuple[int, ...]]
+    params: dict
+    labels: np.ndarray
+
+
+@dataclass
 class SplitRecord:
     """An equal split of channels (``chunk``/``split``) inside ``module``; ``attrs`` are the integer attributes its
     class's code passes as split sizes and that equal the piece size (e.g. ultralytics ``C2f.c``): they follow the
@@ -91,6 +105,7 @@ class TraceResult:
         self.forest = LabelForest()
         self.bindings: dict[tuple[int, int], Binding] = {}
         self.layer_calls: list[LayerCall] = []
+        self.op_calls: list[OpCall] = []
         self.splits: list[SplitRecord] = []
         self.op_count = 0
         self.output_shapes: list[tuple[int, ...]] = []

@@ -12,10 +12,10 @@ speed tables), :mod:`~lightning_prune.profiling.results` (records) and :mod:`~li
 
 from lightning_prune.profiling.backends import OPENVINO_EXTRA_HINT, require_backend
 from lightning_prune.profiling.channels import ChannelSpeed, channel_speed_table, suggest_round_to
-from lightning_prune.profiling.cost_table import CostTable, LayerCurve, build_cost_table
+from lightning_prune.profiling.cost_table import CostTable, LayerCurve, OpCost, build_cost_table
 from lightning_prune.profiling.deploy import deployed_copy, fuse_batchnorms
 from lightning_prune.profiling.flops import conv_flops, count_flops, count_params, linear_flops
-from lightning_prune.profiling.isolated import LayerSpec, time_layers
+from lightning_prune.profiling.isolated import LayerSpec, OpSpec, time_layers
 from lightning_prune.profiling.onnx_runtime import (
     ONNX_EXTRA_HINT,
     export_onnx,
@@ -36,6 +36,8 @@ __all__ = [
     "CostTable",
     "LayerCurve",
     "LayerSpec",
+    "OpCost",
+    "OpSpec",
     "build_cost_table",
     "deployed_copy",
     "fuse_batchnorms",

@@ -15,7 +15,12 @@ How it is built (:func:`build_cost_table`):
    ``(c_in, c_out)`` is then the separable interpolation ``T0 · r_in(c_in) · r_out(c_out)`` (``r`` the measured
    curves relative to the current width ``T0``, linear in between samples), which keeps ``1 - a·b`` for a layer
    losing fractions of both sides, as FLOPs do.
-4. A plan's cost is the sum over layers of the predicted time saved (:meth:`CostTable.removed_ms`); a group's
+4. The weightless ops that move a group's channels — concatenations and splits along channels, poolings, resizes,
+   residual adds, as the graph's trace recorded them (:attr:`~lightning_prune.graph.DependencyGraph.op_calls`) —
+   are timed too, once each at their current size (:class:`OpCost`), and taken to scale with the share of their
+   channels that stays: on some backends they are a large part of the time a conv table does not see (eager
+   PyTorch's max pooling in an SPPF block costs more than the convs around it).
+5. A plan's cost is the sum over layers and ops of the predicted time saved (:meth:`CostTable.removed_ms`); a group's
    *fast widths* (:meth:`CostTable.fast_widths`) are the sampled widths that beat every larger one — the widths where
    the backend is fast, what latency-aware selection rounds to instead of one global ``round_to``.
 
@@ -57,15 +62,16 @@ import torch
 from torch import nn
 
 from lightning_prune.profiling.backends import is_cuda, require_backend
-from lightning_prune.profiling.isolated import LayerSpec, activation_name, time_layers
+from lightning_prune.profiling.isolated import LayerSpec, OpSpec, activation_name, time_layers
 from lightning_prune.utils.model import call_model, eval_mode
 
 if TYPE_CHECKING:
     from lightning_prune.graph import DependencyGraph
 
-__all__ = ["CostTable", "LayerCurve", "build_cost_table", "discover_layers", "sample_widths"]
+__all__ = ["CostTable", "LayerCurve", "OpCost", "build_cost_table", "discover_layers", "discover_ops",
+           "sample_widths"]
 
-VERSION = 1
+VERSION = 2
 
 
 def sample_widths(size: int, points: int = 16) -> list[int]:
@@ -168,6 +174,31 @@ class LayerCurve:
                    [float(v) for v in data["in_ms"]])
 
 
+@dataclass
+class OpCost:
+    """One weightless op's measured time at its current size; it scales with the share of its channels that stays.
+
+    Example:
+        >>> OpCost(OpSpec("add", ((1, 8, 4, 4), (1, 8, 4, 4))), 0.5).ms(4)
+        0.25
+    """
+
+    spec: OpSpec
+    full_ms: float
+
+    def ms(self, channels: float) -> float:
+        """Predicted time when ``channels`` of its channels stay."""
+        total = self.spec.channels
+        return self.full_ms * max(min(channels / total, 1.0), 0.0) if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "full_ms": self.full_ms}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OpCost:
+        return cls(OpSpec.from_dict(data["spec"]), float(data["full_ms"]))
+
+
 #: one group's hold on a layer: (layer name, "in" or "out", channels of the group the layer holds on that axis)
 Relation = tuple[str, str, int]
 
@@ -180,7 +211,7 @@ class CostTable:
         backend, input_shape, device: what it was measured for.
         arch: the architecture hash (layer shapes and group relations).
         layers: conv name -> :class:`LayerCurve`.
-        relations: group name -> the layers it touches, on which axis, holding how many of its channels.
+        relations: group name -> the layers (and ops) it touches, on which axis, holding how many of its channels.
         sizes: group name -> its current width.
         build_seconds, measured, reused: how long the build took, how many layers it timed and how many it took over
             from an earlier table or the disk cache.
@@ -200,11 +231,20 @@ class CostTable:
     build_seconds: float = 0.0
     measured: int = 0
     reused: int = 0
+    #: weightless op name -> :class:`OpCost` (an op's relations use the axis ``"out"``)
+    ops: dict[str, OpCost] = field(default_factory=dict)
 
     # -- predictions ----------------------------------------------------------------------------------------------
     def total_ms(self) -> float:
-        """Predicted time of every modelled layer at the current widths."""
-        return sum(curve.full_ms for curve in self.layers.values())
+        """Predicted time of every modelled layer and op at the current widths."""
+        return sum(curve.full_ms for curve in self.layers.values()) + self.ops_ms()
+
+    def ops_ms(self) -> float:
+        """The part of :meth:`total_ms` that is weightless ops."""
+        return sum(op.full_ms for op in self.ops.values())
+
+    def _full_ms(self, name: str) -> float:
+        return self.ops[name].full_ms if name in self.ops else self.layers[name].full_ms
 
     def _widths(self, removed: Mapping[str, float]) -> dict[str, tuple[float, float]]:
         changed: dict[str, list[float]] = {}
@@ -215,6 +255,11 @@ class CostTable:
             if not count:
                 continue
             for layer, axis, held in self.relations[name]:
+                if layer in self.ops:
+                    width = float(self.ops[layer].spec.channels)
+                    entry = changed.setdefault(layer, [width, width])
+                    entry[1] -= held * float(count) / size
+                    continue
                 spec = self.layers[layer].spec
                 entry = changed.setdefault(layer, [float(spec.in_channels), float(spec.out_channels)])
                 entry[0 if axis == "in" else 1] -= held * float(count) / size
@@ -231,14 +276,14 @@ class CostTable:
         removed = {name: (value if isinstance(value, (int, float)) else len(value)) for name, value in plan.items()}
         saved = 0.0
         for layer, (c_in, c_out) in self._widths(removed).items():
-            curve = self.layers[layer]
-            saved += curve.full_ms - curve.ms(c_in, c_out)
+            curve = self.ops[layer] if layer in self.ops else self.layers[layer]
+            saved += curve.full_ms - (curve.ms(c_out) if layer in self.ops else curve.ms(c_in, c_out))
         return float(saved)
 
     def group_ms(self, group: str, width: float) -> float:
         """Predicted time of the layers ``group`` touches when it keeps ``width`` channels (the rest as now)."""
         touched = {layer for layer, _, _ in self.relations[group]}
-        base = sum(self.layers[layer].full_ms for layer in touched)
+        base = sum(self._full_ms(layer) for layer in touched)
         return base - self.removed_ms({group: self.sizes[group] - width})
 
     def group_curve(self, group: str) -> list[tuple[int, float]]:
@@ -276,6 +321,7 @@ class CostTable:
         return {"version": VERSION, "backend": self.backend, "input_shape": self.input_shape, "device": self.device,
                 "arch": self.arch, "points": self.points, "repeats": self.repeats, "num_threads": self.num_threads,
                 "layers": {name: curve.to_dict() for name, curve in self.layers.items()},
+                "ops": {name: op.to_dict() for name, op in self.ops.items()},
                 "relations": {name: [list(r) for r in rel] for name, rel in self.relations.items()},
                 "sizes": self.sizes}
 
@@ -318,7 +364,8 @@ class CostTable:
                        {name: LayerCurve.from_dict(c) for name, c in data["layers"].items()},
                        {name: [(r[0], r[1], int(r[2])) for r in rel] for name, rel in data["relations"].items()},
                        {name: int(s) for name, s in data["sizes"].items()}, int(data["points"]),
-                       int(data["repeats"]), int(data["num_threads"]))
+                       int(data["repeats"]), int(data["num_threads"]),
+                       ops={name: OpCost.from_dict(op) for name, op in data.get("ops", {}).items()})
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a cost table: {err}") from None
 
@@ -391,8 +438,42 @@ def discover_layers(model: nn.Module, example_inputs: Any) -> dict[str, LayerSpe
     return specs
 
 
-def _relations(graph: DependencyGraph, specs: Mapping[str, LayerSpec]) -> tuple[dict[str, list[Relation]],
-                                                                                 dict[str, int]]:
+def discover_ops(graph: DependencyGraph) -> dict[str, tuple[OpSpec, dict[str, int]]]:
+    """The weightless ops of ``graph``'s trace that move prunable channels: name (``<module>:<kind>``, ``#k`` for
+    repeats) -> (the op as an :class:`~lightning_prune.profiling.isolated.OpSpec`, how many of its channels each
+    prunable group holds).
+
+    Example:
+        >>> import torch
+        >>> from lightning_prune import DependencyGraph
+        >>> class Block(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1)
+        ...     def forward(self, x):
+        ...         y = self.a(x)
+        ...         return self.b(y + torch.nn.functional.max_pool2d(y, 3, 1, 1))
+        >>> ops = discover_ops(DependencyGraph(Block(), torch.randn(1, 3, 8, 8)))
+        >>> [(name, spec.kind, owners) for name, (spec, owners) in ops.items()]
+        [('<model>:max_pool2d', 'max_pool2d', {'a': 4}), ('<model>:add', 'add', {'a': 4})]
+    """
+    found: dict[str, tuple[OpSpec, dict[str, int]]] = {}
+    for call in graph.op_calls:
+        owners = graph.channel_owners(call.labels)
+        if not owners:
+            continue
+        base = f"{call.module_name}:{call.kind}"
+        name, k = base, 1
+        while name in found:
+            k += 1
+            name = f"{base}#{k}"
+        found[name] = (OpSpec(call.kind, tuple(call.input_shapes), dict(call.params)), owners)
+    return found
+
+
+def _relations(graph: DependencyGraph, specs: Mapping[str, LayerSpec],
+               ops: Mapping[str, tuple[OpSpec, dict[str, int]]] | None = None) -> tuple[dict[str, list[Relation]],
+                                                                                        dict[str, int]]:
     relations: dict[str, list[Relation]] = {}
     sizes: dict[str, int] = {}
     for group in graph.prunable_groups:
@@ -406,6 +487,9 @@ def _relations(graph: DependencyGraph, specs: Mapping[str, LayerSpec]) -> tuple[
             axis = "out" if member.dim == 0 else "in"
             count = int((member.channels >= 0).sum())
             held[(member.module, axis)] = max(held.get((member.module, axis), 0), count)
+        for op, (_, owners) in (ops or {}).items():
+            if owners.get(group.name):
+                held[(op, "out")] = owners[group.name]
         relations[group.name] = [(layer, axis, count) for (layer, axis), count in sorted(held.items())]
         sizes[group.name] = int(group.size)
     return relations, sizes
@@ -424,8 +508,10 @@ def _device_name(backend: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def _arch_hash(specs: Mapping[str, LayerSpec], relations: Mapping[str, list[Relation]]) -> str:
+def _arch_hash(specs: Mapping[str, LayerSpec], relations: Mapping[str, list[Relation]],
+               ops: Mapping[str, tuple[OpSpec, dict[str, int]]] | None = None) -> str:
     text = json.dumps([[name, spec.key()] for name, spec in sorted(specs.items())]
+                      + [[name, spec.key()] for name, (spec, _) in sorted((ops or {}).items())]
                       + [[name, [list(r) for r in rel]] for name, rel in sorted(relations.items())])
     return hashlib.sha1(text.encode()).hexdigest()
 
@@ -469,10 +555,11 @@ def build_cost_table(graph: DependencyGraph, backend: str = "eager", *, cache_di
         None)
     input_shape = [int(s) for s in first.shape] if isinstance(first, torch.Tensor) else []
     specs = discover_layers(graph.model, example)
-    relations, sizes = _relations(graph, specs)
-    axes = _axes(relations)
-    table = CostTable(backend, input_shape, _device_name(backend), _arch_hash(specs, relations), {}, relations, sizes,
-                      points, repeats, num_threads, os.fspath(cache_dir) if cache_dir is not None else None)
+    ops = discover_ops(graph)
+    relations, sizes = _relations(graph, specs, ops)
+    axes = {layer: wanted for layer, wanted in _axes(relations).items() if layer not in ops}
+    table = CostTable(backend, input_shape, _device_name(backend), _arch_hash(specs, relations, ops), {}, relations,
+                      sizes, points, repeats, num_threads, os.fspath(cache_dir) if cache_dir is not None else None)
     if not measure:
         return table
     path = os.path.join(table.cache_dir, table.filename()) if table.cache_dir is not None else None
@@ -481,13 +568,26 @@ def build_cost_table(graph: DependencyGraph, backend: str = "eager", *, cache_di
             cached = CostTable.load(path)
         except ValueError:
             cached = None
-        if cached is not None and cached.key() == table.key() and set(cached.layers) == set(axes):
+        if cached is not None and cached.key() == table.key() and set(cached.layers) == set(axes) \
+                and set(cached.ops) == set(ops):
             cached.cache_dir, cached.reused, cached.measured = table.cache_dir, len(cached.layers), 0
             cached.build_seconds = time.perf_counter() - start
             return cached
     old: dict[str, LayerCurve] = {}
+    old_ops: dict[str, OpCost] = {}
     if previous is not None and previous.backend == backend and previous.num_threads == num_threads:
         old = {curve.spec.key() + "".join(sorted(_curve_axes(curve))): curve for curve in previous.layers.values()}
+        old_ops = {op.spec.key(): op for op in previous.ops.values()}
+    table.ops = {name: old_ops[spec.key()] for name, (spec, _) in ops.items() if spec.key() in old_ops}
+    missing = [(name, spec) for name, (spec, _) in ops.items() if name not in table.ops]
+    if missing:
+        # one batch (one graph on ONNX Runtime / OpenVINO); a backend that reports no kernel for an op (OpenVINO
+        # concatenates in place) spends nothing on it
+        times = time_layers([spec for _, spec in missing], backend, repeats=repeats, num_threads=num_threads)
+        for (name, spec), ms in zip(missing, times):
+            table.ops[name] = OpCost(spec, float(ms) if math.isfinite(ms) else 0.0)
+        if progress is not None:
+            progress(f"{len(missing)} weightless ops: {sum(table.ops[n].full_ms for n, _ in missing):.3f} ms")
     for layer in sorted(axes):
         spec, wanted = specs[layer], axes[layer]
         reuse = old.get(spec.key() + "".join(sorted(wanted)))

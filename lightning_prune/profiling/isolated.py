@@ -1,10 +1,11 @@
 """Timing isolated layers on a backend, many at once: what the measured cost model
 (:mod:`~lightning_prune.profiling.cost_table`) is built from.
 
-A :class:`LayerSpec` describes one conv (+ its activation) at its input size. :func:`time_layers` times a list of
-them with a tiny repeat count:
+A :class:`LayerSpec` describes one conv (+ its activation) at its input size, an :class:`OpSpec` one weightless op
+that moves channels (a concatenation, a split, a pooling, a resize, a residual add). :func:`time_layers` times a list
+of them with a tiny repeat count:
 
-* eager (CPU or CUDA): each layer is a fresh ``nn.Conv2d`` (+ activation) on a random input; the layers are run in
+* eager (CPU or CUDA): each layer is a fresh ``nn.Conv2d`` (+ activation) or op on random inputs; they are run in
   round-robin order ``repeats`` times after one warm-up round, each call timed on its own (CUDA synchronised);
 * ONNX Runtime and OpenVINO: the layers become the independent branches of *one* ONNX graph (built directly with
   ``onnx.helper``, no export), run ``repeats`` times with the backend's per-node profiler on; each branch's time is
@@ -23,19 +24,20 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.profiling.backends import is_cuda, openvino_core, ort_providers, require_backend
 from lightning_prune.profiling.layers import synchronize
 from lightning_prune.profiling.timing import intra_op_threads
 
-__all__ = ["ACTIVATIONS", "LayerSpec", "activation_name", "time_layers"]
+__all__ = ["ACTIVATIONS", "OP_KINDS", "LayerSpec", "OpSpec", "activation_name", "time_layers"]
 
 #: activations a spec can carry (``None``: none), as module classes.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU,
@@ -129,12 +131,135 @@ class LayerSpec:
         return torch.randn(self.batch, self.in_channels, *self.input_hw, device=device)
 
 
-def time_layers(specs: Sequence[LayerSpec], backend: str = "eager", *, repeats: int = 3, num_threads: int = 1,
+#: the weightless ops an :class:`OpSpec` can be
+OP_KINDS = ("cat", "split", "max_pool2d", "avg_pool2d", "resize", "add", "mul")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A weightless op that moves every element of its channels, on inputs of the given shapes (channels on dim 1):
+    ``cat`` and ``split`` along channels, ``max_pool2d``/``avg_pool2d``, ``resize`` (nearest or bilinear), an
+    element-wise ``add``/``mul`` of two tensors. ``params`` are what the op needs besides its inputs (pooling
+    window, output size, piece sizes).
+
+    Example:
+        >>> spec = OpSpec("cat", ((1, 4, 8, 8), (1, 2, 8, 8)))
+        >>> spec.channels, spec.key()
+        (6, 'cat:1x4x8x8+1x2x8x8')
+        >>> OpSpec.from_dict(spec.to_dict()) == spec
+        True
+    """
+
+    kind: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    params: dict = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in OP_KINDS:
+            raise ValueError(f"unknown op kind {self.kind!r}; one of {', '.join(OP_KINDS)}")
+        object.__setattr__(self, "input_shapes", tuple(tuple(int(v) for v in shape) for shape in self.input_shapes))
+
+    @property
+    def channels(self) -> int:
+        """The channels it moves: the output's (a concatenation's sum, the input's for the others)."""
+        return sum(shape[1] for shape in self.input_shapes) if self.kind == "cat" else self.input_shapes[0][1]
+
+    def key(self) -> str:
+        """A stable text key (for caches)."""
+        shapes = "+".join("x".join(map(str, shape)) for shape in self.input_shapes)
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.kind}:{shapes}" + (f"[{extra}]" if extra else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON)."""
+        return {"kind": self.kind, "input_shapes": [list(shape) for shape in self.input_shapes],
+                "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OpSpec:
+        """The inverse of :meth:`to_dict`."""
+        return cls(data["kind"], tuple(tuple(shape) for shape in data["input_shapes"]), dict(data.get("params", {})))
+
+    def function(self) -> Callable[..., Any]:
+        """The op as a function of its input tensors (eager)."""
+        p = self.params
+        if self.kind == "cat":
+            return lambda *xs: torch.cat(xs, 1)
+        if self.kind == "split":
+            return lambda x: torch.split(x, list(p["sizes"]), 1)
+        if self.kind == "max_pool2d":
+            return lambda x: F.max_pool2d(x, p["kernel"], p["stride"], p["padding"], p.get("dilation", 1),
+                                          p.get("ceil_mode", False))
+        if self.kind == "avg_pool2d":
+            return lambda x: F.avg_pool2d(x, p["kernel"], p["stride"], p["padding"], p.get("ceil_mode", False),
+                                          p.get("count_include_pad", True))
+        if self.kind == "resize":
+            corners = p.get("align_corners", False) if p.get("mode") == "bilinear" else None
+            return lambda x: F.interpolate(x, size=list(p["size"]), mode=p.get("mode", "nearest"),
+                                           align_corners=corners)
+        return (lambda a, b: a * b) if self.kind == "mul" else (lambda a, b: a + b)
+
+    def inputs(self, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Random inputs of the right shapes."""
+        return [torch.randn(*shape, device=device) for shape in self.input_shapes]
+
+    def onnx_nodes(self, prefix: str) -> tuple[list[Any], list[Any]]:
+        """ONNX nodes reading ``<prefix>_x<j>`` and writing ``<prefix>_y<k>``, and their constant inputs."""
+        from onnx import helper, numpy_helper
+
+        p, xs = self.params, [f"{prefix}_x{j}" for j in range(len(self.input_shapes))]
+        outputs = self._output_count()
+        ys = [f"{prefix}_y{k}" for k in range(outputs)]
+        consts: list[Any] = []
+        if self.kind == "cat":
+            node = helper.make_node("Concat", xs, ys, name=f"{prefix}_cat", axis=1)
+        elif self.kind == "split":
+            consts.append(numpy_helper.from_array(np.asarray(p["sizes"], np.int64), f"{prefix}_sizes"))
+            node = helper.make_node("Split", [xs[0], f"{prefix}_sizes"], ys, name=f"{prefix}_split", axis=1)
+        elif self.kind in ("max_pool2d", "avg_pool2d"):
+            extra: dict[str, Any] = {"kernel_shape": list(p["kernel"]), "strides": list(p["stride"]),
+                                     "pads": list(p["padding"]) * 2, "ceil_mode": int(p.get("ceil_mode", False))}
+            if self.kind == "max_pool2d":
+                extra["dilations"] = list(p.get("dilation", [1, 1]))
+            else:
+                extra["count_include_pad"] = int(p.get("count_include_pad", True))
+            op = "MaxPool" if self.kind == "max_pool2d" else "AveragePool"
+            node = helper.make_node(op, xs, ys, name=f"{prefix}_pool", **extra)
+        elif self.kind == "resize":
+            shape = self.input_shapes[0]
+            consts.append(numpy_helper.from_array(np.asarray([*shape[:2], *p["size"]], np.int64), f"{prefix}_size"))
+            if p.get("mode", "nearest") == "nearest":
+                extra = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+            else:
+                extra = {"mode": "linear", "coordinate_transformation_mode":
+                         "align_corners" if p.get("align_corners") else "pytorch_half_pixel"}
+            node = helper.make_node("Resize", [xs[0], "", "", f"{prefix}_size"], ys, name=f"{prefix}_resize", **extra)
+        else:
+            node = helper.make_node("Mul" if self.kind == "mul" else "Add", xs, ys, name=f"{prefix}_{self.kind}")
+        return [node], consts
+
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        """The shapes of its outputs (it runs once on zeros)."""
+        with torch.no_grad():
+            out = self.function()(*[torch.zeros(*shape) for shape in self.input_shapes])
+        return [tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else [out])]
+
+    def _output_count(self) -> int:
+        return len(self.params["sizes"]) if self.kind == "split" else 1
+
+
+#: what :func:`time_layers` times
+Spec = LayerSpec | OpSpec
+
+
+def time_layers(specs: Sequence[Spec], backend: str = "eager", *, repeats: int = 3, num_threads: int = 1,
                 seed: int = 0) -> list[float]:
-    """Median time in ms of each layer of ``specs`` on ``backend`` (see the module docstring for how).
+    """Time in ms of each layer (or op) of ``specs`` on ``backend``: the fastest of ``repeats`` runs (see the module
+    docstring for how).
 
     Args:
-        specs: the layers; timed together (one graph for ONNX Runtime / OpenVINO), so keep the list to a few dozen.
+        specs: the layers and ops; timed together (one graph for ONNX Runtime / OpenVINO), so keep the list to a
+            few dozen.
         backend: one of :data:`~lightning_prune.profiling.backends.BACKENDS`.
         repeats: timed runs per layer after one warm-up run.
         num_threads: intra-op threads (1: steadiest on a shared machine).
@@ -150,23 +275,41 @@ def time_layers(specs: Sequence[LayerSpec], backend: str = "eager", *, repeats: 
     return _time_graph(specs, backend, repeats, num_threads)
 
 
-def _time_eager(specs: Sequence[LayerSpec], device: torch.device, repeats: int, num_threads: int) -> list[float]:
-    layers = [(spec.module(device), spec.input(device)) for spec in specs]
+def _runner(spec: Spec, device: torch.device) -> tuple[Callable[..., Any], list[torch.Tensor]]:
+    if isinstance(spec, OpSpec):
+        return spec.function(), spec.inputs(device)
+    return spec.module(device), [spec.input(device)]
+
+
+def _time_eager(specs: Sequence[Spec], device: torch.device, repeats: int, num_threads: int) -> list[float]:
+    layers = [_runner(spec, device) for spec in specs]
     times: list[list[float]] = [[] for _ in specs]
     with intra_op_threads(num_threads), torch.inference_mode():
         for round_index in range(repeats + 1):
-            for index, (module, x) in enumerate(layers):
+            for index, (module, xs) in enumerate(layers):
                 synchronize(device)
                 start = time.perf_counter()
-                module(x)
+                module(*xs)
                 synchronize(device)
                 if round_index:
                     times[index].append((time.perf_counter() - start) * 1e3)
     return [min(t) for t in times]
 
 
-def _onnx_graph(specs: Sequence[LayerSpec]) -> Any:
-    """One ONNX model whose ``i``-th branch (nodes named ``b<i>_...``) is ``specs[i]`` on its own input."""
+def _input_shapes(spec: Spec) -> list[tuple[int, ...]]:
+    if isinstance(spec, OpSpec):
+        return list(spec.input_shapes)
+    return [(spec.batch, spec.in_channels, *spec.input_hw)]
+
+
+def _input_names(index: int, spec: Spec) -> list[str]:
+    if isinstance(spec, OpSpec):
+        return [f"b{index}_x{j}" for j in range(len(spec.input_shapes))]
+    return [f"b{index}_x"]
+
+
+def _onnx_graph(specs: Sequence[Spec]) -> Any:
+    """One ONNX model whose ``i``-th branch (nodes named ``b<i>_...``) is ``specs[i]`` on its own inputs."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -174,6 +317,15 @@ def _onnx_graph(specs: Sequence[LayerSpec]) -> Any:
     nodes, inputs, outputs, weights = [], [], [], []
     for i, spec in enumerate(specs):
         name = f"b{i}"
+        if isinstance(spec, OpSpec):
+            op_nodes, consts = spec.onnx_nodes(name)
+            nodes += op_nodes
+            weights += consts
+            inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape))
+                       for n, shape in zip(_input_names(i, spec), spec.input_shapes)]
+            outputs += [helper.make_tensor_value_info(f"{name}_y{k}", TensorProto.FLOAT, list(shape))
+                        for k, shape in enumerate(spec.output_shapes())]
+            continue
         inputs.append(helper.make_tensor_value_info(f"{name}_x", TensorProto.FLOAT,
                                                     [spec.batch, spec.in_channels, *spec.input_hw]))
         shape = [spec.out_channels, spec.in_channels // spec.groups, *spec.kernel_size]
@@ -214,10 +366,10 @@ def _branch_of(node_name: str, count: int) -> int | None:
     return int(head)
 
 
-def _time_graph(specs: Sequence[LayerSpec], backend: str, repeats: int, num_threads: int) -> list[float]:
+def _time_graph(specs: Sequence[Spec], backend: str, repeats: int, num_threads: int) -> list[float]:
     model = _onnx_graph(specs)
-    feed = {f"b{i}_x": np.random.default_rng(i).standard_normal(
-        (spec.batch, spec.in_channels, *spec.input_hw)).astype(np.float32) for i, spec in enumerate(specs)}
+    feed = {name: np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+            for i, spec in enumerate(specs) for name, shape in zip(_input_names(i, spec), _input_shapes(spec))}
     per_run: list[list[float]] = [[] for _ in specs]
     with tempfile.TemporaryDirectory(prefix="lightning_prune_layers_") as directory:
         path = os.path.join(directory, "layers.onnx")
