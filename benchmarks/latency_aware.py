@@ -27,7 +27,7 @@ medians), on their deployed form (BatchNorm folded, eval):
 
 Speedup efficiency = (latency speedup) / (FLOPs reduction factor), both against ``unpruned`` in the same run.
 
-    python benchmarks/latency_aware.py                 # the whole benchmark (about 40 minutes on 2 shared cores)
+    python benchmarks/latency_aware.py                 # the whole benchmark (about 20 minutes on 2 cores)
     python benchmarks/latency_aware.py --render        # the Markdown and the plot from the JSON
     python benchmarks/latency_aware.py --backends eager-cuda onnxruntime-cuda   # on a CUDA GPU
 
