@@ -88,44 +88,43 @@ def build(name: str, width: float | None = None) -> nn.Module:
     return yolo_at_width(f"{name}.yaml", width).eval()
 
 
+def _l1_setup(base: nn.Module, x: torch.Tensor, fraction: float) -> tuple[DependencyGraph, list[Any], Any, Any,
+                                                                          float]:
+    """A copy of ``base`` in its graph, its candidate groups, their L1 scores and ranking, and the FLOPs budget."""
+    graph = DependencyGraph(copy.deepcopy(base), x)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, graph.model, "l1")
+    return graph, groups, scores, ranking, fraction * count_flops(graph.model, x)
+
+
 def pruned(base: nn.Module, x: torch.Tensor, fraction: float, cost: str = "flops", table: Any = None,
            strategy: str = "uniform", max_rate: float = 1.0) -> nn.Module:
     """A copy of ``base`` with ``fraction`` of its FLOPs removed by ``strategy`` (L1 ranking); with
     ``cost="latency"`` latency-aware (fast widths; for ``global`` importance per predicted millisecond)."""
-    model = copy.deepcopy(base)
-    graph = DependencyGraph(model, x)
-    groups = candidate_groups(graph)
-    scores, ranking = score_channels(groups, model, "l1")
-    budget = fraction * count_flops(model, x)
+    graph, groups, scores, ranking, budget = _l1_setup(base, x, fraction)
     counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, cost, cost_table=table,
                               budget_cost="flops", max_rate=max_rate)
     graph.prune(plan_from_counts(ranking, counts))
-    return model
+    return graph.model
 
 
 def per_channel_weighted(base: nn.Module, x: torch.Tensor, fraction: float, table: Any,
                          max_rate: float = MAX_RATE) -> nn.Module:
     """Latency-aware global at a FLOPs budget with each channel weighed by the milliseconds it saves alone (the
     earlier weighting), for the side-by-side comparison with :func:`pruned`'s per-FLOP weighting."""
-    model = copy.deepcopy(base)
-    graph = DependencyGraph(model, x)
-    groups = candidate_groups(graph)
-    scores, ranking = score_channels(groups, model, "l1")
+    graph, groups, scores, ranking, budget = _l1_setup(base, x, fraction)
     options = capped_options(groups, max_rate, options=latency_options(table, groups))
-    counts = global_counts(graph, groups, scores, ranking, fraction * count_flops(model, x), "flops",
-                           options=options, channel_cost=latency_per_channel(table, groups, options))
+    counts = global_counts(graph, groups, scores, ranking, budget, "flops", options=options,
+                           channel_cost=latency_per_channel(table, groups, options))
     graph.prune(plan_from_counts(ranking, counts))
-    return model
+    return graph.model
 
 
 def predicted_savings(base: nn.Module, x: torch.Tensor, fraction: float, table: Any,
                       caps: tuple[float, ...] = CAPS) -> dict[str, float]:
     """What the cost table predicts latency-aware global saves at a FLOPs budget (ms), per ``max_rate`` cap: how much
     the cost model itself thinks any of these allocations can buy, next to what the measurement then finds."""
-    graph = DependencyGraph(copy.deepcopy(base), x)
-    groups = candidate_groups(graph)
-    scores, ranking = score_channels(groups, graph.model, "l1")
-    budget = fraction * count_flops(graph.model, x)
+    graph, groups, scores, ranking, budget = _l1_setup(base, x, fraction)
     saved = {}
     for cap in caps:
         counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", cost_table=table,

@@ -704,9 +704,10 @@ def _cat(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict,
                 tracer.forest.pin(block, f"constant channels concatenated in {tracer.where}")
                 parts.append(block)
         taints = [info.taint for info in infos if info is not None and info.taint]
-        _label(out, dim, np.concatenate(parts), taints[0] if taints else None)
+        labels = np.concatenate(parts)
+        _label(out, dim, labels, taints[0] if taints else None)
         if dim == 1:
-            _record_op(tracer, "cat", tensors, np.concatenate(parts))
+            _record_op(tracer, "cat", tensors, labels)
         return
     # concatenating along another dim: channel k of the result comes from channel k of every input
     new_dim = ref_info.dim + (1 if name == "stack" and dim <= ref_info.dim else 0)

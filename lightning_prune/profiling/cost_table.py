@@ -276,8 +276,10 @@ class CostTable:
         removed = {name: (value if isinstance(value, (int, float)) else len(value)) for name, value in plan.items()}
         saved = 0.0
         for layer, (c_in, c_out) in self._widths(removed).items():
-            curve = self.ops[layer] if layer in self.ops else self.layers[layer]
-            saved += curve.full_ms - (curve.ms(c_out) if layer in self.ops else curve.ms(c_in, c_out))
+            if layer in self.ops:
+                saved += self.ops[layer].full_ms - self.ops[layer].ms(c_out)
+            else:
+                saved += self.layers[layer].full_ms - self.layers[layer].ms(c_in, c_out)
         return float(saved)
 
     def group_ms(self, group: str, width: float) -> float:
