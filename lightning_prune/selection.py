@@ -33,6 +33,7 @@ __all__ = [
     "sensitivity_counts",
     "uniform_counts",
     "global_counts",
+    "knapsack_counts",
     "valid_counts",
 ]
 
@@ -361,6 +362,93 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
         return _snap(counts, options)
 
     return _bisect_knob(graph, ranking, counts_at, lo, hi, budget, target_metric)
+
+
+def knapsack_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],
+                    budget: float, target_metric: Cost, gain: CostFn,
+                    options: Mapping[str, Sequence[int]] | None = None, round_to: int = 1, min_channels: int = 1,
+                    scores: Mapping[str, np.ndarray] | None = None,
+                    importance_weight: float = 0.0, lookahead: bool = True) -> dict[str, int]:
+    """A marginal greedy knapsack: spend ``budget`` of ``target_metric`` where each unit of it buys the most
+    ``gain`` (e.g. a measured table's predicted milliseconds under a FLOPs budget).
+
+    Every group's next allowed step (from its current count to its next allowed one in ``options``, else what
+    ``round_to``/``min_channels`` allow) is valued ``Δgain / Δbudget``, recomputed from the counts taken so far, so a
+    group whose removal speeds up its neighbours' layers too is credited for it; the best step is taken until the
+    budget is spent, and the last one is trimmed to the allowed count closest to the budget. With ``scores`` and
+    ``importance_weight`` ``β > 0`` a step's value is divided by the mean normalised importance (score / the
+    group's largest |score|) of the channels it removes, to the power ``β`` (the importance side of HALP's latency
+    knapsack). Values are kept in a lazy priority queue: a popped step is re-valued and taken only if it still
+    leads, which makes it fast (seconds for YOLOv8n's 57 groups and their fast widths).
+
+    Unlike one threshold on importance per cost (:func:`global_counts` with ``channel_cost``), which weighs each
+    group by one average, the steps follow the measured curve: a group is pruned to the width where the backend
+    gets fast and no further than pays off.
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 1),
+        ...                         torch.nn.Conv2d(8, 2, 1)), torch.randn(1, 3, 4, 4))
+        >>> groups = graph.prunable_groups
+        >>> ranking = {g.name: np.arange(8) for g in groups}
+        >>> flops = lambda plan: float(sum(len(v) for v in plan.values()))
+        >>> ms = lambda plan: 1.0 * len(plan.get("0", [])) + 6.0 * (len(plan.get("1", [])) >= 4)
+        >>> knapsack_counts(graph, groups, ranking, 4.0, flops, ms, options={"0": [0, 2, 4], "1": [0, 4]})
+        {'0': 0, '1': 4}
+    """
+    import heapq
+
+    if budget <= 0:
+        return {}
+    allowed = {g.name: valid_counts(g, round_to, min_channels, options) for g in groups}
+    weigh = scores is not None and importance_weight > 0
+    normalised = {}
+    if weigh:
+        for group in groups:
+            values = np.sort(np.abs(np.asarray(scores[group.name], dtype=np.float64)))
+            normalised[group.name] = values / (values.max() or 1.0)
+    counts = {g.name: 0 for g in groups}
+    spent = gained = 0.0
+
+    def step(name: str) -> tuple[float, int, float, float] | None:
+        best = None
+        for count in (c for c in allowed[name] if c > counts[name]):
+            trial = {**counts, name: count}
+            d_spent = _removed(graph, ranking, trial, target_metric) - spent
+            if d_spent <= 0:
+                continue
+            d_gain = float(gain(plan_from_counts(ranking, trial))) - gained
+            value = d_gain / d_spent
+            if weigh:
+                value /= max(float(normalised[name][counts[name]:count].mean()), 1e-3) ** importance_weight
+            if best is None or value > best[0]:
+                best = (value, count, d_spent, d_gain)
+            if not lookahead:
+                break
+        return best
+
+    queue = [(-item[0], name) for name in counts if (item := step(name)) is not None]
+    heapq.heapify(queue)
+    last = None
+    while spent < budget and queue:
+        _, name = heapq.heappop(queue)
+        item = step(name)
+        if item is None:
+            continue
+        if queue and item[0] < -queue[0][0]:  # stale: re-queue at its current value
+            heapq.heappush(queue, (-item[0], name))
+            continue
+        last = (name, counts[name])
+        counts[name] = item[1]
+        spent += item[2]
+        gained += item[3]
+        if (following := step(name)) is not None:
+            heapq.heappush(queue, (-following[0], name))
+    if last is not None and spent >= budget:
+        name, previous = last
+        choices = [c for c in allowed[name] if previous <= c <= counts[name]]
+        _trim(graph, ranking, counts, name, choices, budget, target_metric)
+    return counts
 
 
 def sensitivity_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Mapping[str, np.ndarray],

@@ -19,6 +19,7 @@ from lightning_prune.pruning.strategies import candidate_groups, latency_options
 from lightning_prune.selection import (
     cost_function,
     global_counts,
+    knapsack_counts,
     paper_selection,
     plan_from_counts,
     score_probes,
@@ -281,6 +282,61 @@ def test_global_latency_under_a_flops_budget_spends_it_where_flops_run_slowest()
     by_ms, _ = select_counts("global", graph, groups, scores, ranking, 0.3 * table.total_ms(), "latency",
                              cost_table=table, budget_cost="latency")
     assert by_ms != counts  # under a latency budget the weight is milliseconds alone
+
+
+def test_knapsack_meets_a_flops_budget_at_fast_widths_and_saves_at_least_the_threshold() -> None:
+    """The knapsack spends the FLOPs budget (within one allowed step), stays on the table's fast widths and under
+    the cap, and its predicted saving is at least that of one threshold on importance per cost."""
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    original = {g.name: g.size for g in graph.prunable_groups}
+    groups = candidate_groups(graph)
+    flops = cost_function(graph, "flops")
+    table = ScriptedTable(graph)
+    scores, ranking = score_channels(groups, net, "l1")
+    budget = 0.4 * graph.traced_flops
+    common = dict(cost_table=table, budget_cost="flops", max_rate=0.75)
+    knap, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", allocation="knapsack",
+                            **common)
+    thresh, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", **common)
+    removed = flops(plan_from_counts(ranking, knap))
+    assert 0.85 * budget <= removed <= 1.15 * budget
+    for group in groups:
+        assert knap.get(group.name, 0) in table.removal_options(group.name)
+        assert knap.get(group.name, 0) <= 0.75 * group.size
+    assert table.removed_ms(knap) >= 0.98 * table.removed_ms(thresh)
+    graph.prune(plan_from_counts(ranking, knap))
+    assert on_fast_widths(graph, original)
+    assert net(EXAMPLE).shape[0] == 1
+
+
+def test_knapsack_takes_the_step_to_where_the_backend_gets_fast() -> None:
+    """A group whose curve only drops at a wide step is taken there when per FLOP that step pays best, though its
+    first small step saves nothing; with lookahead off (next step only) the greedy misses it."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1))
+    graph = DependencyGraph(net, torch.randn(1, 3, 4, 4))
+    groups = graph.prunable_groups
+    ranking = {g.name: np.arange(8) for g in groups}
+    count = lambda plan: float(sum(len(v) for v in plan.values()))  # noqa: E731
+    ms = lambda plan: 1.0 * len(plan.get("0", [])) + 8.0 * (len(plan.get("1", [])) >= 4)  # noqa: E731
+    options = {"0": [0, 2, 4], "1": [0, 2, 4]}
+    assert knapsack_counts(graph, groups, ranking, 4.0, count, ms, options) == {"0": 0, "1": 4}
+    assert knapsack_counts(graph, groups, ranking, 4.0, count, ms, options, lookahead=False) == {"0": 4, "1": 0}
+
+
+def test_knapsack_importance_weight_spares_important_channels() -> None:
+    """At equal milliseconds per FLOP, a positive importance weight prunes the group whose channels matter less."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1))
+    graph = DependencyGraph(net, torch.randn(1, 3, 4, 4))
+    groups = graph.prunable_groups
+    ranking = {g.name: np.arange(8) for g in groups}
+    count = lambda plan: float(sum(len(v) for v in plan.values()))  # noqa: E731
+    scores = {"0": np.linspace(0.9, 1.0, 8), "1": np.linspace(0.1, 1.0, 8)}
+    options = {g.name: [0, 4] for g in groups}
+    counts = knapsack_counts(graph, groups, ranking, 4.0, count, count, options, scores=scores, importance_weight=1)
+    assert counts == {"0": 0, "1": 4}
+    with pytest.raises(ValueError, match="allocation must be"):
+        select_counts("global", graph, groups, scores, ranking, 4.0, allocation="greedy")
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "global"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from torch import nn
@@ -16,6 +16,7 @@ from lightning_prune.selection import (
     Scored,
     cost_function,
     global_counts,
+    knapsack_counts,
     sensitivity_counts,
     uniform_counts,
     valid_counts,
@@ -123,7 +124,9 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
                   cost: Cost = "flops", round_to: int = 1, min_channels: int = 1,
                   scored: Callable[[], Sequence[Scored]] | None = None, params_layers: int = 6,
                   flops_layers: int = 5, cost_table: Any = None,
-                  budget_cost: Cost | None = None, max_rate: float = 1.0) -> tuple[dict[str, int], list[Scored]]:
+                  budget_cost: Cost | None = None, max_rate: float = 1.0,
+                  allocation: Literal["threshold", "knapsack"] = "threshold",
+                  importance_weight: float = 1.0) -> tuple[dict[str, int], list[Scored]]:
     """Channels to remove per group so that ``budget`` of ``budget_cost`` (default: ``cost``) goes, and the paper's
     picks used (sensitivity).
 
@@ -139,6 +142,10 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     channels are unimportant. Under a FLOPs or params budget (``budget_cost``) the weight is the milliseconds a
     channel saves *per FLOP (parameter) it removes*: the budget is spent where the backend runs its FLOPs slowest,
     which buys the most latency for the FLOPs removed (measured in ``benchmarks/latency_aware.py``).
+    ``allocation="knapsack"`` spends such a FLOPs or params budget with :func:`~lightning_prune.selection.
+    knapsack_counts` instead: step by step along each group's measured curve, the step that saves the most
+    predicted milliseconds per FLOP (parameter), divided by its channels' importance to the power
+    ``importance_weight``.
 
     Example:
         >>> import torch
@@ -180,6 +187,12 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         measure = cost_table.removed_ms
     if strategy == "uniform":
         return uniform_counts(graph, groups, ranking, budget, measure, round_to, min_channels, options=options), []
+    if allocation not in ("threshold", "knapsack"):
+        raise ValueError(f"allocation must be 'threshold' or 'knapsack', got {allocation!r}")
+    if strategy == "global" and allocation == "knapsack" and channel_cost is not None \
+            and budget_cost not in (None, "latency"):
+        return knapsack_counts(graph, groups, ranking, budget, measure, cost, options, round_to, min_channels,
+                               scores=scores, importance_weight=importance_weight), []
     if strategy == "global":
         return global_counts(graph, groups, scores, ranking, budget, measure, round_to, min_channels,
                              options=options, channel_cost=channel_cost), []
