@@ -310,6 +310,31 @@ def test_knapsack_meets_a_flops_budget_at_fast_widths_and_saves_at_least_the_thr
     assert net(EXAMPLE).shape[0] == 1
 
 
+def test_the_pruner_takes_allocation_knapsack_under_a_flops_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: a FLOPs target with cost="latency" and allocation="knapsack" removes its FLOPs over two steps at
+    fast widths; only the knapsack allocation calls the knapsack; a bad name is one line."""
+    import lightning_prune.pruning.strategies as strategies
+
+    calls = []
+    real = strategies.knapsack_counts
+    monkeypatch.setattr(strategies, "knapsack_counts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for allocation in ("threshold", "knapsack"):
+        net = make_net()
+        graph = DependencyGraph(net, EXAMPLE)
+        original = {g.name: g.size for g in graph.prunable_groups}
+        pruner = IterativePruner(net, EXAMPLE, schedule=[0, 1], target=0.4, cost="latency", strategy="global",
+                                 cost_table=ScriptedTable(graph), max_rate=0.75, allocation=allocation)
+        pruner.check()
+        pruner.step(0)
+        result = pruner.step(1)
+        assert on_fast_widths(pruner.graph, original)
+        assert result.flops_after <= 0.6 * 1.1 * pruner.baseline["flops"]
+        assert net(EXAMPLE).shape[0] == 1
+        assert len(calls) == (2 if allocation == "knapsack" else 0)
+    with pytest.raises(ValueError, match="unknown allocation"):
+        PruningConfig(allocation="greedy")
+
+
 def test_knapsack_takes_the_step_to_where_the_backend_gets_fast() -> None:
     """A group whose curve only drops at a wide step is taken there when per FLOP that step pays best, though its
     first small step saves nothing; with lookahead off (next step only) the greedy misses it."""

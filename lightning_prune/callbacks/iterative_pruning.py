@@ -28,7 +28,7 @@ from lightning_prune.pruning import (
     Strategy,
     TargetMetric,
 )
-from lightning_prune.pruning.config import Cost
+from lightning_prune.pruning.config import Allocation, Cost
 
 __all__ = ["IterativePruningCallback"]
 
@@ -85,6 +85,8 @@ class IterativePruningCallback(Callback):
         cost_table_dir: where measured latency tables are cached (``None``: no disk cache).
         max_rate: the largest share of any one group a single step removes (``1.0``: no cap; see
             :class:`~lightning_prune.pruning.PruningConfig`).
+        allocation: ``"threshold"`` or ``"knapsack"``: how latency-aware ``global`` spends a FLOPs budget (see
+            :class:`~lightning_prune.pruning.PruningConfig`).
 
     Example::
 
@@ -131,6 +133,7 @@ class IterativePruningCallback(Callback):
         cost: Cost | None = None,
         cost_table_dir: str | None = None,
         max_rate: float = 1.0,
+        allocation: Allocation = "threshold",
     ) -> None:
         super().__init__()
         self.config = PruningConfig(
@@ -140,7 +143,7 @@ class IterativePruningCallback(Callback):
             latency_backend=latency_backend, latency_repeats=latency_repeats,
             latency_corrections=latency_corrections, latency_tolerance=latency_tolerance,
             remeasure_fraction=remeasure_fraction, cost=cost, cost_table_dir=cost_table_dir,
-            max_rate=max_rate)
+            max_rate=max_rate, allocation=allocation)
         if strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
         if int(sensitivity_batches) < 1:

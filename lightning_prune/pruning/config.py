@@ -29,6 +29,7 @@ TargetMetric = Literal["flops", "params", "latency"]
 Mode = Literal["max", "min"]
 LatencyBackend = Literal["eager", "onnxruntime", "openvino", "eager-cuda", "onnxruntime-cuda"]
 Cost = Literal["flops", "params", "latency"]
+Allocation = Literal["threshold", "knapsack"]
 CriterionName = Literal["l2", "l2_largest", "l1", "l1_largest", "bn_scale", "bn_scale_l1", "random", "taylor"]
 
 
@@ -81,6 +82,9 @@ class PruningConfig:
         max_rate: the largest share of any one group a single step removes (``1.0``: no cap). Latency-aware
             ``global`` selection (``cost="latency"``) weighs importance against what a channel costs on the
             backend and would otherwise empty the slowest groups first; ``0.5`` keeps half of every group per step.
+        allocation: how latency-aware ``global`` selection (``cost="latency"``) spends a FLOPs or params budget:
+            ``"threshold"`` (one threshold on importance per predicted ms saved per FLOP) or ``"knapsack"`` (step by
+            step along each group's measured curve, see :func:`~lightning_prune.selection.knapsack_counts`).
     """
 
     schedule: Sequence[int] | dict[str, int] | int = (1,)
@@ -105,6 +109,7 @@ class PruningConfig:
     cost: Cost | None = None
     cost_table_dir: str | None = None
     max_rate: float = 1.0
+    allocation: Allocation = "threshold"
 
     def __post_init__(self) -> None:
         self.schedule = parse_schedule(self.schedule)
@@ -118,6 +123,7 @@ class PruningConfig:
         _check_choice("latency_backend", self.latency_backend, LatencyBackend)
         if self.cost is not None:
             _check_choice("cost", self.cost, Cost)
+        _check_choice("allocation", self.allocation, Allocation)
         if not callable(self.criterion) and self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)} or a "
                              "callable")

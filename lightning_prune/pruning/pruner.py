@@ -371,7 +371,7 @@ class IterativePruner:
         counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, cost,
                                      config.round_to, config.min_channels, scored, config.params_layers,
                                      config.flops_layers, cost_table=table, budget_cost=budget_cost,
-                                     max_rate=config.max_rate)
+                                     max_rate=config.max_rate, allocation=config.allocation)
         plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
         return plan, probes, [item.probe.group for item in used]
 

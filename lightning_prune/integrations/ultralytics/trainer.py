@@ -71,7 +71,7 @@ from lightning_prune.pruning import (
     Strategy,
     TargetMetric,
 )
-from lightning_prune.pruning.config import Cost
+from lightning_prune.pruning.config import Allocation, Cost
 
 __all__ = ["TASK_MONITORS", "UltralyticsPruning", "add_pruning", "keep_pruned"]
 
@@ -582,6 +582,7 @@ def add_pruning(
     cost: Cost | None = None,
     cost_table_dir: str | None = None,
     max_rate: float = 1.0,
+    allocation: Allocation = "threshold",
     verbose: bool = True,
 ) -> UltralyticsPruning:
     """Prune an ultralytics ``YOLO`` model iteratively while ``model.train(...)`` fine-tunes it.
@@ -603,7 +604,7 @@ def add_pruning(
         sensitivity_batches: validation batches (of the trainer's validation batch size) each probe validates.
         verbose: log the graph summary and each step's summary through ultralytics' logger.
         target_metric, mode, sensitivity_rates, exponent, params_layers, flops_layers, ignore, round_to,
-            min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate: as
+            min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate, allocation: as
             :class:`~lightning_prune.pruning.PruningConfig`.
 
     Bad input fails with one line: here (an unknown strategy or criterion, a target outside (0, 1)), or when
@@ -627,7 +628,7 @@ def add_pruning(
         flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
         latency_backend=latency_backend, latency_repeats=latency_repeats, latency_corrections=latency_corrections,
         latency_tolerance=latency_tolerance, remeasure_fraction=remeasure_fraction, cost=cost,
-        cost_table_dir=cost_table_dir, max_rate=max_rate)
+        cost_table_dir=cost_table_dir, max_rate=max_rate, allocation=allocation)
     return UltralyticsPruning(config, monitor, sensitivity_batches, verbose).attach(model)
 
 
