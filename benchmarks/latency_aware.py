@@ -78,7 +78,7 @@ JSON = RESULTS / "latency_aware.json"
 MAX_RATE = 0.5  # latency-aware global keeps at least half of every group (else it empties the slowest ones)
 TOLERANCE = 0.05  # the latency target is met within this fraction of the goal
 LEVEL = 0.03  # efficiencies this close are level (inside the run-to-run noise): a tie, never "above"
-KNAPSACK_RATE = 0.75  # the knapsack arm's cap: it chooses widths along the curve, a looser cap lets it
+KNAPSACK_RATE = 0.75  # the knapsack arm's cap: it stops each group where the curve stops paying, so it needs less
 CAPS = (0.5, 0.625, 0.75, 0.875, 1.0)  # max_rate caps whose predicted savings the report lists
 UNIFORM_SWEEP = {f"uniform L1 -{p}% FLOPs": f"uniform-{p}" for p in (50, 60, 70, 80)}  # arm -> peers key
 

@@ -13,6 +13,7 @@ rank_channels`) turns counts into a plan, so the channels chosen are always the 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -305,6 +306,18 @@ def uniform_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Map
     return _bisect_knob(graph, ranking, counts_at, 0.0, 1.0, budget, target_metric)
 
 
+def _normalised_importance(groups: Sequence[Group], scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per group, its scores / its largest |score|, ascending (in ranking order). Equal scores (e.g. the BatchNorm
+    scales of a fresh model, all 1) are split by a tiny rising offset, so one threshold can take part of a tie
+    instead of all of it or none."""
+    normalised = {}
+    for group in groups:
+        values = np.asarray(scores[group.name], dtype=np.float64)
+        ordered = np.sort(values / (np.abs(values).max() or 1.0))
+        normalised[group.name] = ordered + np.arange(len(ordered)) * 1e-12
+    return normalised
+
+
 def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mapping[str, np.ndarray],
                   ranking: Mapping[str, np.ndarray], budget: float, target_metric: Cost = "flops",
                   round_to: int = 1, min_channels: int = 1,
@@ -332,13 +345,7 @@ def global_counts(graph: DependencyGraph, groups: Sequence[Group], scores: Mappi
         >>> global_counts(graph, groups, scores, ranking, 4.0, flops, channel_cost={"0": 1.0, "1": 10.0})
         {'0': 0, '1': 4}
     """
-    normalised = {}
-    for group in groups:
-        values = np.asarray(scores[group.name], dtype=np.float64)
-        # equal scores (e.g. the BatchNorm scales of a fresh model, all 1) are split in ranking order by a tiny
-        # rising offset, so one threshold can take part of a tie instead of all of it or none
-        ordered = np.sort(values / (np.abs(values).max() or 1.0))
-        normalised[group.name] = ordered + np.arange(len(ordered)) * 1e-12
+    normalised = _normalised_importance(groups, scores)
     if channel_cost:
         known = [c for c in (channel_cost.get(g.name, 0.0) for g in groups) if c > 0]
         mean = float(np.mean(known)) if known else 1.0
@@ -372,10 +379,11 @@ def knapsack_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Ma
     """A marginal greedy knapsack: spend ``budget`` of ``target_metric`` where each unit of it buys the most
     ``gain`` (e.g. a measured table's predicted milliseconds under a FLOPs budget).
 
-    Every group's next allowed step (from its current count to its next allowed one in ``options``, else what
-    ``round_to``/``min_channels`` allow) is valued ``Δgain / Δbudget``, recomputed from the counts taken so far, so a
-    group whose removal speeds up its neighbours' layers too is credited for it; the best step is taken until the
-    budget is spent, and the last one is trimmed to the allowed count closest to the budget. With ``scores`` and
+    A group's step goes from its current count to any larger allowed one (in ``options``, else what
+    ``round_to``/``min_channels`` allow; with ``lookahead=False`` only to the next) and is valued
+    ``Δgain / Δbudget``, recomputed from the counts taken so far, so a group whose removal speeds up its neighbours'
+    layers too is credited for it; each group offers its best step, the best of those is taken until the budget is
+    spent, and the last one is trimmed to the allowed count closest to the budget. With ``scores`` and
     ``importance_weight`` ``β > 0`` a step's value is divided by the mean normalised importance (score / the
     group's largest |score|) of the channels it removes, to the power ``β`` (the importance side of HALP's latency
     knapsack). Values are kept in a lazy priority queue: a popped step is re-valued and taken only if it still
@@ -396,28 +404,23 @@ def knapsack_counts(graph: DependencyGraph, groups: Sequence[Group], ranking: Ma
         >>> knapsack_counts(graph, groups, ranking, 4.0, flops, ms, options={"0": [0, 2, 4], "1": [0, 4]})
         {'0': 0, '1': 4}
     """
-    import heapq
-
     if budget <= 0:
         return {}
     allowed = {g.name: valid_counts(g, round_to, min_channels, options) for g in groups}
     weigh = scores is not None and importance_weight > 0
-    normalised = {}
-    if weigh:
-        for group in groups:
-            values = np.sort(np.abs(np.asarray(scores[group.name], dtype=np.float64)))
-            normalised[group.name] = values / (values.max() or 1.0)
+    normalised = _normalised_importance(groups, scores) if weigh else {}
+    spend = cost_function(graph, target_metric)
     counts = {g.name: 0 for g in groups}
     spent = gained = 0.0
 
     def step(name: str) -> tuple[float, int, float, float] | None:
         best = None
         for count in (c for c in allowed[name] if c > counts[name]):
-            trial = {**counts, name: count}
-            d_spent = _removed(graph, ranking, trial, target_metric) - spent
+            plan = plan_from_counts(ranking, {**counts, name: count})
+            d_spent = float(spend(plan)) - spent
             if d_spent <= 0:
                 continue
-            d_gain = float(gain(plan_from_counts(ranking, trial))) - gained
+            d_gain = float(gain(plan)) - gained
             value = d_gain / d_spent
             if weigh:
                 value /= max(float(normalised[name][counts[name]:count].mean()), 1e-3) ** importance_weight

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import Criterion, channel_scores
+from lightning_prune.pruning.config import Allocation, choices
 from lightning_prune.selection import (
     Cost,
     Scored,
@@ -125,7 +126,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
                   scored: Callable[[], Sequence[Scored]] | None = None, params_layers: int = 6,
                   flops_layers: int = 5, cost_table: Any = None,
                   budget_cost: Cost | None = None, max_rate: float = 1.0,
-                  allocation: Literal["threshold", "knapsack"] = "threshold",
+                  allocation: Allocation = "threshold",
                   importance_weight: float = 1.0) -> tuple[dict[str, int], list[Scored]]:
     """Channels to remove per group so that ``budget`` of ``budget_cost`` (default: ``cost``) goes, and the paper's
     picks used (sensitivity).
@@ -160,6 +161,8 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         ...
         ValueError: cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)
     """
+    if allocation not in choices(Allocation):
+        raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(choices(Allocation))}")
     if budget <= 0 or not groups:
         return {}, []
     options = None
@@ -173,11 +176,15 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
     if max_rate < 1.0:
         options = capped_options(groups, max_rate, round_to, min_channels, options)
+    # the knapsack spends a FLOPs (params) budget for predicted milliseconds; a latency budget keeps the threshold
+    knapsack = strategy == "global" and cost == "latency" and allocation == "knapsack" \
+        and budget_cost not in (None, "latency")
     if cost == "latency":
-        # what one channel saves, on average over the range this step may remove; under a FLOPs (params) budget,
-        # per FLOP (parameter) it removes: the budget then goes where the backend is slowest per unit of it
-        per = None if budget_cost in (None, "latency") else cost_function(graph, budget_cost)
-        channel_cost = latency_per_channel(cost_table, groups, options, per)
+        if strategy == "global" and not knapsack:
+            # what one channel saves, on average over the range this step may remove; under a FLOPs (params)
+            # budget, per FLOP (parameter) it removes: the budget then goes where the backend is slowest per unit
+            per = None if budget_cost in (None, "latency") else cost_function(graph, budget_cost)
+            channel_cost = latency_per_channel(cost_table, groups, options, per)
         cost = cost_table.removed_ms
     measure = cost if budget_cost is None else budget_cost
     if measure == "latency":
@@ -187,10 +194,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         measure = cost_table.removed_ms
     if strategy == "uniform":
         return uniform_counts(graph, groups, ranking, budget, measure, round_to, min_channels, options=options), []
-    if allocation not in ("threshold", "knapsack"):
-        raise ValueError(f"allocation must be 'threshold' or 'knapsack', got {allocation!r}")
-    if strategy == "global" and allocation == "knapsack" and channel_cost is not None \
-            and budget_cost not in (None, "latency"):
+    if knapsack:
         return knapsack_counts(graph, groups, ranking, budget, measure, cost, options, round_to, min_channels,
                                scores=scores, importance_weight=importance_weight), []
     if strategy == "global":
