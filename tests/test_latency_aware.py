@@ -57,9 +57,10 @@ class ScriptedTable:
     def total_ms(self) -> float:
         return float(sum(self.rates[name] * size for name, size in self.sizes.items()))
 
-    def removal_options(self, group: str, min_channels: int = 1) -> list[int]:
+    def removal_options(self, group: str, min_channels: int = 1, multiple: int = 1) -> list[int]:
         size = self.sizes[group]
-        return sorted({size - w for w in range(max(min_channels, 1), size + 1) if w % STEP == 0 or w == size})
+        return sorted({size - w for w in range(max(min_channels, 1), size + 1)
+                       if (w % STEP == 0 and w % multiple == 0) or w == size})
 
     def updated(self, graph: DependencyGraph) -> ScriptedTable:
         table = ScriptedTable(graph, self.rates)

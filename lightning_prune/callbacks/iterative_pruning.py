@@ -85,8 +85,8 @@ class IterativePruningCallback(Callback):
         cost_table_dir: where measured latency tables are cached (``None``: no disk cache).
         max_rate: the largest share of any one group a single step removes (``1.0``: no cap; see
             :class:`~lightning_prune.pruning.PruningConfig`).
-        allocation: ``"threshold"`` or ``"knapsack"``: how latency-aware ``global`` spends a FLOPs budget (see
-            :class:`~lightning_prune.pruning.PruningConfig`).
+        allocation: ``"threshold"``, ``"knapsack"`` or ``"measured"``: how latency-aware ``global`` spends a FLOPs
+            budget (see :class:`~lightning_prune.pruning.PruningConfig`).
 
     Example::
 

@@ -89,6 +89,11 @@ def log_step_figures(trainer: Trainer, result: Any, graph: Any, monitor: str | N
         kept = sizes.get(name, 0)
         rows.append(f"| `{name}` | {len(channels)} | {kept} | {'✓' if name in picked else ''} |")
     log_text(trainer, f"pruning/plan_step_{step}", "\n".join(rows))
+    if getattr(result, "candidates_ms", None):  # allocation="measured": each candidate's time on the backend
+        rows = ["| allocation | ms (median) | chosen |", "|---|---:|:---:|"]
+        rows += [f"| `{name}` | {ms:.2f} | {'✓' if name == result.allocation else ''} |"
+                 for name, ms in sorted(result.candidates_ms.items(), key=lambda item: item[1])]
+        log_text(trainer, f"pruning/allocation_step_{step}", "\n".join(rows))
 
     plt = _pyplot()
     if plt is None:

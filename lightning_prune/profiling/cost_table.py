@@ -292,21 +292,28 @@ class CostTable:
         """``(width, ms)`` of the layers ``group`` touches at its sampled widths (the per-group latency table)."""
         return [(w, self.group_ms(group, w)) for w in sample_widths(self.sizes[group], self.points)]
 
-    def fast_widths(self, group: str, min_channels: int = 1) -> list[int]:
-        """The sampled widths (at least ``min_channels``) whose predicted time is below that of every larger
-        sampled width, ascending; always ends with the current width."""
-        curve = [(w, ms) for w, ms in self.group_curve(group) if w >= min(min_channels, self.sizes[group])]
+    def fast_widths(self, group: str, min_channels: int = 1, multiple: int = 1) -> list[int]:
+        """The sampled widths (at least ``min_channels``; multiples of ``multiple``) whose predicted time is below
+        that of every larger such width, ascending; always ends with the current width.
+
+        ``multiple`` keeps the choice to widths a backend's layout works in (e.g. 8 or 16 channels: ONNX Runtime's
+        blocked NCHWc convs, tensor cores), whose effects between layers — layout reorders around a concatenation
+        of off-block widths — the table, timing each layer alone, cannot see."""
+        size = self.sizes[group]
+        curve = [(w, ms) for w, ms in self.group_curve(group)
+                 if w >= min(min_channels, size) and (w % max(int(multiple), 1) == 0 or w == size)]
         fast, best = [], math.inf
         for width, ms in reversed(curve):
-            if ms < best or width == self.sizes[group]:
+            if ms < best or width == size:
                 fast.append(width)
                 best = min(best, ms)
         return sorted(fast)
 
-    def removal_options(self, group: str, min_channels: int = 1) -> list[int]:
-        """Channel counts to remove from ``group`` that land on a fast width, ascending (``0`` first)."""
+    def removal_options(self, group: str, min_channels: int = 1, multiple: int = 1) -> list[int]:
+        """Channel counts to remove from ``group`` that land on a fast width (a multiple of ``multiple``),
+        ascending (``0`` first)."""
         size = self.sizes[group]
-        return sorted({size - w for w in self.fast_widths(group, min_channels)})
+        return sorted({size - w for w in self.fast_widths(group, min_channels, multiple)})
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def key(self) -> str:

@@ -11,6 +11,7 @@ from lightning_prune.pruning.communication import Communicator, LocalCommunicato
 from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
+from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.pruner import IterativePruner, conv_widths
 from lightning_prune.pruning.result import StepResult, compose_plans
@@ -23,6 +24,7 @@ __all__ = [
     "LatencyBackend",
     "LatencyController",
     "LocalCommunicator",
+    "MeasuredChoice",
     "Mode",
     "PruningConfig",
     "StepResult",
@@ -31,6 +33,7 @@ __all__ = [
     "TorchDistributedCommunicator",
     "compose_plans",
     "declared_copies",
+    "fastest_plan",
     "conv_widths",
     "mirror_all",
     "mirror_prune",

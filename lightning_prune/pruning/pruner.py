@@ -30,10 +30,18 @@ from lightning_prune.pruning.communication import Communicator, LocalCommunicato
 from lightning_prune.pruning.config import PruningConfig
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
+from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
 from lightning_prune.pruning.schedule import pending_epochs, step_budget
-from lightning_prune.pruning.strategies import candidate_groups, max_removable, score_channels, select_counts
+from lightning_prune.pruning.strategies import (
+    allocation_candidates,
+    candidate_groups,
+    max_removable,
+    measured_applies,
+    score_channels,
+    select_counts,
+)
 from lightning_prune.selection import boundary_probes, plan_from_counts, score_probes
 from lightning_prune.sensitivity import Probe, analyze_sensitivity, remeasure
 
@@ -128,6 +136,7 @@ class IterativePruner:
         self._measure_latency = measure_latency
         self._cost_table = cost_table
         self._reference: nn.Module | None = None  # the deployed baseline model later latency readings compare to
+        self._choice: MeasuredChoice | None = None  # what allocation="measured" timed in the current step
         self.graph = DependencyGraph(model, example_input)
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, float] = {"flops": float(count_flops(model, example_input)),
@@ -274,7 +283,9 @@ class IterativePruner:
 
         widths_before = conv_widths(self.model)
         sizes = {group.name: group.size for group in self.graph.groups}
+        self._choice = None
         plan, probes, picks = self._select(budget, config.strategy, step, local_before, metric_before)
+        choice = self._choice
         self._apply(plan, optimizers, copies)
         plans = [plan]
         latency_after = None
@@ -291,6 +302,8 @@ class IterativePruner:
             baseline=dict(self.baseline), metric_before=metric_before, metric_after=comm.broadcast(self._evaluate()),
             latency_before=latency_before, latency_after=latency_after, probes=probes, picks=picks,
             widths_before=widths_before, widths_after=conv_widths(self.model),
+            allocation=choice.name if choice is not None else None,
+            candidates_ms=dict(choice.ms) if choice is not None else {},
         )
         self.history.extend(result.history_entries())
         return result
@@ -368,12 +381,34 @@ class IterativePruner:
                 result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             return result
 
+        allocation = config.allocation
+        if allocation == "measured":
+            if measured_applies(strategy, cost, budget_cost):
+                return self._measured_plan(groups, scores, ranking, budget, table, budget_cost), probes, []
+            allocation = "threshold"
         counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, cost,
                                      config.round_to, config.min_channels, scored, config.params_layers,
                                      config.flops_layers, cost_table=table, budget_cost=budget_cost,
-                                     max_rate=config.max_rate, allocation=config.allocation)
+                                     max_rate=config.max_rate, allocation=allocation)
         plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
         return plan, probes, [item.probe.group for item in used]
+
+    def _measured_plan(self, groups: list[Group], scores: dict[str, np.ndarray], ranking: dict[str, np.ndarray],
+                       budget: float, table: Any, budget_cost: str) -> dict[str, list[int]]:
+        """``allocation="measured"``: rank 0 times the candidate allocations' pruned copies on the backend and
+        keeps the fastest; every rank prunes what it chose."""
+        config, comm = self.config, self.communicator
+        choice = None
+        if comm.rank == 0:
+            found = allocation_candidates(self.graph, groups, scores, ranking, budget, table, budget_cost,
+                                          config.round_to, config.min_channels, config.max_rate)
+            plans = {name: plan_from_counts(ranking, counts) for name, counts in found.items()}
+            measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
+                                    rounds=max(2, min(10, config.latency_repeats // 2)))
+            choice = {"name": measured.name, "plan": measured.plan, "ms": measured.ms}
+        choice = comm.broadcast(choice)
+        self._choice = MeasuredChoice(choice["name"], choice["plan"], dict(choice["ms"]))
+        return self._choice.plan
 
     def _probe(self, groups: list[Group], ranking: dict[str, np.ndarray], scale: float) -> list[Probe]:
         """This rank's share of (group, rate) probes, gathered from every rank. Each rank evaluates its own data

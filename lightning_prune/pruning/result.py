@@ -48,6 +48,8 @@ class StepResult:
         probes: the sensitivity probes (``Probe`` records), empty for other strategies.
         picks: the groups the paper's selection picked.
         widths_before, widths_after: output channels of every conv, around the step.
+        allocation: the candidate ``allocation="measured"`` chose (e.g. ``"knapsack/16"``), else ``None``.
+        candidates_ms: what it measured: every candidate's median latency (ms) on the backend.
     """
 
     step: int
@@ -67,6 +69,8 @@ class StepResult:
     picks: list[str] = field(default_factory=list)
     widths_before: dict[str, int] = field(default_factory=dict, repr=False)
     widths_after: dict[str, int] = field(default_factory=dict, repr=False)
+    allocation: str | None = None
+    candidates_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def removed_channels(self) -> int:
@@ -92,6 +96,8 @@ class StepResult:
                 entry["latency_ms"] = float(self.latency_after)
             if index:
                 entry["correction"] = index
+            elif self.allocation is not None:
+                entry["allocation"] = self.allocation
             entries.append(entry)
         return entries
 
@@ -103,6 +109,8 @@ class StepResult:
                 f"baseline), params {self.params_before:,} -> {self.params_after:,}")
         if self.latency_after is not None and self.latency_before is not None:
             text += f"; latency {self.latency_before:.2f} -> {self.latency_after:.2f} ms"
+        if self.allocation is not None:
+            text += f"; allocation {self.allocation} (fastest of {max(len(self.candidates_ms), 1)} measured)"
         if self.metric_before is not None and self.metric_after is not None:
             text += f"; {metric_name} {self.metric_before:.4f} -> {self.metric_after:.4f}"
         return text

@@ -24,8 +24,11 @@ from lightning_prune.selection import (
 )
 from lightning_prune.sensitivity import removal_count
 
-__all__ = ["candidate_groups", "capped_options", "is_ignored", "latency_options", "latency_per_channel",
-           "max_removable", "score_channels", "select_counts"]
+__all__ = ["MEASURED_MULTIPLES", "allocation_candidates", "candidate_groups", "capped_options", "is_ignored",
+           "latency_options", "latency_per_channel", "max_removable", "measured_applies", "score_channels",
+           "select_counts"]
+
+MEASURED_MULTIPLES = (8, 16)  # besides round_to: the channel blocks backends lay convolutions out in
 
 
 def is_ignored(group: Group, patterns: Sequence[str]) -> bool:
@@ -64,9 +67,13 @@ def max_removable(graph: DependencyGraph, groups: Sequence[Group], round_to: int
     return graph.estimate_removal({name: channels for name, channels in most.items() if channels})
 
 
-def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1) -> dict[str, list[int]]:
+def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1,
+                    round_to: int = 1) -> dict[str, list[int]]:
     """Per group, the removal counts that land on a width where the backend is fast (from a measured
-    :class:`~lightning_prune.profiling.CostTable`): what latency-aware selection rounds to."""
+    :class:`~lightning_prune.profiling.CostTable`): what latency-aware selection rounds to. With ``round_to > 1``
+    only fast widths that are multiples of it (or the group's whole width)."""
+    if round_to > 1:
+        return {group.name: table.removal_options(group.name, min_channels, multiple=round_to) for group in groups}
     return {group.name: table.removal_options(group.name, min_channels) for group in groups}
 
 
@@ -163,6 +170,9 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     """
     if allocation not in choices(Allocation):
         raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(choices(Allocation))}")
+    if allocation == "measured":
+        raise ValueError("allocation 'measured' times candidate plans on the backend: use allocation_candidates "
+                         "and lightning_prune.pruning.fastest_plan (IterativePruner does both)")
     if budget <= 0 or not groups:
         return {}, []
     options = None
@@ -171,7 +181,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     if cost == "latency":
         if cost_table is None:
             raise ValueError("cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)")
-        options = latency_options(cost_table, groups, min_channels)
+        options = latency_options(cost_table, groups, min_channels, round_to)
     if not 0.0 < max_rate <= 1.0:
         raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
     if max_rate < 1.0:
@@ -206,3 +216,44 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         return sensitivity_counts(graph, groups, ranking, scored(), budget, measure, params_layers, flops_layers,
                                   round_to, min_channels, options=options, value=value)
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def measured_applies(strategy: str, cost: Any, budget_cost: Cost | None) -> bool:
+    """Whether ``allocation="measured"`` has candidates to choose among: latency-aware ``global`` selection
+    (``cost="latency"``) under a FLOPs or params budget; elsewhere it selects as ``"threshold"``."""
+    return strategy == "global" and cost == "latency" and budget_cost not in (None, "latency")
+
+
+def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], scores: Mapping[str, np.ndarray],
+                          ranking: Mapping[str, np.ndarray], budget: float, cost_table: Any, budget_cost: Cost,
+                          round_to: int = 1, min_channels: int = 1, max_rate: float = 1.0,
+                          multiples: Sequence[int] = MEASURED_MULTIPLES,
+                          importance_weight: float = 1.0) -> dict[str, dict[str, int]]:
+    """The latency-aware ``global`` allocations of one FLOPs (params) ``budget`` that ``allocation="measured"``
+    times on the backend: ``threshold`` and ``knapsack`` (see :func:`select_counts`), each at the table's fast widths
+    that are multiples of ``round_to`` and of every larger one of ``multiples`` that ``round_to`` divides, named
+    ``"<allocation>/<multiple>"``; a candidate with the same counts as an earlier one is left out.
+
+    Example:
+        >>> import torch
+        >>> from lightning_prune.profiling import build_cost_table
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
+        >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
+        >>> table = build_cost_table(graph, "eager", repeats=1)
+        >>> groups = candidate_groups(graph)
+        >>> scores, ranking = score_channels(groups, net, "l1")
+        >>> found = allocation_candidates(graph, groups, scores, ranking, 0.3 * graph.traced_flops, table, "flops")
+        >>> all(name.split("/")[0] in ("threshold", "knapsack") for name in found), "threshold/1" in found
+        (True, True)
+    """
+    steps = sorted({int(round_to), *(int(m) for m in multiples if m > round_to and m % round_to == 0)})
+    found: dict[str, dict[str, int]] = {}
+    for multiple in steps:
+        for allocation in ("threshold", "knapsack"):
+            counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", multiple,
+                                      min_channels, cost_table=cost_table, budget_cost=budget_cost,
+                                      max_rate=max_rate, allocation=allocation, importance_weight=importance_weight)
+            counts = {name: count for name, count in counts.items() if count}
+            if counts not in found.values():
+                found[f"{allocation}/{multiple}"] = counts
+    return found

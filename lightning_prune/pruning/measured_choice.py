@@ -1,0 +1,72 @@
+"""Choosing among candidate pruning plans by what the backend measures, not what a cost model predicts.
+
+A measured per-layer table times each layer alone; the deployed model also pays for what happens *between* layers
+(ONNX Runtime's layout reorders around a concatenation of off-block widths, fusions, the head's fixed ops). Where the
+table cannot tell two allocations apart, the backend can: :func:`fastest_plan` prunes a copy of the model with each
+candidate plan, times their deployed forms (BatchNorm folded, eval) *interleaved* in one
+:func:`~lightning_prune.profiling.compare_latency` run and returns the fastest.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_prune import DependencyGraph
+    >>> net = nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 8, 3))
+    >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
+    >>> group = graph.prunable_groups[0].name
+    >>> choice = fastest_plan(graph, {"none": {}, "half": {group: list(range(16))}}, torch.randn(1, 3, 32, 32),
+    ...                       rounds=2, repeats=2)
+    >>> sorted(choice.ms), net[0].out_channels  # the model itself is untouched
+    (['half', 'none'], 32)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_prune.graph import DependencyGraph
+from lightning_prune.profiling import compare_latency, deployed_copy
+
+__all__ = ["MeasuredChoice", "fastest_plan"]
+
+
+@dataclass
+class MeasuredChoice:
+    """What :func:`fastest_plan` measured.
+
+    Args:
+        name: the fastest candidate.
+        plan: its plan.
+        ms: every candidate's median latency (ms), measured interleaved in one run.
+    """
+
+    name: str
+    plan: dict[str, list[int]]
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+def fastest_plan(graph: DependencyGraph, plans: Mapping[str, Mapping[str, Sequence[int]]], example_input: Any,
+                 backend: str = "eager", *, rounds: int = 8, repeats: int = 2, warmup: int = 2,
+                 num_threads: int = 1) -> MeasuredChoice:
+    """The candidate plan whose pruned model runs fastest on ``backend`` (median over ``rounds`` interleaved rounds
+    of ``repeats`` single calls; the first-named candidate wins a tie). ``graph`` and its model are left as they
+    are: each candidate prunes a deep copy. A single candidate is returned without measuring."""
+    if not plans:
+        raise ValueError("fastest_plan needs at least one candidate plan")
+    named = {name: {group: list(channels) for group, channels in plan.items()} for name, plan in plans.items()}
+    if len(named) == 1:
+        name, plan = next(iter(named.items()))
+        return MeasuredChoice(name, plan)
+    deployed = {}
+    for name, plan in named.items():
+        pruned = copy.deepcopy(graph)
+        if plan:
+            pruned.prune(plan)
+        deployed[name] = deployed_copy(pruned.model)
+    timed = compare_latency(deployed, example_input, backend, rounds=rounds, warmup=warmup, repeats=repeats,
+                            num_threads=num_threads)
+    ms = {name: float(result.median_ms) for name, result in timed.items()}
+    best = min(named, key=lambda name: ms[name])
+    return MeasuredChoice(best, named[best], ms)

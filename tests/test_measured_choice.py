@@ -1,0 +1,168 @@
+"""``allocation="measured"``: candidate allocations of one FLOPs budget, timed on the backend, the fastest pruned.
+The timing itself is scripted (a fake ``compare_latency``) wherever an assertion depends on which is faster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from test_latency_aware import EXAMPLE, STEP, ScriptedTable, make_net, on_fast_widths
+from torch import nn
+
+import lightning_prune.pruning.measured_choice as measured_choice
+from lightning_prune import DependencyGraph
+from lightning_prune.profiling import LatencyResult, build_cost_table
+from lightning_prune.pruning import IterativePruner, PruningConfig, fastest_plan
+from lightning_prune.pruning.strategies import (
+    allocation_candidates,
+    candidate_groups,
+    latency_options,
+    score_channels,
+    select_counts,
+)
+from lightning_prune.selection import cost_function, plan_from_counts
+
+
+def scripted_timing(monkeypatch: pytest.MonkeyPatch, ms: Any) -> list[dict[str, nn.Module]]:
+    """Replace the interleaved measurement: ``ms(name, model) -> float``; returns the model dicts it was given."""
+    seen: list[dict[str, nn.Module]] = []
+
+    def compare(models: dict[str, nn.Module], example_input: Any, backend: str = "eager", **_: Any) -> dict:
+        seen.append(models)
+        return {name: LatencyResult(backend, ms(name, model), 0.0, [ms(name, model)], 1, 1)
+                for name, model in models.items()}
+
+    monkeypatch.setattr(measured_choice, "compare_latency", compare)
+    return seen
+
+
+def width_sum(model: nn.Module) -> int:
+    return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_fastest_plan_picks_the_lowest_measured_and_leaves_the_model_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    group = candidate_groups(graph)[0]
+    plans = {"none": {}, "some": {group.name: [0, 1]}, "more": {group.name: [0, 1, 2, 3]}}
+    before = width_sum(net)
+    seen = scripted_timing(monkeypatch, lambda name, model: float(width_sum(model)))  # narrower is faster
+    choice = fastest_plan(graph, plans, EXAMPLE)
+    assert choice.name == "more" and choice.plan == plans["more"]
+    assert set(choice.ms) == set(plans) and choice.ms["more"] < choice.ms["some"] < choice.ms["none"]
+    assert width_sum(net) == before and graph.model is net  # every candidate pruned a copy
+    assert all(not m.training for m in seen[0].values())  # timed in the deployed (eval) form
+    scripted_timing(monkeypatch, lambda name, model: 1.0)
+    assert fastest_plan(graph, plans, EXAMPLE).name == "none"  # a tie goes to the first-named
+    alone = fastest_plan(graph, {"only": plans["some"]}, EXAMPLE)
+    assert alone.name == "only" and alone.ms == {}
+    with pytest.raises(ValueError, match="at least one candidate"):
+        fastest_plan(graph, {}, EXAMPLE)
+
+
+def test_allocation_candidates_are_distinct_meet_the_budget_and_keep_their_multiples() -> None:
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    table = ScriptedTable(graph)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, net, "l1")
+    budget = 0.4 * graph.traced_flops
+    found = allocation_candidates(graph, groups, scores, ranking, budget, table, "flops", max_rate=0.75)
+    assert "threshold/1" in found and set(found) <= {f"{a}/{m}" for a in ("threshold", "knapsack") for m in (1, 8, 16)}
+    assert len({tuple(sorted(c.items())) for c in found.values()}) == len(found)
+    flops = cost_function(graph, "flops")
+    for name, counts in found.items():
+        multiple = int(name.split("/")[1])
+        assert 0.8 * budget <= flops(plan_from_counts(ranking, counts)) <= 1.2 * budget, name
+        for group in groups:
+            width = group.size - counts.get(group.name, 0)
+            assert width == group.size or (width % STEP == 0 and width % multiple == 0), (name, group.name)
+            assert counts.get(group.name, 0) <= 0.75 * group.size
+    # round_to=8: only multiples of 8 and 16 are tried
+    assert {n.split("/")[1] for n in allocation_candidates(graph, groups, scores, ranking, budget, table, "flops",
+                                                           round_to=8)} <= {"8", "16"}
+
+
+def test_round_to_keeps_latency_widths_to_its_multiples() -> None:
+    graph = DependencyGraph(make_net(), EXAMPLE)
+    table = build_cost_table(graph, "eager", repeats=1, points=8)
+    groups = candidate_groups(graph)
+    for group in groups:
+        widths = table.fast_widths(group.name, multiple=8)
+        assert widths[-1] == group.size and all(w % 8 == 0 for w in widths[:-1])
+        assert set(widths) <= {w for w, _ in table.group_curve(group.name)}
+    options = latency_options(table, groups, round_to=8)
+    assert all((g.size - c) % 8 == 0 or c == 0 for g in groups for c in options[g.name])
+
+
+def test_the_pruner_prunes_what_the_backend_measured_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: each step times the distinct candidates and prunes the fastest (here: scripted, the widest
+    candidate, so the pick is not simply what the threshold would take); the step and its history name it; other
+    strategies select as "threshold"; select_counts refuses "measured" in one line."""
+    seen = scripted_timing(monkeypatch, lambda name, model: -float(width_sum(model)))
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    original = {g.name: g.size for g in graph.prunable_groups}
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0, 1], target=0.4, cost="latency", strategy="global",
+                             cost_table=ScriptedTable(graph), max_rate=0.75, allocation="measured")
+    pruner.check()
+    for epoch in (0, 1):
+        before = width_sum(net)
+        result = pruner.step(epoch)
+        timed = seen[-1]
+        assert result.allocation in timed and set(result.candidates_ms) == set(timed)
+        widest = max(width_sum(m) for m in timed.values())
+        assert width_sum(net) == widest < before
+        assert pruner.history[-1]["allocation"] == result.allocation
+        assert f"allocation {result.allocation}" in result.summary()
+    assert len(seen) == 2 and on_fast_widths(pruner.graph, original)
+    assert result.flops_after <= 0.6 * 1.15 * pruner.baseline["flops"]
+    assert net(EXAMPLE).shape[0] == 1
+
+    uniform = IterativePruner(make_net(), EXAMPLE, schedule=[0], target=0.4, cost="latency", strategy="uniform",
+                              cost_table=ScriptedTable(DependencyGraph(make_net(), EXAMPLE)), allocation="measured")
+    assert uniform.step(0).allocation is None and len(seen) == 2
+    groups = candidate_groups(graph)
+    with pytest.raises(ValueError, match="allocation 'measured' times candidate plans"):
+        select_counts("global", graph, groups, {}, {}, 1.0, "latency", allocation="measured")
+    assert PruningConfig(allocation="measured").allocation == "measured"
+
+
+def test_measured_allocation_times_real_copies_on_the_eager_backend() -> None:
+    """Unscripted: the candidates are really timed (no assertion on which wins) and the pruned model runs."""
+    torch.manual_seed(0)
+    net = make_net()
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.4, cost="latency", strategy="global",
+                             allocation="measured", latency_repeats=4)
+    result = pruner.step(0)
+    assert result.allocation in result.candidates_ms and all(ms > 0 for ms in result.candidates_ms.values())
+    assert 0.45 <= result.flops_ratio <= 0.75
+    assert net(EXAMPLE).shape[0] == 1
+
+
+def test_the_callback_takes_allocation_measured_and_logs_the_candidates(tmp_path: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through Lightning: the callback passes allocation="measured" on; the step's candidates reach TensorBoard as a
+    text table naming the chosen one."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from toy_modules import ToyData, ToyModule
+
+    import lightning_prune.callbacks.reporting as reporting
+    from lightning_prune.callbacks import IterativePruningCallback
+
+    texts: dict[str, str] = {}
+    real = reporting.log_text
+    monkeypatch.setattr(reporting, "log_text", lambda trainer, tag, text: texts.update({tag: text})
+                        or real(trainer, tag, text))
+    callback = IterativePruningCallback(schedule=[1], target=0.3, strategy="global", cost="latency",
+                                        allocation="measured", latency_repeats=4, cost_table_dir=str(tmp_path),
+                                        verbose=False)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=TensorBoardLogger(tmp_path), enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, max_epochs=2, limit_train_batches=1,
+                      limit_val_batches=1, num_sanity_val_steps=0, callbacks=[callback])
+    trainer.fit(ToyModule(width=16), ToyData(n=32))
+    chosen = callback.history[-1]["allocation"]
+    table = texts["pruning/allocation_step_1"]
+    assert f"| `{chosen}` |" in table and "✓" in table and table.count("\n") >= 2
