@@ -33,6 +33,13 @@ Protocol (every arm alike):
      removals at the widths where ONNX Runtime is fast), the same FLOPs target and schedule; the graph is traced and
      the table measured at the deployment input ``example_input=[1, 3, 640, 640]`` (FLOPs ratios are the same as at
      the training size), cached in ``<workdir>/cost_tables`` so the seeds share the unpruned architecture's table;
+   * ``ours-latency-target``: a −``target`` *latency* target instead of FLOPs (``target_metric="latency"``,
+     ``cost="latency"``, ``strategy="global"``, ``max_rate=0.5``, ONNX Runtime, the measured latency of the deployed
+     form at the deployment input, corrections on the last step until it is met), the same schedule;
+   * ``ours-uniform-70``: FLOPs-targeted uniform L1 pruned to −70 % FLOPs — where ``latency_aware.md`` finds FLOPs-
+     targeted pruning has to go to reach the latency a −50 % latency target reaches (0.28–0.30× FLOPs on ONNX
+     Runtime): the question of issue 14 item 6, whether the FLOPs the latency target keeps buy accuracy after
+     fine-tuning at the same measured speed;
    * ``sibling-scratch``: ultralytics' narrower sibling (the same YAML at the ``width_multiple`` whose FLOPs are
      closest to the pruned models'), ``yolo11n-scratch``, ``yolo26n-scratch``: trained from scratch for pretraining
      + fine-tuning epochs — what a user would do instead of pruning;
@@ -125,8 +132,8 @@ from torch import nn  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning",
-        "ours-sensitivity-r8", "ours-sensitivity-latency", "sibling-scratch", "sibling-latency-scratch",
-        "yolo11n-scratch", "yolo26n-scratch")
+        "ours-sensitivity-r8", "ours-sensitivity-latency", "ours-latency-target", "ours-uniform-70",
+        "sibling-scratch", "sibling-latency-scratch", "yolo11n-scratch", "yolo26n-scratch")
 SCRATCH_ARMS = ("sibling-scratch", "sibling-latency-scratch", "yolo11n-scratch", "yolo26n-scratch")
 LATENCY_MATCH_ARM = "ours-sensitivity"  # the pruned model whose measured latency sibling-latency-scratch matches
 MODEL_FREE_ARMS = ("yolo11n-scratch", "yolo26n-scratch")  # do not depend on --model: reusable across models
@@ -140,12 +147,15 @@ ARM_LABELS = {
     "modelpruning": "Lightning ModelPruning ln_structured L1 (masks)",
     "ours-sensitivity-r8": "**ours: sensitivity, `round_to=8`**",
     "ours-sensitivity-latency": "**ours: sensitivity, latency cost (ONNX Runtime table)**",
+    "ours-latency-target": "**ours: −50 % latency target (global, latency cost, ONNX Runtime)**",
+    "ours-uniform-70": "**ours: uniform L1, −70 % FLOPs** (FLOPs-targeted, at about the latency target's speed)",
     "sibling-scratch": "narrower sibling from scratch (same total epochs)",
     "sibling-latency-scratch": "narrower sibling at ours-sensitivity's latency, from scratch (same total epochs)",
     "yolo11n-scratch": "YOLO11n from scratch (same total epochs)",
     "yolo26n-scratch": "YOLO26n from scratch (same total epochs)",
 }
 LATENCY_SIZE = 640
+MATCHED_FLOPS_TARGET = 0.70  # ours-uniform-70: FLOPs-targeted pruning at about the −50 % latency target's latency
 DEFAULT_SEEDS = (0, 1, 2)
 CODE_PATHS = ("lightning_prune", "benchmarks/accuracy.py", "benchmarks/_peers.py")  # results are as dirty as these
 SWEEP_TARGETS = (0.25, 0.5, 0.75)
@@ -305,6 +315,17 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[l
                                          latency_backend="onnxruntime", example_input=[1, 3, LATENCY_SIZE,
                                                                                        LATENCY_SIZE],
                                          cost_table_dir=str(table_dir), verbose=False)], {}
+    if arm == "ours-latency-target":
+        table_dir = _cost_table_dir(workdir)
+        table_dir.mkdir(parents=True, exist_ok=True)
+        return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, target_metric="latency",
+                                         strategy="global", criterion="l1", cost="latency", max_rate=0.5,
+                                         latency_backend="onnxruntime", latency_repeats=10,
+                                         example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE],
+                                         cost_table_dir=str(table_dir), verbose=False)], {}
+    if arm == "ours-uniform-70":
+        return [IterativePruningCallback(schedule=cfg.schedule, target=MATCHED_FLOPS_TARGET, strategy="uniform",
+                                         criterion="l1", verbose=False)], {"flops_target": MATCHED_FLOPS_TARGET}
     if arm.startswith("ours-"):
         strategy, _, rounding = arm.removeprefix("ours-").partition("-r")
         return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, strategy=strategy, criterion="l1",
@@ -374,7 +395,10 @@ def _cost_table_facts(callbacks: list[Any]) -> dict[str, Any]:
                                "last_measured": table.measured, "last_reused": table.reused,
                                "cached_files": len(list(Path(table.cache_dir).glob("*"))) if table.cache_dir
                                else 0},
-                "pruning_plans": steps}
+                "pruning_plans": steps,
+                **({"latency_target": {"baseline_ms": pruner.baseline.get("latency"),
+                                       "last_ms": callback.history[-1].get("latency_ms")}}
+                   if config.target_metric == "latency" else {})}
     return {}
 
 
@@ -1262,9 +1286,9 @@ def _faster(data: dict[str, Any], a: str, b: str, backend: str, tolerance: float
     return 1 if ms_a < ms_b else -1
 
 
-ANSWER_ARMS = ("ours-sensitivity", "ours-sensitivity-latency")  # the pruned models the answer is about
-ANSWER_RIVALS = ("ours-uniform", "tp-magnitude", "modelpruning", "sibling-latency-scratch", "sibling-scratch",
-                 "yolo11n-scratch", "yolo26n-scratch", "unpruned")  # what a user would do instead, in that order
+ANSWER_ARMS = ("ours-sensitivity", "ours-sensitivity-latency", "ours-latency-target")  # what the answer is about
+ANSWER_RIVALS = ("ours-uniform-70", "ours-uniform", "tp-magnitude", "modelpruning", "sibling-latency-scratch",
+                 "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch", "unpruned")  # a user's alternatives, in order
 
 
 def _outcome(accuracy: int, speeds: list[int]) -> str:
@@ -1353,7 +1377,9 @@ def verdict(data: dict[str, Any]) -> list[str]:
             lines += _paired_line(data, arm, "unpruned")
     for arm in ours:
         # ours against ours-uniform; the latency-cost arm also against the FLOPs-cost sensitivity it replaces
-        mates = ("ours-uniform", "ours-sensitivity") if arm == "ours-sensitivity-latency" else ("ours-uniform",)
+        # (and the latency target against FLOPs-targeted pruning at about its latency)
+        mates = {"ours-sensitivity-latency": ("ours-uniform", "ours-sensitivity"),
+                 "ours-latency-target": ("ours-uniform-70", "ours-uniform")}.get(arm, ("ours-uniform",))
         for other in others + [k for k in ours if k != arm and k in mates]:
             outcome, sentence = compare_map(arm, arms[arm], other, arms[other])
             speed, speeds = [], []
@@ -1498,7 +1524,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
     base = arms.get("unpruned")
     written = []
-    markers = dict(zip(ARMS, "o*sD^vPdX<hp", strict=True))
+    markers = dict(zip(ARMS, "o*sD^vPdX<hp>H", strict=True))
     colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm in every plot
 
     def yerr(r: dict[str, Any]) -> list[list[float]] | None:

@@ -40,6 +40,22 @@ def test_latency_arm_callback_settings(tmp_path: Path) -> None:
     assert Path(callback.config.cost_table_dir) == tmp_path / "cost_tables"  # shared by the seeds
 
 
+def test_latency_target_arm_and_its_flops_targeted_rival(tmp_path: Path) -> None:
+    """Issue 14 item 6's accuracy question: a −50 % latency target against FLOPs-targeted uniform L1 pruned to about
+    the same latency (−70 % FLOPs); the answer and the verdict compare the two."""
+    cfg = accuracy.Config.quick()
+    seed_dir = tmp_path / "seed0"
+    seed_dir.mkdir()
+    (target,), _ = accuracy._arm_callbacks("ours-latency-target", cfg, None, seed_dir)
+    assert target.config.target_metric == "latency" and target.config.target == cfg.target
+    assert target.config.selection_cost == "latency" and target.config.strategy == "global"
+    assert target.config.latency_backend == "onnxruntime" and target.example_input == [1, 3, 640, 640]
+    (rival,), extra = accuracy._arm_callbacks("ours-uniform-70", cfg, None, seed_dir)
+    assert rival.config.target_metric == "flops" and rival.config.target == 0.70 == extra["flops_target"]
+    assert rival.config.strategy == "uniform"
+    assert "ours-latency-target" in accuracy.ANSWER_ARMS and accuracy.ANSWER_RIVALS[0] == "ours-uniform-70"
+
+
 def test_sensitivity_arm_unchanged(tmp_path: Path) -> None:
     callbacks, _ = accuracy._arm_callbacks("ours-sensitivity-r8", accuracy.Config.quick(), None, tmp_path)
     assert callbacks[0].config.strategy == "sensitivity" and callbacks[0].config.round_to == 8
