@@ -50,6 +50,7 @@ def test_latency_target_arm_and_its_flops_targeted_rival(tmp_path: Path) -> None
     assert target.config.target_metric == "latency" and target.config.target == cfg.target
     assert target.config.selection_cost == "latency" and target.config.strategy == "global"
     assert target.config.latency_backend == "onnxruntime" and target.example_input == [1, 3, 640, 640]
+    assert target.config.max_total_rate == 0.75  # uncapped, it emptied the early layers (mAP ~0)
     (rival,), extra = accuracy._arm_callbacks("ours-uniform-70", cfg, None, seed_dir)
     assert rival.config.target_metric == "flops" and rival.config.target == 0.70 == extra["flops_target"]
     assert rival.config.strategy == "uniform"

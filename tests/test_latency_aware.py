@@ -4,6 +4,7 @@ latency keep every assertion free of timing."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -416,3 +417,27 @@ def test_latency_readings_after_the_baseline_are_interleaved_with_it(monkeypatch
     assert calls and all(names == ["current", "reference"] for names in calls)
     assert step.latency_before == pytest.approx(baseline)  # the ratio, not the slowed-down single reading
     assert step.latency_after < baseline
+
+
+def test_max_total_rate_caps_every_group_over_all_steps_and_corrections() -> None:
+    """max_rate compounds over steps; max_total_rate bounds what the whole run removes from any group's original
+    width (latency-aware global under a latency target, three steps plus corrections), and survives a resume."""
+    net = make_net()
+    ref: list = []
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0, 1, 2], target=0.6, target_metric="latency", cost="latency",
+                             strategy="global", cost_table=ScriptedTable(DependencyGraph(make_net(), EXAMPLE)),
+                             measure_latency=scripted_latency(ref, overhead=3.0, efficiency=0.6), max_rate=0.5,
+                             max_total_rate=0.6, latency_corrections=2)
+    ref.append(pruner)
+    original = dict(pruner.original_sizes)
+    pruner.check()
+    for epoch in (0, 1, 2):
+        pruner.step(epoch)
+        for group in pruner.graph.groups:
+            assert group.size >= math.ceil(0.4 * original[group.name] - 1e-9), (epoch, group.name, group.size)
+    assert any(group.size < original[group.name] for group in pruner.graph.groups)
+    fresh = IterativePruner(net, EXAMPLE, schedule=[0, 1, 2], target=0.6, max_total_rate=0.6)
+    fresh.load_state_dict(pruner.state_dict())
+    assert fresh.original_sizes == original
+    with pytest.raises(ValueError, match="max_total_rate must be a fraction"):
+        PruningConfig(max_total_rate=0.0)

@@ -85,6 +85,7 @@ class IterativePruningCallback(Callback):
         cost_table_dir: where measured latency tables are cached (``None``: no disk cache).
         max_rate: the largest share of any one group a single step removes (``1.0``: no cap; see
             :class:`~lightning_prune.pruning.PruningConfig`).
+        max_total_rate: the largest share of any group's original width the whole run removes (``1.0``: no cap).
         allocation: ``"threshold"``, ``"knapsack"`` or ``"measured"``: how latency-aware ``global`` spends a FLOPs
             budget (see :class:`~lightning_prune.pruning.PruningConfig`).
 
@@ -134,6 +135,7 @@ class IterativePruningCallback(Callback):
         cost_table_dir: str | None = None,
         max_rate: float = 1.0,
         allocation: Allocation = "threshold",
+        max_total_rate: float = 1.0,
     ) -> None:
         super().__init__()
         self.config = PruningConfig(
@@ -143,7 +145,7 @@ class IterativePruningCallback(Callback):
             latency_backend=latency_backend, latency_repeats=latency_repeats,
             latency_corrections=latency_corrections, latency_tolerance=latency_tolerance,
             remeasure_fraction=remeasure_fraction, cost=cost, cost_table_dir=cost_table_dir,
-            max_rate=max_rate, allocation=allocation)
+            max_rate=max_rate, allocation=allocation, max_total_rate=max_total_rate)
         if strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
         if int(sensitivity_batches) < 1:
@@ -201,7 +203,8 @@ class IterativePruningCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._state = {"history": list(state_dict.get("history", [])),
                        "baseline": dict(state_dict.get("baseline", {})),
-                       "latency_efficiency": float(state_dict.get("latency_efficiency", 1.0))}
+                       "latency_efficiency": float(state_dict.get("latency_efficiency", 1.0)),
+                       "original_sizes": dict(state_dict.get("original_sizes", {}))}
         if self.pruner is not None:
             self.pruner.load_state_dict(self._state)
 

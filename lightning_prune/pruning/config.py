@@ -82,6 +82,12 @@ class PruningConfig:
         max_rate: the largest share of any one group a single step removes (``1.0``: no cap). Latency-aware
             ``global`` selection (``cost="latency"``) weighs importance against what a channel costs on the
             backend and would otherwise empty the slowest groups first; ``0.5`` keeps half of every group per step.
+        max_total_rate: the largest share of any one group's *original* width (when the pruner was made) the
+            whole run removes, over all steps and latency corrections (``1.0``: no cap; Torch-Pruning's
+            ``max_pruning_ratio``). ``max_rate`` alone compounds: ``0.5`` per step over three steps and two
+            corrections can leave a group 1/32 of its width — latency-aware selection empties the high-resolution
+            early layers that way (YOLOv8n's first conv to 1 channel, and its mAP to ~0, in
+            ``benchmarks/accuracy.py``).
         allocation: how latency-aware ``global`` selection (``cost="latency"``) spends a FLOPs or params budget:
             ``"threshold"`` (one threshold on importance per predicted ms saved per FLOP) or ``"knapsack"`` (step by
             step along each group's measured curve, see :func:`~lightning_prune.selection.knapsack_counts`) or
@@ -116,6 +122,7 @@ class PruningConfig:
     cost_table_dir: str | None = None
     max_rate: float = 1.0
     allocation: Allocation = "threshold"
+    max_total_rate: float = 1.0
 
     def __post_init__(self) -> None:
         self.schedule = parse_schedule(self.schedule)
@@ -158,6 +165,9 @@ class PruningConfig:
         if isinstance(self.max_rate, bool) or not 0.0 < float(self.max_rate) <= 1.0:
             raise ValueError(f"max_rate must be a fraction in (0, 1], got {self.max_rate!r}")
         self.max_rate = float(self.max_rate)
+        if isinstance(self.max_total_rate, bool) or not 0.0 < float(self.max_total_rate) <= 1.0:
+            raise ValueError(f"max_total_rate must be a fraction in (0, 1], got {self.max_total_rate!r}")
+        self.max_total_rate = float(self.max_total_rate)
 
     @property
     def selection_cost(self) -> Literal["flops", "params", "latency"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -138,6 +139,7 @@ class IterativePruner:
         self._reference: nn.Module | None = None  # the deployed baseline model later latency readings compare to
         self._choice: MeasuredChoice | None = None  # what allocation="measured" timed in the current step
         self.graph = DependencyGraph(model, example_input)
+        self.original_sizes = {group.name: group.size for group in self.graph.groups}  # for max_total_rate
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, float] = {"flops": float(count_flops(model, example_input)),
                                            "params": float(count_params(model))}
@@ -147,7 +149,7 @@ class IterativePruner:
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the history (one entry per applied plan), the baseline costs, the learned efficiency."""
         return {"history": list(self.history), "baseline": dict(self.baseline),
-                "latency_efficiency": self.latency_efficiency}
+                "latency_efficiency": self.latency_efficiency, "original_sizes": dict(self.original_sizes)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned. The model must already have the recorded architecture
@@ -155,6 +157,7 @@ class IterativePruner:
         self.history = list(state_dict.get("history", []))
         self.baseline = {**self.baseline, **dict(state_dict.get("baseline", {}))}
         self.latency_efficiency = float(state_dict.get("latency_efficiency", 1.0))
+        self.original_sizes = {**self.original_sizes, **dict(state_dict.get("original_sizes", {}))}
 
     # -- schedule -------------------------------------------------------------------------------------------------
     @property
@@ -381,27 +384,38 @@ class IterativePruner:
                 result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             return result
 
+        most = self._max_removal(groups)
         allocation = config.allocation
         if allocation == "measured":
             if measured_applies(strategy, cost, budget_cost):
-                return self._measured_plan(groups, scores, ranking, budget, table, budget_cost), probes, []
+                return self._measured_plan(groups, scores, ranking, budget, table, budget_cost, most), probes, []
             allocation = "threshold"
         counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, cost,
                                      config.round_to, config.min_channels, scored, config.params_layers,
                                      config.flops_layers, cost_table=table, budget_cost=budget_cost,
-                                     max_rate=config.max_rate, allocation=allocation)
+                                     max_rate=config.max_rate, allocation=allocation, max_removal=most)
         plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
         return plan, probes, [item.probe.group for item in used]
 
+    def _max_removal(self, groups: list[Group]) -> dict[str, int] | None:
+        """Per group, the channels ``max_total_rate`` still lets go (of its width when the pruner was made)."""
+        rate = self.config.max_total_rate
+        if rate >= 1.0:
+            return None
+        return {g.name: max(0, g.size - math.ceil((1.0 - rate) * self.original_sizes.get(g.name, g.size) - 1e-9))
+                for g in groups}
+
     def _measured_plan(self, groups: list[Group], scores: dict[str, np.ndarray], ranking: dict[str, np.ndarray],
-                       budget: float, table: Any, budget_cost: str) -> dict[str, list[int]]:
+                       budget: float, table: Any, budget_cost: str,
+                       most: dict[str, int] | None) -> dict[str, list[int]]:
         """``allocation="measured"``: rank 0 times the candidate allocations' pruned copies on the backend and
         keeps the fastest; every rank prunes what it chose."""
         config, comm = self.config, self.communicator
         choice = None
         if comm.rank == 0:
             found = allocation_candidates(self.graph, groups, scores, ranking, budget, table, budget_cost,
-                                          config.round_to, config.min_channels, config.max_rate)
+                                          config.round_to, config.min_channels, config.max_rate,
+                                          max_removal=most)
             plans = {name: plan_from_counts(ranking, counts) for name, counts in found.items()}
             measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
                                     rounds=max(2, min(10, config.latency_repeats // 2)))

@@ -78,9 +78,11 @@ def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1,
 
 
 def capped_options(groups: Sequence[Group], max_rate: float, round_to: int = 1, min_channels: int = 1,
-                   options: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+                   options: Mapping[str, Sequence[int]] | None = None,
+                   max_removal: Mapping[str, int] | None = None) -> dict[str, list[int]]:
     """Per group, the removal counts one step may take: its allowed ``options`` (else every count ``round_to`` and
-    ``min_channels`` allow) that remove at most ``max_rate`` of the group, ascending (``[0]`` when none does).
+    ``min_channels`` allow) that remove at most ``max_rate`` of the group and at most ``max_removal[group]``
+    channels, ascending (``[0]`` when none does).
 
     Example:
         >>> import torch
@@ -90,8 +92,9 @@ def capped_options(groups: Sequence[Group], max_rate: float, round_to: int = 1, 
         >>> capped_options(groups, 0.5), capped_options(groups, 0.5, options={"0": [0, 6]})
         ({'0': [0, 1, 2, 3, 4]}, {'0': [0]})
     """
-    return {g.name: [c for c in valid_counts(g, round_to, min_channels, options) if c <= max_rate * g.size] or [0]
-            for g in groups}
+    most = max_removal or {}
+    return {g.name: [c for c in valid_counts(g, round_to, min_channels, options)
+                     if c <= max_rate * g.size and c <= most.get(g.name, g.size)] or [0] for g in groups}
 
 
 def latency_per_channel(table: Any, groups: Sequence[Group], options: Mapping[str, Sequence[int]],
@@ -134,7 +137,8 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
                   flops_layers: int = 5, cost_table: Any = None,
                   budget_cost: Cost | None = None, max_rate: float = 1.0,
                   allocation: Allocation = "threshold",
-                  importance_weight: float = 1.0) -> tuple[dict[str, int], list[Scored]]:
+                  importance_weight: float = 1.0,
+                  max_removal: Mapping[str, int] | None = None) -> tuple[dict[str, int], list[Scored]]:
     """Channels to remove per group so that ``budget`` of ``budget_cost`` (default: ``cost``) goes, and the paper's
     picks used (sensitivity).
 
@@ -143,7 +147,8 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     strategy rounds each group to its fast widths instead of ``round_to``) or a cost function ``plan -> removed
     cost``. ``budget_cost`` measures the budget when it differs (e.g. a FLOPs budget met at latency-fast widths);
     ``"latency"`` there means the table's predicted milliseconds. ``scored`` runs (only when needed) the
-    sensitivity probes and returns them scored. ``max_rate`` caps the share of any one group this step removes.
+    sensitivity probes and returns them scored. ``max_rate`` caps the share of any one group this step removes,
+    ``max_removal`` (group -> channels) the count.
 
     ``global`` with ``cost="latency"`` thresholds importance *per predicted millisecond* (each group's channels
     weighed by what one of them costs on the backend), so it prunes where the backend is slow, not only where
@@ -184,8 +189,8 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         options = latency_options(cost_table, groups, min_channels, round_to)
     if not 0.0 < max_rate <= 1.0:
         raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
-    if max_rate < 1.0:
-        options = capped_options(groups, max_rate, round_to, min_channels, options)
+    if max_rate < 1.0 or max_removal:
+        options = capped_options(groups, max_rate, round_to, min_channels, options, max_removal)
     # the knapsack spends a FLOPs (params) budget for predicted milliseconds; a latency budget keeps the threshold
     knapsack = strategy == "global" and cost == "latency" and allocation == "knapsack" \
         and budget_cost not in (None, "latency")
@@ -228,7 +233,8 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
                           ranking: Mapping[str, np.ndarray], budget: float, cost_table: Any, budget_cost: Cost,
                           round_to: int = 1, min_channels: int = 1, max_rate: float = 1.0,
                           multiples: Sequence[int] = MEASURED_MULTIPLES,
-                          importance_weight: float = 1.0) -> dict[str, dict[str, int]]:
+                          importance_weight: float = 1.0,
+                          max_removal: Mapping[str, int] | None = None) -> dict[str, dict[str, int]]:
     """The latency-aware ``global`` allocations of one FLOPs (params) ``budget`` that ``allocation="measured"``
     times on the backend: ``threshold`` and ``knapsack`` (see :func:`select_counts`), each at the table's fast widths
     that are multiples of ``round_to`` and of every larger one of ``multiples`` that ``round_to`` divides, named
@@ -252,7 +258,8 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
         for allocation in ("threshold", "knapsack"):
             counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", multiple,
                                       min_channels, cost_table=cost_table, budget_cost=budget_cost,
-                                      max_rate=max_rate, allocation=allocation, importance_weight=importance_weight)
+                                      max_rate=max_rate, allocation=allocation, importance_weight=importance_weight,
+                                      max_removal=max_removal)
             counts = {name: count for name, count in counts.items() if count}
             if counts not in found.values():
                 found[f"{allocation}/{multiple}"] = counts

@@ -583,6 +583,7 @@ def add_pruning(
     cost_table_dir: str | None = None,
     max_rate: float = 1.0,
     allocation: Allocation = "threshold",
+    max_total_rate: float = 1.0,
     verbose: bool = True,
 ) -> UltralyticsPruning:
     """Prune an ultralytics ``YOLO`` model iteratively while ``model.train(...)`` fine-tunes it.
@@ -604,7 +605,8 @@ def add_pruning(
         sensitivity_batches: validation batches (of the trainer's validation batch size) each probe validates.
         verbose: log the graph summary and each step's summary through ultralytics' logger.
         target_metric, mode, sensitivity_rates, exponent, params_layers, flops_layers, ignore, round_to,
-            min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate, allocation: as
+            min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate, allocation,
+            max_total_rate: as
             :class:`~lightning_prune.pruning.PruningConfig`.
 
     Bad input fails with one line: here (an unknown strategy or criterion, a target outside (0, 1)), or when
@@ -628,7 +630,8 @@ def add_pruning(
         flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
         latency_backend=latency_backend, latency_repeats=latency_repeats, latency_corrections=latency_corrections,
         latency_tolerance=latency_tolerance, remeasure_fraction=remeasure_fraction, cost=cost,
-        cost_table_dir=cost_table_dir, max_rate=max_rate, allocation=allocation)
+        cost_table_dir=cost_table_dir, max_rate=max_rate, allocation=allocation,
+        max_total_rate=max_total_rate)
     return UltralyticsPruning(config, monitor, sensitivity_batches, verbose).attach(model)
 
 
