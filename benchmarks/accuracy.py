@@ -37,6 +37,9 @@ Protocol (every arm alike):
      ``cost="latency"``, ``strategy="global"``, ``max_rate=0.5``, ``max_total_rate=0.75``, ONNX Runtime, the
      measured latency of the deployed form at the deployment input, corrections on the last step until it is met),
      the same schedule;
+   * ``ours-sensitivity-latency-target``: the same −``target`` latency target with the paper's method
+     (``strategy="sensitivity"``: probes read ``val``, ``Δlatency × metric^k`` from the ONNX Runtime table),
+     ``max_total_rate=0.75``;
    * ``ours-uniform-70``: FLOPs-targeted uniform L1 pruned to −70 % FLOPs — where ``latency_aware.md`` finds FLOPs-
      targeted pruning has to go to reach the latency a −50 % latency target reaches (0.28–0.30× FLOPs on ONNX
      Runtime): the question of issue 14 item 6, whether the FLOPs the latency target keeps buy accuracy after
@@ -133,8 +136,9 @@ from torch import nn  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 ARMS = ("unpruned", "ours-sensitivity", "ours-uniform", "ours-global", "tp-magnitude", "modelpruning",
-        "ours-sensitivity-r8", "ours-sensitivity-latency", "ours-latency-target", "ours-uniform-70",
-        "sibling-scratch", "sibling-latency-scratch", "yolo11n-scratch", "yolo26n-scratch")
+        "ours-sensitivity-r8", "ours-sensitivity-latency", "ours-latency-target",
+        "ours-sensitivity-latency-target", "ours-uniform-70", "sibling-scratch", "sibling-latency-scratch",
+        "yolo11n-scratch", "yolo26n-scratch")
 SCRATCH_ARMS = ("sibling-scratch", "sibling-latency-scratch", "yolo11n-scratch", "yolo26n-scratch")
 LATENCY_MATCH_ARM = "ours-sensitivity"  # the pruned model whose measured latency sibling-latency-scratch matches
 MODEL_FREE_ARMS = ("yolo11n-scratch", "yolo26n-scratch")  # do not depend on --model: reusable across models
@@ -149,6 +153,7 @@ ARM_LABELS = {
     "ours-sensitivity-r8": "**ours: sensitivity, `round_to=8`**",
     "ours-sensitivity-latency": "**ours: sensitivity, latency cost (ONNX Runtime table)**",
     "ours-latency-target": "**ours: −50 % latency target (global, latency cost, ONNX Runtime)**",
+    "ours-sensitivity-latency-target": "**ours: −50 % latency target, sensitivity (paper), latency cost**",
     "ours-uniform-70": "**ours: uniform L1, −70 % FLOPs** (FLOPs-targeted, at about the latency target's speed)",
     "sibling-scratch": "narrower sibling from scratch (same total epochs)",
     "sibling-latency-scratch": "narrower sibling at ours-sensitivity's latency, from scratch (same total epochs)",
@@ -327,6 +332,15 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[l
                                          max_total_rate=LATENCY_TARGET_MAX_TOTAL,
                                          latency_backend="onnxruntime", latency_repeats=10,
                                          example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE],
+                                         cost_table_dir=str(table_dir), verbose=False)], {}
+    if arm == "ours-sensitivity-latency-target":
+        table_dir = _cost_table_dir(workdir)
+        table_dir.mkdir(parents=True, exist_ok=True)
+        return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, target_metric="latency",
+                                         strategy="sensitivity", criterion="l1", monitor="val/mAP50-95",
+                                         sensitivity_batches=cfg.sensitivity_batches, cost="latency",
+                                         max_total_rate=LATENCY_TARGET_MAX_TOTAL, latency_backend="onnxruntime",
+                                         latency_repeats=10, example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE],
                                          cost_table_dir=str(table_dir), verbose=False)], {}
     if arm == "ours-uniform-70":
         return [IterativePruningCallback(schedule=cfg.schedule, target=MATCHED_FLOPS_TARGET, strategy="uniform",
@@ -1291,7 +1305,8 @@ def _faster(data: dict[str, Any], a: str, b: str, backend: str, tolerance: float
     return 1 if ms_a < ms_b else -1
 
 
-ANSWER_ARMS = ("ours-sensitivity", "ours-sensitivity-latency", "ours-latency-target")  # what the answer is about
+ANSWER_ARMS = ("ours-sensitivity", "ours-sensitivity-latency", "ours-latency-target",
+               "ours-sensitivity-latency-target")  # the pruned models the answer is about
 ANSWER_RIVALS = ("ours-uniform-70", "ours-uniform", "tp-magnitude", "modelpruning", "sibling-latency-scratch",
                  "sibling-scratch", "yolo11n-scratch", "yolo26n-scratch", "unpruned")  # a user's alternatives, in order
 
@@ -1384,7 +1399,9 @@ def verdict(data: dict[str, Any]) -> list[str]:
         # ours against ours-uniform; the latency-cost arm also against the FLOPs-cost sensitivity it replaces
         # (and the latency target against FLOPs-targeted pruning at about its latency)
         mates = {"ours-sensitivity-latency": ("ours-uniform", "ours-sensitivity"),
-                 "ours-latency-target": ("ours-uniform-70", "ours-uniform")}.get(arm, ("ours-uniform",))
+                 "ours-latency-target": ("ours-uniform-70", "ours-uniform"),
+                 "ours-sensitivity-latency-target": ("ours-uniform-70", "ours-latency-target")}.get(arm,
+                                                                                                  ("ours-uniform",))
         for other in others + [k for k in ours if k != arm and k in mates]:
             outcome, sentence = compare_map(arm, arms[arm], other, arms[other])
             speed, speeds = [], []
@@ -1529,7 +1546,7 @@ def plots(data: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     arms = {k: v for k, v in data["arms"].items() if v.get("ok")}
     base = arms.get("unpruned")
     written = []
-    markers = dict(zip(ARMS, "o*sD^vPdX<hp>H", strict=True))
+    markers = dict(zip(ARMS, "o*sD^vPdX<hp>H8", strict=True))
     colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm in every plot
 
     def yerr(r: dict[str, Any]) -> list[list[float]] | None:

@@ -55,6 +55,9 @@ def test_latency_target_arm_and_its_flops_targeted_rival(tmp_path: Path) -> None
     assert rival.config.target_metric == "flops" and rival.config.target == 0.70 == extra["flops_target"]
     assert rival.config.strategy == "uniform"
     assert "ours-latency-target" in accuracy.ANSWER_ARMS and accuracy.ANSWER_RIVALS[0] == "ours-uniform-70"
+    (paper,), _ = accuracy._arm_callbacks("ours-sensitivity-latency-target", cfg, None, seed_dir)
+    assert paper.config.strategy == "sensitivity" and paper.config.target_metric == "latency"
+    assert paper.config.selection_cost == "latency" and paper.config.max_total_rate == 0.75
 
 
 def test_sensitivity_arm_unchanged(tmp_path: Path) -> None:
