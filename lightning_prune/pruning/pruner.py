@@ -137,7 +137,6 @@ class IterativePruner:
         self._measure_latency = measure_latency
         self._cost_table = cost_table
         self._reference: nn.Module | None = None  # the deployed baseline model later latency readings compare to
-        self._choice: MeasuredChoice | None = None  # what allocation="measured" timed in the current step
         self.graph = DependencyGraph(model, example_input)
         self.original_sizes = {group.name: group.size for group in self.graph.groups}  # for max_total_rate
         self.history: list[dict[str, Any]] = []
@@ -286,9 +285,7 @@ class IterativePruner:
 
         widths_before = conv_widths(self.model)
         sizes = {group.name: group.size for group in self.graph.groups}
-        self._choice = None
-        plan, probes, picks = self._select(budget, config.strategy, step, local_before, metric_before)
-        choice = self._choice
+        plan, probes, picks, choice = self._select(budget, config.strategy, step, local_before, metric_before)
         self._apply(plan, optimizers, copies)
         plans = [plan]
         latency_after = None
@@ -347,7 +344,10 @@ class IterativePruner:
         return self.baseline["latency"] * timed["current"].median_ms / timed["reference"].median_ms
 
     def _select(self, budget: float, strategy: str, step: int, local_before: float | None,
-                metric_before: float | None) -> tuple[dict[str, list[int]], list[Probe], list[str]]:
+                metric_before: float | None) -> tuple[dict[str, list[int]], list[Probe], list[str],
+                                                      MeasuredChoice | None]:
+        """This step's plan, the sensitivity probes, the paper's picks and (``allocation="measured"``) what the
+        candidates measured."""
         config = self.config
         groups = self.candidates()
         generator = np.random.default_rng(config.seed + step)
@@ -388,14 +388,15 @@ class IterativePruner:
         allocation = config.allocation
         if allocation == "measured":
             if measured_applies(strategy, cost, budget_cost):
-                return self._measured_plan(groups, scores, ranking, budget, table, budget_cost, most), probes, []
+                choice = self._measured_choice(groups, scores, ranking, budget, table, budget_cost, most)
+                return choice.plan, probes, [], choice
             allocation = "threshold"
         counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, cost,
                                      config.round_to, config.min_channels, scored, config.params_layers,
                                      config.flops_layers, cost_table=table, budget_cost=budget_cost,
                                      max_rate=config.max_rate, allocation=allocation, max_removal=most)
         plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
-        return plan, probes, [item.probe.group for item in used]
+        return plan, probes, [item.probe.group for item in used], None
 
     def _max_removal(self, groups: list[Group]) -> dict[str, int] | None:
         """Per group, the channels ``max_total_rate`` still lets go (of its width when the pruner was made)."""
@@ -405,9 +406,8 @@ class IterativePruner:
         return {g.name: max(0, g.size - math.ceil((1.0 - rate) * self.original_sizes.get(g.name, g.size) - 1e-9))
                 for g in groups}
 
-    def _measured_plan(self, groups: list[Group], scores: dict[str, np.ndarray], ranking: dict[str, np.ndarray],
-                       budget: float, table: Any, budget_cost: str,
-                       most: dict[str, int] | None) -> dict[str, list[int]]:
+    def _measured_choice(self, groups: list[Group], scores: dict[str, np.ndarray], ranking: dict[str, np.ndarray],
+                         budget: float, table: Any, budget_cost: str, most: dict[str, int] | None) -> MeasuredChoice:
         """``allocation="measured"``: rank 0 times the candidate allocations' pruned copies on the backend and
         keeps the fastest; every rank prunes what it chose."""
         config, comm = self.config, self.communicator
@@ -419,10 +419,8 @@ class IterativePruner:
             plans = {name: plan_from_counts(ranking, counts) for name, counts in found.items()}
             measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
                                     rounds=max(2, min(10, config.latency_repeats // 2)))
-            choice = {"name": measured.name, "plan": measured.plan, "ms": measured.ms}
-        choice = comm.broadcast(choice)
-        self._choice = MeasuredChoice(choice["name"], choice["plan"], dict(choice["ms"]))
-        return self._choice.plan
+            choice = dataclasses.asdict(measured)
+        return MeasuredChoice(**comm.broadcast(choice))
 
     def _probe(self, groups: list[Group], ranking: dict[str, np.ndarray], scale: float) -> list[Probe]:
         """This rank's share of (group, rate) probes, gathered from every rank. Each rank evaluates its own data
@@ -478,7 +476,7 @@ class IterativePruner:
                 break
             strategy = "global" if self.config.strategy == "sensitivity" else self.config.strategy
             budget = controller.flops_budget(flops_now, latency_now, goal, cap=0.25)
-            plan, _, _ = self._select(budget, strategy, step, None, None)
+            plan, *_ = self._select(budget, strategy, step, None, None)
             if not plan:
                 break
             self._apply(plan, optimizers, copies)
