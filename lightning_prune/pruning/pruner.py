@@ -36,10 +36,10 @@ from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
 from lightning_prune.pruning.schedule import pending_epochs, step_budget
 from lightning_prune.pruning.strategies import (
+    allocation_applies,
     allocation_candidates,
     candidate_groups,
     max_removable,
-    measured_applies,
     score_channels,
     select_counts,
 )
@@ -387,7 +387,7 @@ class IterativePruner:
         most = self._max_removal(groups)
         allocation = config.allocation
         if allocation == "measured":
-            if measured_applies(strategy, cost, budget_cost):
+            if allocation_applies(strategy, cost, budget_cost):
                 choice = self._measured_choice(groups, scores, ranking, budget, table, budget_cost, most)
                 return choice.plan, probes, [], choice
             allocation = "threshold"

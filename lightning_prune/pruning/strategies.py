@@ -25,7 +25,7 @@ from lightning_prune.selection import (
 from lightning_prune.sensitivity import removal_count
 
 __all__ = ["MEASURED_MULTIPLES", "allocation_candidates", "candidate_groups", "capped_options", "is_ignored",
-           "latency_options", "latency_per_channel", "max_removable", "measured_applies", "score_channels",
+           "latency_options", "latency_per_channel", "max_removable", "allocation_applies", "score_channels",
            "select_counts"]
 
 MEASURED_MULTIPLES = (8, 16)  # besides round_to: the channel blocks backends lay convolutions out in
@@ -191,9 +191,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
     if max_rate < 1.0 or max_removal:
         options = capped_options(groups, max_rate, round_to, min_channels, options, max_removal)
-    # the knapsack spends a FLOPs (params) budget for predicted milliseconds; a latency budget keeps the threshold
-    knapsack = strategy == "global" and cost == "latency" and allocation == "knapsack" \
-        and budget_cost not in (None, "latency")
+    knapsack = allocation == "knapsack" and allocation_applies(strategy, cost, budget_cost)
     if cost == "latency":
         if strategy == "global" and not knapsack:
             # what one channel saves, on average over the range this step may remove; under a FLOPs (params)
@@ -223,9 +221,10 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
-def measured_applies(strategy: str, cost: Any, budget_cost: Cost | None) -> bool:
-    """Whether ``allocation="measured"`` has candidates to choose among: latency-aware ``global`` selection
-    (``cost="latency"``) under a FLOPs or params budget; elsewhere it selects as ``"threshold"``."""
+def allocation_applies(strategy: str, cost: Any, budget_cost: Cost | None) -> bool:
+    """Whether ``allocation`` ``"knapsack"`` or ``"measured"`` applies: latency-aware ``global`` selection
+    (``cost="latency"``) spending a FLOPs or params budget for predicted milliseconds; elsewhere (a latency budget
+    included) selection uses the threshold."""
     return strategy == "global" and cost == "latency" and budget_cost not in (None, "latency")
 
 
