@@ -304,6 +304,19 @@ def _cost_table_dir(workdir: Path) -> Path:
     return (workdir.parent if workdir.name.startswith("seed") else workdir) / "cost_tables"
 
 
+def _onnx_latency_callback(cfg: Config, workdir: Path, **settings: Any) -> Any:
+    """An ``IterativePruningCallback`` of ours with ``cost="latency"`` on ONNX Runtime: the L1 criterion, the
+    schedule and target of ``cfg``, the graph traced and the table measured at the deployment input (cached beside
+    the seed folders, shared by the seeds), and ``settings`` on top."""
+    from lightning_prune.callbacks import IterativePruningCallback
+
+    table_dir = _cost_table_dir(workdir)
+    table_dir.mkdir(parents=True, exist_ok=True)
+    return IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, criterion="l1", cost="latency",
+                                    latency_backend="onnxruntime", example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE],
+                                    cost_table_dir=str(table_dir), verbose=False, **settings)
+
+
 def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[list[Any], dict[str, Any]]:
     from lightning.pytorch import Callback
     from lightning.pytorch.callbacks import ModelPruning
@@ -316,32 +329,15 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[l
     if arm == "ours-sensitivity-latency":
         # the paper's method scored by measured latency: graph traced and table measured at the deployment size
         # (FLOPs ratios, and so the FLOPs target, are the same as at the training size)
-        table_dir = _cost_table_dir(workdir)
-        table_dir.mkdir(parents=True, exist_ok=True)
-        return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, strategy="sensitivity",
-                                         criterion="l1", monitor="val/mAP50-95",
-                                         sensitivity_batches=cfg.sensitivity_batches, cost="latency",
-                                         latency_backend="onnxruntime", example_input=[1, 3, LATENCY_SIZE,
-                                                                                       LATENCY_SIZE],
-                                         cost_table_dir=str(table_dir), verbose=False)], {}
+        return [_onnx_latency_callback(cfg, workdir, strategy="sensitivity", monitor="val/mAP50-95",
+                                       sensitivity_batches=cfg.sensitivity_batches)], {}
     if arm == "ours-latency-target":
-        table_dir = _cost_table_dir(workdir)
-        table_dir.mkdir(parents=True, exist_ok=True)
-        return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, target_metric="latency",
-                                         strategy="global", criterion="l1", cost="latency", max_rate=0.5,
-                                         max_total_rate=LATENCY_TARGET_MAX_TOTAL,
-                                         latency_backend="onnxruntime", latency_repeats=10,
-                                         example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE],
-                                         cost_table_dir=str(table_dir), verbose=False)], {}
+        return [_onnx_latency_callback(cfg, workdir, target_metric="latency", strategy="global", max_rate=0.5,
+                                       max_total_rate=LATENCY_TARGET_MAX_TOTAL, latency_repeats=10)], {}
     if arm == "ours-sensitivity-latency-target":
-        table_dir = _cost_table_dir(workdir)
-        table_dir.mkdir(parents=True, exist_ok=True)
-        return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, target_metric="latency",
-                                         strategy="sensitivity", criterion="l1", monitor="val/mAP50-95",
-                                         sensitivity_batches=cfg.sensitivity_batches, cost="latency",
-                                         max_total_rate=LATENCY_TARGET_MAX_TOTAL, latency_backend="onnxruntime",
-                                         latency_repeats=10, example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE],
-                                         cost_table_dir=str(table_dir), verbose=False)], {}
+        return [_onnx_latency_callback(cfg, workdir, target_metric="latency", strategy="sensitivity",
+                                       monitor="val/mAP50-95", sensitivity_batches=cfg.sensitivity_batches,
+                                       max_total_rate=LATENCY_TARGET_MAX_TOTAL, latency_repeats=10)], {}
     if arm == "ours-uniform-70":
         return [IterativePruningCallback(schedule=cfg.schedule, target=MATCHED_FLOPS_TARGET, strategy="uniform",
                                          criterion="l1", verbose=False)], {"flops_target": MATCHED_FLOPS_TARGET}
