@@ -224,7 +224,14 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
 def allocation_applies(strategy: str, cost: Any, budget_cost: Cost | None) -> bool:
     """Whether ``allocation`` ``"knapsack"`` or ``"measured"`` applies: latency-aware ``global`` selection
     (``cost="latency"``) spending a FLOPs or params budget for predicted milliseconds; elsewhere (a latency budget
-    included) selection uses the threshold."""
+    included) selection uses the threshold.
+
+    Example:
+        >>> allocation_applies("global", "latency", "flops"), allocation_applies("global", "latency", "latency")
+        (True, False)
+        >>> allocation_applies("uniform", "latency", "flops")
+        False
+    """
     return strategy == "global" and cost == "latency" and budget_cost not in (None, "latency")
 
 
