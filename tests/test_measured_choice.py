@@ -61,6 +61,45 @@ def test_fastest_plan_picks_the_lowest_measured_and_leaves_the_model_alone(monke
         fastest_plan(graph, {}, EXAMPLE)
 
 
+def test_fastest_plan_retimes_the_finalists_and_pools_both_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successive halving: all four candidates once, the two fastest again; a finalist whose second run is slow
+    loses to one that stays fast (pooled medians), and the others keep their first medians."""
+    graph = DependencyGraph(make_net(), EXAMPLE)
+    group = candidate_groups(graph)[0]
+    plans = {name: {group.name: list(range(index))} for index, name in enumerate("abcd")}
+    runs = [{"a": [1.0, 1.0], "b": [2.0, 2.0], "c": [3.0, 3.0], "d": [4.0, 4.0]}, {"a": [9.0, 9.0], "b": [2.0, 2.0]}]
+    seen: list[list[str]] = []
+
+    def compare(models: dict[str, nn.Module], example_input: Any, backend: str = "eager", **_: Any) -> dict:
+        times = runs[len(seen)]
+        seen.append(list(models))
+        return {name: LatencyResult(backend, float(torch.tensor(times[name]).median()), 0.0, times[name], 1, 1)
+                for name in models}
+
+    monkeypatch.setattr(measured_choice, "compare_latency", compare)
+    choice = fastest_plan(graph, plans, EXAMPLE, finalists=2)
+    assert seen == [["a", "b", "c", "d"], ["a", "b"]]
+    assert choice.name == "b" and choice.ms == {"a": 5.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    with pytest.raises(ValueError, match="finalists must be >= 1"):
+        fastest_plan(graph, plans, EXAMPLE, finalists=0)
+
+
+def test_compare_latency_rotates_which_model_leads_each_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_prune.profiling.timing as timing
+
+    labels: list[str] = []
+    real = timing._time_calls
+
+    def recording(run: Any, warmup: int, repeats: int, threads: int, label: str) -> Any:
+        labels.append(label.split(" ")[0])
+        return real(run, warmup, repeats, threads, label)
+
+    monkeypatch.setattr(timing, "_time_calls", recording)
+    models = {name: nn.Conv2d(3, 4, 3) for name in "abc"}
+    timing.compare_latency(models, torch.randn(1, 3, 8, 8), rounds=3, repeats=1, warmup=0)
+    assert labels == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
 def test_allocation_candidates_are_distinct_meet_the_budget_and_keep_their_multiples() -> None:
     net = make_net()
     graph = DependencyGraph(net, EXAMPLE)
@@ -70,15 +109,22 @@ def test_allocation_candidates_are_distinct_meet_the_budget_and_keep_their_multi
     budget = 0.4 * graph.traced_flops
     found = allocation_candidates(graph, groups, scores, ranking, budget, table, "flops", max_rate=0.75)
     assert "threshold/1" in found and set(found) <= {f"{a}/{m}" for a in ("threshold", "knapsack") for m in (1, 8, 16)}
-    assert len({tuple(sorted(c.items())) for c in found.values()}) == len(found)
+    # lower caps (a rate above max_rate is never tried) and the knapsack's cost-only weight widen the set
+    wider = allocation_candidates(graph, groups, scores, ranking, budget, table, "flops", max_rate=0.75,
+                                  rates=(1.0, 0.5), weights=(1.0, 0.0))
+    assert set(found) <= set(wider) and not any("@1" in name for name in wider)
+    assert all("@0.5" in name or "~w0" in name for name in set(wider) - set(found))
+    assert not any(name.startswith("threshold") and "~w" in name for name in wider)
+    assert len({tuple(sorted(c.items())) for c in wider.values()}) == len(wider)
     flops = cost_function(graph, "flops")
-    for name, counts in found.items():
-        multiple = int(name.split("/")[1])
+    for name, counts in wider.items():
+        multiple = int(name.split("/")[1].split("@")[0].split("~")[0])
+        cap = float(name.split("@")[1].split("~")[0]) if "@" in name else 0.75
         assert 0.8 * budget <= flops(plan_from_counts(ranking, counts)) <= 1.2 * budget, name
         for group in groups:
             width = group.size - counts.get(group.name, 0)
             assert width == group.size or (width % STEP == 0 and width % multiple == 0), (name, group.name)
-            assert counts.get(group.name, 0) <= 0.75 * group.size
+            assert counts.get(group.name, 0) <= cap * group.size
     # round_to=8: only multiples of 8 and 16 are tried
     assert {n.split("/")[1] for n in allocation_candidates(graph, groups, scores, ranking, budget, table, "flops",
                                                            round_to=8)} <= {"8", "16"}
@@ -110,19 +156,21 @@ def test_the_pruner_prunes_what_the_backend_measured_fastest(monkeypatch: pytest
     for epoch in (0, 1):
         before = width_sum(net)
         result = pruner.step(epoch)
-        timed = seen[-1]
-        assert result.allocation in timed and set(result.candidates_ms) == set(timed)
+        timed, final = seen[-2:]  # every candidate, then the three fastest again
+        assert result.allocation in final and set(final) <= set(timed) and len(final) == 3
+        assert set(result.candidates_ms) == set(timed) and len(timed) > 3
+        assert any("@0.5" in name for name in timed)  # the lower caps are tried too
         widest = max(width_sum(m) for m in timed.values())
         assert width_sum(net) == widest < before
         assert pruner.history[-1]["allocation"] == result.allocation
         assert f"allocation {result.allocation}" in result.summary()
-    assert len(seen) == 2 and on_fast_widths(pruner.graph, original)
+    assert len(seen) == 4 and on_fast_widths(pruner.graph, original)
     assert result.flops_after <= 0.6 * 1.15 * pruner.baseline["flops"]
     assert net(EXAMPLE).shape[0] == 1
 
     uniform = IterativePruner(make_net(), EXAMPLE, schedule=[0], target=0.4, cost="latency", strategy="uniform",
                               cost_table=ScriptedTable(DependencyGraph(make_net(), EXAMPLE)), allocation="measured")
-    assert uniform.step(0).allocation is None and len(seen) == 2
+    assert uniform.step(0).allocation is None and len(seen) == 4
     groups = candidate_groups(graph)
     with pytest.raises(ValueError, match="allocation 'measured' times candidate plans"):
         select_counts("global", graph, groups, {}, {}, 1.0, "latency", allocation="measured")

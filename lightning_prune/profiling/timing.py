@@ -166,7 +166,8 @@ def _no_layer_timer(backend: str) -> Callable[[], LayerTimer]:
 def compare_latency(models: dict[str, nn.Module], example_input: Any, backend: str = "eager", *, rounds: int = 5,
                     warmup: int = 3, repeats: int = 10, num_threads: int | None = None,
                     batch_size: int | None = None, per_layer: bool = False) -> dict[str, LatencyResult]:
-    """Latency of several models on the same input, measured interleaved: ``rounds`` rounds of ``A, B, C, ...``.
+    """Latency of several models on the same input, measured interleaved: ``rounds`` rounds of ``A, B, C, ...``,
+    each round starting one model later (``B, C, ..., A``) so that none always runs right after the same one.
 
     Use this, not separate :func:`measure_latency` calls, to compare models: a machine that slows down or speeds up
     during the measurement (other processes, frequency scaling) then affects every model alike. Each model is
@@ -195,8 +196,11 @@ def compare_latency(models: dict[str, nn.Module], example_input: Any, backend: s
         prepared = {name: stack.enter_context(_prepare(model, example_input, backend, threads, batch_size))
                     for name, model in models.items()}
         with torch.inference_mode() if backend.startswith("eager") else contextlib.nullcontext():
+            names = list(prepared)
             for round_index in range(rounds):
-                for name, runner in prepared.items():
+                shift = round_index % len(names)  # each model leads in turn: no model always follows the same one
+                for name in names[shift:] + names[:shift]:
+                    runner = prepared[name]
                     label = f"{name} [{backend}]"
                     timed[name].append(_time_calls(runner.run, warmup if round_index == 0 else 0, repeats, threads,
                                                    label))

@@ -92,11 +92,12 @@ class PruningConfig:
             ``"threshold"`` (one threshold on importance per predicted ms saved per FLOP) or ``"knapsack"`` (step by
             step along each group's measured curve, see :func:`~lightning_prune.selection.knapsack_counts`) or
             ``"measured"``: both, each at the table's fast widths and at those that are multiples of 8 and of 16
-            channels (:func:`~lightning_prune.pruning.strategies.allocation_candidates`), applied to copies of the
-            model whose deployed forms are timed interleaved on ``latency_backend``; the fastest is pruned
-            (:func:`~lightning_prune.pruning.measured_choice.fastest_plan`). It catches what the table, timing each
-            layer alone, cannot see (layout reorders between layers, fusions) at the price of one short measurement
-            per step (about a minute for YOLOv8n at 640 px on 2 CPU cores).
+            channels, with ``max_rate`` and the lower per-group caps 0.75 and 0.5, the knapsack also on cost alone
+            (:func:`~lightning_prune.pruning.strategies.allocation_candidates`), applied to copies of the
+            model whose deployed forms are timed interleaved on ``latency_backend``, the three fastest timed again;
+            the fastest is pruned (:func:`~lightning_prune.pruning.measured_choice.fastest_plan`). It catches what
+            the table, timing each layer alone, cannot see (layout reorders between layers, fusions) at the price
+            of one short measurement per step (one to two minutes for YOLOv8n at 640 px on 2 CPU cores).
     """
 
     schedule: Sequence[int] | dict[str, int] | int = (1,)

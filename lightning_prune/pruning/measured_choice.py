@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,12 +50,19 @@ class MeasuredChoice:
 
 def fastest_plan(graph: DependencyGraph, plans: Mapping[str, Mapping[str, Sequence[int]]], example_input: Any,
                  backend: str = "eager", *, rounds: int = 8, repeats: int = 2, warmup: int = 2,
-                 num_threads: int = 1) -> MeasuredChoice:
-    """The candidate plan whose pruned model runs fastest on ``backend`` (median over ``rounds`` interleaved rounds
-    of ``repeats`` single calls; the first-named candidate wins a tie). ``graph`` and its model are left as they
-    are: each candidate prunes a deep copy. A single candidate is returned without measuring."""
+                 num_threads: int = 1, finalists: int = 3) -> MeasuredChoice:
+    """The candidate plan whose pruned model runs fastest on ``backend``. ``graph`` and its model are left as they
+    are: each candidate prunes a deep copy. A single candidate is returned without measuring.
+
+    Every candidate is timed for ``rounds`` interleaved rounds of ``repeats`` single calls; then the ``finalists``
+    fastest are timed again for as many rounds, interleaved among themselves, and each finalist's median pools both
+    runs (successive halving: the best of many noisy medians is biased low, the final pick is made on twice the
+    calls). The first-named candidate wins a tie.
+    """
     if not plans:
         raise ValueError("fastest_plan needs at least one candidate plan")
+    if finalists < 1:
+        raise ValueError(f"finalists must be >= 1, got {finalists}")
     named = {name: {group: list(channels) for group, channels in plan.items()} for name, plan in plans.items()}
     if len(named) == 1:
         name, plan = next(iter(named.items()))
@@ -65,8 +73,18 @@ def fastest_plan(graph: DependencyGraph, plans: Mapping[str, Mapping[str, Sequen
         if plan:
             pruned.prune(plan)
         deployed[name] = deployed_copy(pruned.model)
-    timed = compare_latency(deployed, example_input, backend, rounds=rounds, warmup=warmup, repeats=repeats,
-                            num_threads=num_threads)
-    ms = {name: float(result.median_ms) for name, result in timed.items()}
+
+    def timed(names: Sequence[str]) -> dict[str, list[float]]:
+        results = compare_latency({name: deployed[name] for name in names}, example_input, backend, rounds=rounds,
+                                  warmup=warmup, repeats=repeats, num_threads=num_threads)
+        return {name: list(result.times_ms) or [float(result.median_ms)] for name, result in results.items()}
+
+    times = timed(list(named))
+    ms = {name: statistics.median(values) for name, values in times.items()}
+    if len(named) > finalists:
+        order = list(named)
+        final = sorted(order, key=lambda name: (ms[name], order.index(name)))[:finalists]
+        for name, values in timed([name for name in order if name in final]).items():
+            ms[name] = statistics.median(times[name] + values)
     best = min(named, key=lambda name: ms[name])
     return MeasuredChoice(best, named[best], ms)

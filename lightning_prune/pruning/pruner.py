@@ -36,6 +36,8 @@ from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
 from lightning_prune.pruning.schedule import pending_epochs, step_budget
 from lightning_prune.pruning.strategies import (
+    MEASURED_RATES,
+    MEASURED_WEIGHTS,
     allocation_applies,
     allocation_candidates,
     candidate_groups,
@@ -415,7 +417,7 @@ class IterativePruner:
         if comm.rank == 0:
             found = allocation_candidates(self.graph, groups, scores, ranking, budget, table, budget_cost,
                                           config.round_to, config.min_channels, config.max_rate,
-                                          max_removal=most)
+                                          max_removal=most, rates=MEASURED_RATES, weights=MEASURED_WEIGHTS)
             plans = {name: plan_from_counts(ranking, counts) for name, counts in found.items()}
             measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
                                     rounds=max(2, min(10, config.latency_repeats // 2)))

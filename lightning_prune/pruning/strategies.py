@@ -24,11 +24,13 @@ from lightning_prune.selection import (
 )
 from lightning_prune.sensitivity import removal_count
 
-__all__ = ["MEASURED_MULTIPLES", "allocation_candidates", "candidate_groups", "capped_options", "is_ignored",
-           "latency_options", "latency_per_channel", "max_removable", "allocation_applies", "score_channels",
-           "select_counts"]
+__all__ = ["MEASURED_MULTIPLES", "MEASURED_RATES", "MEASURED_WEIGHTS", "allocation_applies", "allocation_candidates",
+           "candidate_groups", "capped_options", "is_ignored", "latency_options", "latency_per_channel",
+           "max_removable", "score_channels", "select_counts"]
 
 MEASURED_MULTIPLES = (8, 16)  # besides round_to: the channel blocks backends lay convolutions out in
+MEASURED_RATES = (0.75, 0.5)  # below max_rate: per-group caps that spread the budget over more groups
+MEASURED_WEIGHTS = (1.0, 0.0)  # the knapsack's importance weights: importance against cost, and cost alone
 
 
 def is_ignored(group: Group, patterns: Sequence[str]) -> bool:
@@ -240,11 +242,18 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
                           round_to: int = 1, min_channels: int = 1, max_rate: float = 1.0,
                           multiples: Sequence[int] = MEASURED_MULTIPLES,
                           importance_weight: float = 1.0,
-                          max_removal: Mapping[str, int] | None = None) -> dict[str, dict[str, int]]:
+                          max_removal: Mapping[str, int] | None = None,
+                          rates: Sequence[float] = (),
+                          weights: Sequence[float] = ()) -> dict[str, dict[str, int]]:
     """The latency-aware ``global`` allocations of one FLOPs (params) ``budget`` that ``allocation="measured"``
     times on the backend: ``threshold`` and ``knapsack`` (see :func:`select_counts`), each at the table's fast widths
     that are multiples of ``round_to`` and of every larger one of ``multiples`` that ``round_to`` divides, named
     ``"<allocation>/<multiple>"``; a candidate with the same counts as an earlier one is left out.
+
+    Each is also tried with every per-group cap of ``rates`` below ``max_rate`` (named ``...@<rate>``; a lower cap
+    spreads the budget over more groups) and, for the knapsack, every importance weight of ``weights`` besides
+    ``importance_weight`` (named ``...~w<weight>``; ``0``: cost alone). Which of these the backend runs fastest
+    differs by model and backend by a few per cent, more than the table can tell apart.
 
     Example:
         >>> import torch
@@ -259,14 +268,20 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
         (True, True)
     """
     steps = sorted({int(round_to), *(int(m) for m in multiples if m > round_to and m % round_to == 0)})
+    caps = [float(max_rate), *sorted({float(r) for r in rates if 0.0 < r < max_rate}, reverse=True)]
+    knapsack_weights = [float(importance_weight), *(float(w) for w in dict.fromkeys(weights)
+                                                    if w != importance_weight)]
     found: dict[str, dict[str, int]] = {}
-    for multiple in steps:
-        for allocation in ("threshold", "knapsack"):
-            counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", multiple,
-                                      min_channels, cost_table=cost_table, budget_cost=budget_cost,
-                                      max_rate=max_rate, allocation=allocation, importance_weight=importance_weight,
-                                      max_removal=max_removal)
-            counts = {name: count for name, count in counts.items() if count}
-            if counts not in found.values():
-                found[f"{allocation}/{multiple}"] = counts
+    for cap in caps:
+        for multiple in steps:
+            for allocation, weight in [("threshold", importance_weight),
+                                       *(("knapsack", w) for w in knapsack_weights)]:
+                counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", multiple,
+                                          min_channels, cost_table=cost_table, budget_cost=budget_cost,
+                                          max_rate=cap, allocation=allocation, importance_weight=weight,
+                                          max_removal=max_removal)
+                counts = {name: count for name, count in counts.items() if count}
+                if counts not in found.values():
+                    name = f"{allocation}/{multiple}" + (f"@{cap:g}" if cap != max_rate else "")
+                    found[name + (f"~w{weight:g}" if weight != importance_weight else "")] = counts
     return found
