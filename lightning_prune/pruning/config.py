@@ -97,7 +97,7 @@ class PruningConfig:
             model whose deployed forms are timed interleaved on ``latency_backend``, the three fastest timed again;
             the fastest is pruned (:func:`~lightning_prune.pruning.measured_choice.fastest_plan`). It catches what
             the table, timing each layer alone, cannot see (layout reorders between layers, fusions) at the price
-            of one short measurement per step (one to two minutes for YOLOv8n at 640 px on 2 CPU cores).
+            of one short measurement per step (3–5 minutes for YOLOv8n at 640 px on 2 CPU cores).
     """
 
     schedule: Sequence[int] | dict[str, int] | int = (1,)
