@@ -214,3 +214,73 @@ def test_the_callback_takes_allocation_measured_and_logs_the_candidates(tmp_path
     chosen = callback.history[-1]["allocation"]
     table = texts["pruning/allocation_step_1"]
     assert f"| `{chosen}` |" in table and "✓" in table and table.count("\n") >= 2
+
+
+
+def scripted_backend(monkeypatch: pytest.MonkeyPatch, net: nn.Module,
+                     ms: Any) -> tuple[list[dict[str, nn.Module]], Any]:
+    """Every latency the pruner reads by itself, scripted from a model's FLOPs share of ``net``'s:
+    ``ms(share) -> float`` for the baseline, its interleaved readings and a correction's ladder. Returns the model
+    dicts the ladder timed and the scripted ``latency(model)``."""
+    import lightning_prune.pruning.pruner as pruner_module
+    from lightning_prune import count_flops
+
+    base = count_flops(net, EXAMPLE)
+
+    def latency(model: nn.Module) -> float:
+        return float(ms(count_flops(model, EXAMPLE) / base))
+
+    def result(model: nn.Module, backend: str = "eager") -> LatencyResult:
+        return LatencyResult(backend, latency(model), 0.0, [latency(model)], 1, 1)
+
+    seen = scripted_timing(monkeypatch, lambda name, model: latency(model))
+    monkeypatch.setattr(pruner_module, "compare_latency",
+                        lambda models, *args, **kwargs: {name: result(m) for name, m in models.items()})
+    monkeypatch.setattr(pruner_module, "measure_latency", lambda model, *args, **kwargs: result(model))
+    return seen, latency
+
+
+def test_a_latency_correction_prunes_the_least_its_measured_ladder_finds_enough(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final step's correction times the plans for several multiples of the budget the learned efficiency
+    asks for, against the unpruned model, and prunes the least of them that meets the goal: here latency drops by a
+    further 1 ms below 45 % of the FLOPs (a layout change the FLOPs cannot foresee), so the learned budget would
+    overshoot and the ladder's smallest rung lands nearest the goal."""
+    from lightning_prune.pruning.pruner import CORRECTION_SCALES
+
+    net = make_net()
+
+    def ms(share: float) -> float:
+        return 2.0 + 8.0 * share - (1.0 if share < 0.45 else 0.0)
+
+    seen, latency = scripted_backend(monkeypatch, net, ms)
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.5, target_metric="latency", strategy="global",
+                             latency_corrections=1, latency_tolerance=0.05)
+    pruner.check()
+    assert pruner.baseline["latency"] == pytest.approx(10.0)
+    result = pruner.step(0)
+    assert len(result.plans) == 2 and result.latency_before == pytest.approx(10.0)  # the prune and one correction
+    ladders = [models for models in seen if "reference" in models]
+    assert len(ladders) == 1
+    rungs = {name: latency(model) for name, model in ladders[0].items() if name != "reference"}
+    assert list(rungs) == [f"x{s:g}" for s in CORRECTION_SCALES][: len(rungs)] and len(rungs) >= 2
+    assert latency(ladders[0]["reference"]) == pytest.approx(10.0)
+    assert max(rungs.values()) <= 5.0 * 1.05  # every rung meets the goal ...
+    assert result.latency_after == pytest.approx(rungs["x0.5"])  # ... so the least pruning is kept
+    assert result.latency_after > rungs["x1"]  # not what the learned efficiency asked for
+
+
+def test_a_user_measured_latency_corrects_without_a_ladder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``measure_latency`` given, which reads only the model itself, a correction prunes the learned budget."""
+    from lightning_prune import count_flops
+
+    net = make_net()
+    seen, latency = scripted_backend(monkeypatch, net, lambda share: 2.0 + 8.0 * share)
+    base = count_flops(net, EXAMPLE)
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.5, target_metric="latency", strategy="global",
+                             latency_corrections=2, latency_tolerance=0.05,
+                             measure_latency=lambda: 2.0 + 8.0 * count_flops(net, EXAMPLE) / base)
+    pruner.check()
+    result = pruner.step(0)
+    assert len(result.plans) >= 2 and not [models for models in seen if "reference" in models]
+    assert result.latency_after <= 5.0 * 1.05

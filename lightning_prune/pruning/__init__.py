@@ -11,7 +11,7 @@ from lightning_prune.pruning.communication import Communicator, LocalCommunicato
 from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
-from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan
+from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan, time_plans
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.pruner import IterativePruner, conv_widths
 from lightning_prune.pruning.result import StepResult, compose_plans
@@ -42,4 +42,5 @@ __all__ = [
     "release_grad_accumulators",
     "slice_optimizer_state",
     "step_budget",
+    "time_plans",
 ]

@@ -27,10 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from lightning_prune.graph import DependencyGraph
 from lightning_prune.profiling import compare_latency, deployed_copy
 
-__all__ = ["MeasuredChoice", "fastest_plan"]
+__all__ = ["MeasuredChoice", "fastest_plan", "time_plans"]
 
 
 @dataclass
@@ -67,17 +69,11 @@ def fastest_plan(graph: DependencyGraph, plans: Mapping[str, Mapping[str, Sequen
     if len(named) == 1:
         name, plan = next(iter(named.items()))
         return MeasuredChoice(name, plan)
-    deployed = {}
-    for name, plan in named.items():
-        pruned = copy.deepcopy(graph)
-        if plan:
-            pruned.prune(plan)
-        deployed[name] = deployed_copy(pruned.model)
+    deployed = _deployed(graph, named)
 
     def timed(names: Sequence[str]) -> dict[str, list[float]]:
-        results = compare_latency({name: deployed[name] for name in names}, example_input, backend, rounds=rounds,
-                                  warmup=warmup, repeats=repeats, num_threads=num_threads)
-        return {name: list(result.times_ms) or [float(result.median_ms)] for name, result in results.items()}
+        return _timed({name: deployed[name] for name in names}, example_input, backend, rounds=rounds,
+                      warmup=warmup, repeats=repeats, num_threads=num_threads)
 
     times = timed(list(named))
     ms = {name: statistics.median(values) for name, values in times.items()}
@@ -88,3 +84,47 @@ def fastest_plan(graph: DependencyGraph, plans: Mapping[str, Mapping[str, Sequen
             ms[name] = statistics.median(times[name] + values)
     best = min(named, key=lambda name: ms[name])
     return MeasuredChoice(best, named[best], ms)
+
+
+def time_plans(graph: DependencyGraph, plans: Mapping[str, Mapping[str, Sequence[int]]], example_input: Any,
+               backend: str = "eager", *, others: Mapping[str, nn.Module] | None = None, rounds: int = 8,
+               repeats: int = 2, warmup: int = 2, num_threads: int = 1) -> dict[str, list[float]]:
+    """The single-call times (ms) of every candidate plan's pruned deployed copy, and of each model in ``others``
+    (timed as given, e.g. a deployed reference to read the candidates against), all interleaved in one run.
+    ``graph`` and its model are left as they are.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_prune import DependencyGraph
+        >>> net = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 8, 3))
+        >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
+        >>> group = graph.prunable_groups[0].name
+        >>> times = time_plans(graph, {"half": {group: list(range(16))}}, torch.randn(1, 3, 32, 32),
+        ...                    others={"reference": net}, rounds=2, repeats=2)
+        >>> sorted(times), len(times["half"])
+        (['half', 'reference'], 4)
+    """
+    others = dict(others or {})
+    clash = sorted(set(plans) & set(others))
+    if clash:
+        raise ValueError(f"time_plans: the names {clash} are both a plan and one of `others`")
+    named = {name: {group: list(channels) for group, channels in plan.items()} for name, plan in plans.items()}
+    return _timed({**_deployed(graph, named), **others}, example_input, backend, rounds=rounds, warmup=warmup,
+                  repeats=repeats, num_threads=num_threads)
+
+
+def _deployed(graph: DependencyGraph, plans: Mapping[str, Mapping[str, list[int]]]) -> dict[str, nn.Module]:
+    """Each plan applied to a deep copy of ``graph``, in its deployed form."""
+    deployed = {}
+    for name, plan in plans.items():
+        pruned = copy.deepcopy(graph)
+        if plan:
+            pruned.prune(plan)
+        deployed[name] = deployed_copy(pruned.model)
+    return deployed
+
+
+def _timed(models: Mapping[str, nn.Module], example_input: Any, backend: str, **timing: Any) -> dict[str, list[float]]:
+    results = compare_latency(dict(models), example_input, backend, **timing)
+    return {name: list(result.times_ms) or [float(result.median_ms)] for name, result in results.items()}

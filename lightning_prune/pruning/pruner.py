@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import statistics
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from lightning_prune.pruning.communication import Communicator, LocalCommunicato
 from lightning_prune.pruning.config import PruningConfig
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
-from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan
+from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan, time_plans
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
 from lightning_prune.pruning.schedule import pending_epochs, step_budget
@@ -48,9 +49,14 @@ from lightning_prune.pruning.strategies import (
 from lightning_prune.selection import boundary_probes, plan_from_counts, score_probes
 from lightning_prune.sensitivity import Probe, analyze_sensitivity, remeasure
 
-__all__ = ["IterativePruner", "conv_widths"]
+__all__ = ["CORRECTION_SCALES", "IterativePruner", "conv_widths"]
 
 Copies = Iterable[tuple[nn.Module, str]]
+
+# A latency correction's candidate budgets, as multiples of what the learned efficiency asks for: the pruner times
+# them all against the unpruned model and keeps the smallest that meets the goal, so a misjudged efficiency costs a
+# step of the ladder, not an overshoot that pruning cannot take back.
+CORRECTION_SCALES = (0.5, 0.75, 1.0, 1.5)
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -346,10 +352,10 @@ class IterativePruner:
         return self.baseline["latency"] * timed["current"].median_ms / timed["reference"].median_ms
 
     def _select(self, budget: float, strategy: str, step: int, local_before: float | None,
-                metric_before: float | None) -> tuple[dict[str, list[int]], list[Probe], list[str],
-                                                      MeasuredChoice | None]:
+                metric_before: float | None, allocation: str | None = None
+                ) -> tuple[dict[str, list[int]], list[Probe], list[str], MeasuredChoice | None]:
         """This step's plan, the sensitivity probes, the paper's picks and (``allocation="measured"``) what the
-        candidates measured."""
+        candidates measured. ``allocation`` overrides the configured one."""
         config = self.config
         groups = self.candidates()
         generator = np.random.default_rng(config.seed + step)
@@ -387,7 +393,7 @@ class IterativePruner:
             return result
 
         most = self._max_removal(groups)
-        allocation = config.allocation
+        allocation = allocation or config.allocation
         if allocation == "measured":
             if allocation_applies(strategy, cost, budget_cost):
                 choice = self._measured_choice(groups, scores, ranking, budget, table, budget_cost, most)
@@ -478,7 +484,7 @@ class IterativePruner:
                 break
             strategy = "global" if self.config.strategy == "sensitivity" else self.config.strategy
             budget = controller.flops_budget(flops_now, latency_now, goal, cap=0.25)
-            plan, *_ = self._select(budget, strategy, step, None, None)
+            plan = self._correction(budget, goal, strategy, step)
             if not plan:
                 break
             self._apply(plan, optimizers, copies)
@@ -487,3 +493,33 @@ class IterativePruner:
             flops_now, latency_now = self._controlled(), self._latency()
             controller.observe(flops_before, latency_before, flops_now, latency_now)
         return latency_now
+
+    def _correction(self, budget: float, goal: float, strategy: str, step: int) -> dict[str, list[int]]:
+        """One correction's plan. With the pruner's own latency measurement, the plans for every
+        :data:`CORRECTION_SCALES` multiple of ``budget`` are timed against the unpruned model (interleaved, on rank
+        0) and the least pruning whose latency meets the goal within half the tolerance wins (the fastest, when none
+        does);
+        with a user's ``measure_latency``, which reads only the model itself, the plan for ``budget``."""
+        config, comm = self.config, self.communicator
+        allocation = "threshold" if config.allocation == "measured" else None
+        if self._measure_latency is not None or self._reference is None:
+            return self._select(budget, strategy, step, None, None)[0]
+        candidates: dict[str, dict[str, list[int]]] = {}
+        for scale in CORRECTION_SCALES:
+            plan = self._select(budget * scale, strategy, step, None, None, allocation)[0]
+            if plan and plan not in candidates.values():
+                candidates[f"x{scale:g}"] = plan
+        if len(candidates) < 2:
+            return next(iter(candidates.values()), {})
+        name = None
+        if comm.rank == 0:
+            rounds = min(5, config.latency_repeats)
+            times = time_plans(self.graph, candidates, self.example_input, config.latency_backend,
+                               others={"reference": self._reference}, rounds=rounds, warmup=2,
+                               repeats=max(1, -(-config.latency_repeats // rounds)), num_threads=1)
+            reference = statistics.median(times["reference"])
+            ms = {key: self.baseline["latency"] * statistics.median(times[key]) / reference for key in candidates}
+            bound = goal * (1.0 + config.latency_tolerance / 2)  # half the tolerance: a margin for the noise
+            meeting = [key for key in candidates if ms[key] <= bound]
+            name = meeting[0] if meeting else min(candidates, key=lambda key: ms[key])
+        return candidates[comm.broadcast(name)]
