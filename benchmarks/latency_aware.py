@@ -38,10 +38,12 @@ Speedup efficiency = (latency speedup) / (FLOPs reduction factor), both against 
 
     python benchmarks/latency_aware.py                 # the whole benchmark (about 20 minutes on 2 cores)
     python benchmarks/latency_aware.py --render        # the Markdown and the plot from the JSON
+    python benchmarks/latency_aware.py --add_run OLD.json   # add an earlier run's JSON to the run-to-run table
     python benchmarks/latency_aware.py --backends eager-cuda onnxruntime-cuda   # on a CUDA GPU
 
 Writes ``benchmarks/results/latency_aware.json`` after every (model, backend), then ``latency_aware.md`` and
-``latency_aware.png``.
+``latency_aware.png``; each run's efficiencies also go to ``latency_aware_runs.json``, and the Markdown's run-to-run
+table reads every run recorded there.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from lightning_prune.selection import global_counts, plan_from_counts  # noqa: E
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON = RESULTS / "latency_aware.json"
+RUNS = RESULTS / "latency_aware_runs.json"  # one summary per full run, to show what holds from run to run
 MAX_RATE = 0.5  # latency-aware global keeps at least half of every group (else it empties the slowest ones)
 TOLERANCE = 0.05  # the latency target is met within this fraction of the goal
 LEVEL = 0.03  # efficiencies this close are level (inside the run-to-run noise): a tie, never "above"
@@ -275,6 +278,63 @@ def standing(efficiency: float, others: dict[str, float]) -> str:
                      (("above", above), (f"level with (within {LEVEL:.2f})", level), ("below", below)) if arms_)
 
 
+RUN_ARMS = {"measured": "latency-aware measured -50% FLOPs", "sibling": "narrower sibling",
+            "uniform L1": "uniform L1 -50% FLOPs", "Torch-Pruning": "Torch-Pruning -50% FLOPs"}
+
+
+def run_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """One run's efficiencies per (model, backend) for the arms the goal is judged against, and where the latency
+    target ended."""
+    pairs = {}
+    for pair in data["pairs"]:
+        row = {key: pair["arms"][arm]["efficiency"] for key, arm in RUN_ARMS.items() if arm in pair["arms"]}
+        row["target_ratio"] = pair["latency_target"]["measured_ratio"]
+        pairs[f"{pair['model']} / {pair['backend']}"] = row
+    meta = data["meta"]
+    return {"commit": meta["commit"], "started": meta["started"], "load": meta.get("load"), "pairs": pairs}
+
+
+def record_run(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add (or, for the same start time, replace) this run's summary in :data:`RUNS`; returns every run, oldest
+    first."""
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else []
+    summary = run_summary(data)
+    runs = sorted([run for run in runs if run["started"] != summary["started"]] + [summary],
+                  key=lambda run: run["started"])
+    RUNS.write_text(json.dumps(runs, indent=1))
+    return runs
+
+
+def run_to_run(runs: list[dict[str, Any]]) -> list[str]:
+    """The Markdown section: per pair, each run's measured-arm and sibling efficiency, and in how many runs the goal
+    (>= 0.9, above the sibling by more than :data:`LEVEL`) held."""
+    if not runs:
+        return []
+    lines = ["## Run to run", "",
+             "The same benchmark, run again on a quiet machine (each run interleaves its own arms; the measured arm's "
+             "code is the same in every run listed; the latency target's corrections measure a ladder of budgets since "
+             "8a6e3fc). Measured-allocation efficiency / narrower sibling's, at −50 % "
+             "FLOPs, and where the −50 % latency target ended:", "",
+             "| pair | " + " | ".join(f"{run['commit']} ({run['started'][:10]})" for run in runs)
+             + " | ≥ 0.9 | above sibling |",
+             "|---|" + "--:|" * len(runs) + "--:|--:|"]
+    names = list(dict.fromkeys(name for run in runs for name in run["pairs"]))
+    for name in names:
+        cells, met, above, seen = [], 0, 0, 0
+        for run in runs:
+            row = run["pairs"].get(name)
+            if not row or row.get("measured") is None:
+                cells.append("—")
+                continue
+            seen += 1
+            met += row["measured"] >= 0.9
+            above += row.get("sibling") is None or row["measured"] > row["sibling"] + LEVEL
+            cells.append(f"{row['measured']:.2f} / {row.get('sibling') or float('nan'):.2f}, "
+                         f"{row['target_ratio']:.2f}×")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {met} of {seen} | {above} of {seen} |")
+    return [*lines, ""]
+
+
 def render(data: dict[str, Any]) -> None:
     meta = data["meta"]
     lines = ["# Latency-aware pruning (issue 14)", "",
@@ -354,6 +414,7 @@ def render(data: dict[str, Any]) -> None:
                         + (f" and keeps {target['flops_ratio']:.2f}× FLOPs vs "
                            f"{at:.2f}× for FLOPs-targeted uniform L1 at the same latency" if at is not None else ""))
     lines[len(lines):] = ["## Verdict", "", *verdicts, ""]
+    lines += run_to_run(json.loads(RUNS.read_text()) if RUNS.exists() else [])
     if data.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
     (RESULTS / "latency_aware.md").write_text("\n".join(lines))
@@ -393,7 +454,15 @@ def main() -> None:
     parser.add_argument("--target_repeats", type=int, default=10)
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--render", action="store_true", help="only render the Markdown and plot from the JSON")
+    parser.add_argument("--add_run", default=None, metavar="JSON",
+                        help="add an earlier run's latency_aware.json to the run-to-run table, then render")
     args = parser.parse_args()
+    if args.add_run:
+        try:
+            record_run(json.loads(Path(args.add_run).read_text()))
+        except (OSError, ValueError, KeyError) as err:
+            parser.error(f"--add_run {args.add_run}: not a latency_aware.json this script wrote ({err})")
+        args.render = True
     if args.render:
         render(json.loads(JSON.read_text()))
         return
@@ -431,6 +500,7 @@ def main() -> None:
                 log(f"  failed: {err}")
             data["meta"]["minutes"] = (time.time() - started) / 60
             JSON.write_text(json.dumps(data, indent=1))
+            record_run(data)
             render(data)
     log("done")
 
