@@ -441,3 +441,12 @@ def test_max_total_rate_caps_every_group_over_all_steps_and_corrections() -> Non
     assert fresh.original_sizes == original
     with pytest.raises(ValueError, match="max_total_rate must be a fraction"):
         PruningConfig(max_total_rate=0.0)
+
+
+def test_check_counts_max_total_rate_when_it_judges_a_target_reachable() -> None:
+    """A target only uncapped pruning reaches fails at check() under max_total_rate, in one line naming it; the
+    same target without the cap passes."""
+    IterativePruner(make_net(), EXAMPLE, schedule=[0], target=0.8, strategy="uniform").check()
+    capped = IterativePruner(make_net(), EXAMPLE, schedule=[0], target=0.8, strategy="uniform", max_total_rate=0.3)
+    with pytest.raises(ValueError, match=r"unreachable: .* within max_total_rate=0.3 removes at most"):
+        capped.check()

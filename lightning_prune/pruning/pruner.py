@@ -206,13 +206,15 @@ class IterativePruner:
         if not groups:
             raise ValueError("no prunable group is left to reach the target (all pinned or ignored); "
                              "see the graph summary for reasons")
-        removable = max_removable(self.graph, groups, config.round_to, config.min_channels)
+        most = self._max_removal(groups)
+        removable = max_removable(self.graph, groups, config.round_to, config.min_channels, most)
         key = config.cost_key
         baseline = self.baseline[key]
         reachable = (baseline - self._cost(key) + removable[1 if key == "params" else 0]) / baseline
         if reachable < config.target:
+            limit = f" within max_total_rate={config.max_total_rate:g}" if most is not None else ""
             raise ValueError(f"target {config.target:.0%} of {config.target_metric} is unreachable: pruning every "
-                             f"prunable group to its minimum removes at most {reachable:.0%}")
+                             f"prunable group to its minimum{limit} removes at most {reachable:.0%}")
         if callable(config.criterion):
             for group in groups:
                 channel_scores(group, self.model, config.criterion)

@@ -62,10 +62,13 @@ def score_channels(groups: Sequence[Group], model: nn.Module, criterion: Criteri
     return scores, ranking
 
 
-def max_removable(graph: DependencyGraph, groups: Sequence[Group], round_to: int = 1,
-                  min_channels: int = 1) -> tuple[float, float]:
-    """(FLOPs, parameters) removed by pruning every group to its minimum."""
-    most = {g.name: list(range(removal_count(g, 1.0, round_to, min_channels))) for g in groups}
+def max_removable(graph: DependencyGraph, groups: Sequence[Group], round_to: int = 1, min_channels: int = 1,
+                  max_removal: Mapping[str, int] | None = None) -> tuple[float, float]:
+    """(FLOPs, parameters) removed by pruning every group to its minimum (at most ``max_removal[group]`` channels
+    where given: what ``max_total_rate`` still lets go)."""
+    limit = dict(max_removal or {})
+    most = {g.name: list(range(min(removal_count(g, 1.0, round_to, min_channels), limit.get(g.name, g.size))))
+            for g in groups}
     return graph.estimate_removal({name: channels for name, channels in most.items() if channels})
 
 
