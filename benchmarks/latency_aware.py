@@ -28,6 +28,9 @@ medians), on their deployed form (BatchNorm folded, eval):
 * ``Torch-Pruning -50% FLOPs`` (YOLOv8n only, on the split-block rewrite it can handle: see ``_peers.py``; YOLO11n
   does not finish setting up in Torch-Pruning, see /work/shared/peers.md);
 * ``narrower sibling``: ultralytics' own model with a smaller ``width_multiple`` at about half the FLOPs;
+* ``latency-aware measured at sibling FLOPs``: the measured arm's settings with the FLOPs budget the sibling spends
+  (its channel counts, multiples of 8, land at 0.46× FLOPs on YOLOv8n, not 0.50×): the two at equal FLOPs, which is
+  what a user choosing between pruning and training the narrower model compares;
 * ``latency-aware -50% latency``: ``target_metric="latency"``, ``cost="latency"``, ``strategy="global"``,
   ``max_rate=0.5`` (budget in the table's predicted ms, corrections until the measured latency of the deployed form
   meets the target; the pruner's readings are interleaved with its kept baseline model);
@@ -36,7 +39,13 @@ medians), on their deployed form (BatchNorm folded, eval):
 
 Speedup efficiency = (latency speedup) / (FLOPs reduction factor), both against ``unpruned`` in the same run.
 
-    python benchmarks/latency_aware.py                 # the whole benchmark (about 20 minutes on 2 cores)
+Whether one arm is *above* another is judged on paired rounds, not on two medians: in every interleaved round both
+arms ran back to back, so the ratio of their per-round medians (times their FLOPs ratio, for efficiency) cancels what
+the machine was doing in that round; the verdict takes the median of those per-round ratios and a bootstrap 95 %
+interval over rounds, and calls an arm above (below) only when the whole interval is above (below) parity. A gap
+whose interval straddles parity is level.
+
+    python benchmarks/latency_aware.py                 # the whole benchmark (about 55 minutes on 2 cores)
     python benchmarks/latency_aware.py --render        # the Markdown and the plot from the JSON
     python benchmarks/latency_aware.py --add_run OLD.json   # add an earlier run's JSON to the run-to-run table
     python benchmarks/latency_aware.py --backends eager-cuda onnxruntime-cuda   # on a CUDA GPU
@@ -61,6 +70,7 @@ from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -86,7 +96,9 @@ JSON = RESULTS / "latency_aware.json"
 RUNS = RESULTS / "latency_aware_runs.json"  # one summary per full run, to show what holds from run to run
 MAX_RATE = 0.5  # latency-aware global keeps at least half of every group (else it empties the slowest ones)
 TOLERANCE = 0.05  # the latency target is met within this fraction of the goal
-LEVEL = 0.03  # efficiencies this close are level (inside the run-to-run noise): a tie, never "above"
+CORRECTIONS = 3  # the latency target's corrections (2 before 2026-12-04, when YOLOv8n OpenVINO stopped at 0.55×)
+LEVEL = 0.03  # for runs recorded before paired intervals: efficiencies this close are level, never "above"
+BOOTSTRAP = 2000  # resamples of the rounds for the paired ratio's 95 % interval
 MEASURED_RATE = 1.0  # the measured arm's ceiling: the pruner also tries caps 0.75 and 0.5 below it
 KNAPSACK_RATE = 0.75  # the knapsack arm's cap: it stops each group where the curve stops paying, so it needs less
 CAPS = (0.5, 0.625, 0.75, 0.875, 1.0)  # max_rate caps whose predicted savings the report lists
@@ -208,12 +220,19 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     if isinstance(peers.get("tp"), nn.Module):
         models["Torch-Pruning -50% FLOPs"] = peers["tp"]
     models["narrower sibling"] = peers["sibling"]
+    log(f"  {name} / {backend}: measured allocation at the sibling's FLOPs")
+    equal_model = copy.deepcopy(base)
+    sibling_share = count_flops(peers["sibling"], x) / count_flops(base, x)
+    IterativePruner(equal_model, x, schedule=[0], target=1.0 - sibling_share, cost="latency", strategy="global",
+                    criterion="l1", max_rate=MEASURED_RATE, allocation="measured", latency_backend=backend,
+                    latency_repeats=args.target_repeats * 2, cost_table=table).step(0)
+    models[EQUAL] = equal_model
     log(f"  {name} / {backend}: latency target")
     target_model = copy.deepcopy(base)
     started = time.perf_counter()
     pruner = IterativePruner(target_model, x, schedule=[0], target=0.5, target_metric="latency", cost="latency",
                              strategy="global", max_rate=MAX_RATE, latency_backend=backend,
-                             latency_repeats=args.target_repeats, latency_corrections=2,
+                             latency_repeats=args.target_repeats, latency_corrections=CORRECTIONS,
                              latency_tolerance=TOLERANCE, cost_table=table)
     pruner.check()
     step = pruner.step(0)
@@ -232,12 +251,20 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
         reduction = base_flops / flops[arm]
         arms[arm] = {"ms": result.median_ms, "iqr_ms": result.iqr_ms, "gflops": flops[arm] / 1e9,
                      "flops_ratio": flops[arm] / base_flops, "speedup": speedup,
-                     "efficiency": speedup / reduction if arm != "unpruned" else None}
+                     "efficiency": speedup / reduction if arm != "unpruned" else None,
+                     "times_ms": [round(t, 3) for t in result.times_ms]}
+    comparisons = {}
+    for arm in (*JUDGED.values(), EQUAL):
+        comparisons[arm] = {peer: paired(results[arm].times_ms, results[peer].times_ms, args.repeats,
+                                         flops[arm] / flops[peer])
+                            for peer in (*PEERS, *([SIBLING] if arm == EQUAL else [])) if peer in results}
+    comparisons[EQUAL]["latency vs narrower sibling"] = paired(results[EQUAL].times_ms,
+                                                               results[SIBLING].times_ms, args.repeats)
     # FLOPs kept by FLOPs-targeted pruning at the latency the latency target reached (interpolated)
     sweep = sorted((arms[a]["ms"], arms[a]["flops_ratio"]) for a in UNIFORM_SWEEP)
     reached = arms["latency-aware -50% latency"]["ms"]
     flops_at = _interp(sweep, reached)
-    return {"model": name, "backend": backend, "arms": arms, "measured": measured,
+    return {"model": name, "backend": backend, "arms": arms, "measured": measured, "paired": comparisons,
             "table": {"build_seconds": table.build_seconds, "layers": table.measured, "points": table.points,
                       "repeats": table.repeats, "modelled_ms": table.total_ms(), "ops": len(table.ops),
                       "ops_ms": table.ops_ms(), "predicted_saved_ms": predicted},
@@ -249,6 +276,29 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
                                "flops_ratio": arms["latency-aware -50% latency"]["flops_ratio"],
                                "flops_targeted_flops_ratio_at_same_latency": flops_at},
             "timing": {"rounds": args.rounds, "repeats": args.repeats, "threads": 1}}
+
+
+def paired(times: list[float], other: list[float], repeats: int, flops_ratio: float = 1.0,
+           seed: int = 0) -> dict[str, float]:
+    """How many times faster (with ``flops_ratio`` = this arm's FLOPs / the other's: how much more efficient) one arm
+    ran than another, from the single-call times of one interleaved run (``repeats`` calls per round, in round
+    order): the median over rounds of the per-round ratio of medians, and a bootstrap 95 % interval over rounds.
+
+    Example:
+        >>> row = paired([10.0, 10.0, 11.0, 11.0], [20.0, 20.0, 22.0, 22.0], repeats=2)
+        >>> row["ratio"], row["low"], row["high"]
+        (2.0, 2.0, 2.0)
+    """
+    rounds = min(len(times), len(other)) // repeats
+    if rounds < 1:
+        return {"ratio": float("nan"), "low": float("nan"), "high": float("nan"), "rounds": 0}
+    mine = np.median(np.asarray(times[:rounds * repeats]).reshape(rounds, repeats), axis=1)
+    theirs = np.median(np.asarray(other[:rounds * repeats]).reshape(rounds, repeats), axis=1)
+    ratios = theirs / mine * flops_ratio
+    picks = np.random.default_rng(seed).integers(0, rounds, size=(BOOTSTRAP, rounds))
+    medians = np.median(ratios[picks], axis=1)
+    return {"ratio": float(np.median(ratios)), "low": float(np.quantile(medians, 0.025)),
+            "high": float(np.quantile(medians, 0.975)), "rounds": rounds}
 
 
 def _interp(points: list[tuple[float, float]], x: float) -> float | None:
@@ -269,15 +319,40 @@ def _busy(meta: dict[str, Any]) -> bool:
         return True
 
 
-def standing(efficiency: float, others: dict[str, float]) -> str:
-    """Where ``efficiency`` stands against the other arms': above, level with (within :data:`LEVEL`), below."""
-    above = [a for a, e in others.items() if efficiency > e + LEVEL]
-    level = [a for a, e in others.items() if abs(efficiency - e) <= LEVEL]
-    below = [a for a, e in others.items() if e > efficiency + LEVEL]
-    return "; ".join(f"{word} {', '.join(arms_)}" for word, arms_ in
-                     (("above", above), (f"level with (within {LEVEL:.2f})", level), ("below", below)) if arms_)
+def standing(efficiency: float, others: dict[str, float],
+             pairs: dict[str, dict[str, float]] | None = None) -> str:
+    """Where ``efficiency`` stands against the other arms': above, level with, below. With ``pairs`` (peer ->
+    :func:`paired` efficiency ratio), by its 95 % interval (above: all of it above 1); else, for runs recorded before
+    intervals, by :data:`LEVEL`."""
+    pairs = pairs or {}
+    words: dict[str, list[str]] = {"above": [], "level with": [], "below": []}
+    for arm, other in others.items():
+        row = pairs.get(arm)
+        if row and row.get("rounds"):
+            word = "above" if row["low"] > 1.0 else "below" if row["high"] < 1.0 else "level with"
+            words[word].append(f"{arm} (×{row['ratio']:.3f} [{row['low']:.3f}, {row['high']:.3f}])")
+        else:
+            word = ("above" if efficiency > other + LEVEL else "below" if other > efficiency + LEVEL
+                    else "level with")
+            words[word].append(f"{arm} (within {LEVEL:.2f})" if word == "level with" else arm)
+    return "; ".join(f"{word} {', '.join(arms_)}" for word, arms_ in words.items() if arms_)
 
 
+def above_sibling(row: dict[str, Any]) -> bool | None:
+    """Whether a run's measured arm was above the sibling: by the paired interval where the run has one."""
+    if row.get("measured") is None:
+        return None
+    interval = row.get("vs_sibling")
+    if interval:
+        return interval[1] > 1.0
+    return row.get("sibling") is None or row["measured"] > row["sibling"] + LEVEL
+
+
+JUDGED = {"threshold": "latency-aware -50% FLOPs", "knapsack": "latency-aware knapsack -50% FLOPs",
+          "measured": "latency-aware measured -50% FLOPs"}
+SIBLING = "narrower sibling"
+EQUAL = "latency-aware measured at sibling FLOPs"
+PEERS = ("uniform L1 -50% FLOPs", "global L1 -50% FLOPs", "Torch-Pruning -50% FLOPs", SIBLING)
 RUN_ARMS = {"measured": "latency-aware measured -50% FLOPs", "sibling": "narrower sibling",
             "uniform L1": "uniform L1 -50% FLOPs", "Torch-Pruning": "Torch-Pruning -50% FLOPs"}
 
@@ -289,6 +364,12 @@ def run_summary(data: dict[str, Any]) -> dict[str, Any]:
     for pair in data["pairs"]:
         row = {key: pair["arms"][arm]["efficiency"] for key, arm in RUN_ARMS.items() if arm in pair["arms"]}
         row["target_ratio"] = pair["latency_target"]["measured_ratio"]
+        compared = pair.get("paired", {})
+        for key, arm, peer in (("vs_sibling", RUN_ARMS["measured"], SIBLING),
+                               ("equal_vs_sibling", EQUAL, "latency vs narrower sibling")):
+            got = compared.get(arm, {}).get(peer)
+            if got and got.get("rounds"):
+                row[key] = [got["ratio"], got["low"], got["high"]]
         pairs[f"{pair['model']} / {pair['backend']}"] = row
     meta = data["meta"]
     return {"commit": meta["commit"], "started": meta["started"], "load": meta.get("load"), "pairs": pairs}
@@ -314,7 +395,9 @@ def run_to_run(runs: list[dict[str, Any]]) -> list[str]:
              "The same benchmark, run again on a quiet machine (each run interleaves its own arms; the measured arm's "
              "code is the same in every run listed; the latency target's corrections measure a ladder of budgets since "
              "8a6e3fc). Measured-allocation efficiency / narrower sibling's, at −50 % "
-             "FLOPs, and where the −50 % latency target ended:", "",
+             "FLOPs (since the paired comparison, in brackets: the paired efficiency ratio and its 95 % interval; "
+             "above the sibling means the whole interval above 1, before it a gap of more than "
+             f"{LEVEL:.2f}), and where the −50 % latency target ended:", "",
              "| pair | " + " | ".join(f"{run['commit']} ({run['started'][:10]})" for run in runs)
              + " | ≥ 0.9 | above sibling |",
              "|---|" + "--:|" * len(runs) + "--:|--:|"]
@@ -328,8 +411,10 @@ def run_to_run(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             seen += 1
             met += row["measured"] >= 0.9
-            above += row.get("sibling") is None or row["measured"] > row["sibling"] + LEVEL
-            cells.append(f"{row['measured']:.2f} / {row.get('sibling') or float('nan'):.2f}, "
+            above += bool(above_sibling(row))
+            interval = row.get("vs_sibling")
+            paired_text = f" (×{interval[0]:.3f} [{interval[1]:.3f}, {interval[2]:.3f}])" if interval else ""
+            cells.append(f"{row['measured']:.2f} / {row.get('sibling') or float('nan'):.2f}{paired_text}, "
                          f"{row['target_ratio']:.2f}×")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {met} of {seen} | {above} of {seen} |")
     return [*lines, ""]
@@ -397,17 +482,20 @@ def render(data: dict[str, Any]) -> None:
                   f"{target['pruner_baseline_ms']:.1f} ms, {target['plans']} plan(s), {target['seconds']:.0f} s); "
                   f"it keeps {target['flops_ratio']:.2f}× FLOPs, FLOPs-targeted uniform L1 at the same measured "
                   f"latency keeps {'—' if at is None else f'{at:.2f}×'} (interpolated over −50/−60/−70/−80 %).", ""]
-        others = {a: r["efficiency"] for a, r in arms.items() if r["efficiency"] is not None
-                  and a in ("uniform L1 -50% FLOPs", "global L1 -50% FLOPs", "Torch-Pruning -50% FLOPs",
-                            "narrower sibling")}
-
-        judged = [(label, arms[arm]["efficiency"]) for label, arm in
-                  (("threshold", "latency-aware -50% FLOPs"), ("knapsack", "latency-aware knapsack -50% FLOPs"),
-                   ("measured", "latency-aware measured -50% FLOPs"))
+        others = {a: r["efficiency"] for a, r in arms.items() if r["efficiency"] is not None and a in PEERS}
+        compared = pair.get("paired", {})
+        judged = [(label, arm, arms[arm]["efficiency"]) for label, arm in JUDGED.items()
                   if arms.get(arm, {}).get("efficiency") is not None]
+        equal = compared.get(EQUAL, {}).get("latency vs narrower sibling")
+        equal_text = (f"; at the sibling's FLOPs ({arms[EQUAL]['flops_ratio']:.3f}× vs "
+                      f"{arms[SIBLING]['flops_ratio']:.3f}×) the measured allocation runs ×{equal['ratio']:.3f} "
+                      f"[{equal['low']:.3f}, {equal['high']:.3f}] as fast as the sibling ("
+                      + ("faster" if equal["low"] > 1 else "slower" if equal["high"] < 1 else "level") + ")"
+                      if equal and EQUAL in arms and SIBLING in arms else "")
         verdicts.append(f"- {pair['model']} / {pair['backend']}: latency-aware efficiency "
                         + "; ".join(f"{label} {eff:.3f} ({'meets' if eff >= 0.9 else 'misses'} the 0.9 goal: "
-                                    f"{standing(eff, others)})" for label, eff in judged)
+                                    f"{standing(eff, others, compared.get(arm))})" for label, arm, eff in judged)
+                        + equal_text
                         + f"; the −50 % latency target ends at {target['measured_ratio']:.2f}× ("
                         + ("met" if abs(target["measured_ratio"] - 0.5) <= 0.5 * TOLERANCE + 1e-9 else "outside")
                         + f" the {TOLERANCE * 100:.0f} % tolerance)"
@@ -448,7 +536,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["yolov8n", "yolo11n"])
     parser.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "openvino"])
     parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--table_repeats", type=int, default=5)
     parser.add_argument("--target_repeats", type=int, default=10)
