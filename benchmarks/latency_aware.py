@@ -394,7 +394,8 @@ def run_to_run(runs: list[dict[str, Any]]) -> list[str]:
     lines = ["## Run to run", "",
              "The same benchmark, run again on a quiet machine (each run interleaves its own arms; the measured arm's "
              "code is the same in every run listed; the latency target's corrections measure a ladder of budgets since "
-             "8a6e3fc). Measured-allocation efficiency / narrower sibling's, at −50 % "
+             "8a6e3fc; from 3863238 on, 30 rounds instead of 20, three corrections instead of two, and paired "
+             "intervals). Measured-allocation efficiency / narrower sibling's, at −50 % "
              "FLOPs (since the paired comparison, in brackets: the paired efficiency ratio and its 95 % interval; "
              "above the sibling means the whole interval above 1, before it a gap of more than "
              f"{LEVEL:.2f}), and where the −50 % latency target ended:", "",
