@@ -150,6 +150,39 @@ def test_ort_matches_eager_small_cnn() -> None:
     assert all("Conv" in layer.op_type and 0 <= layer.share <= 1 for layer in result.layers)
 
 
+HAS_OPENVINO = HAS_ONNX and importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason='needs pip install "lightning-prune[onnx,openvino]"')
+
+
+@needs_openvino
+def test_openvino_per_layer_names_modules_and_sees_pruning() -> None:
+    """OpenVINO's per-node profile gives every conv module a row (named after the module, fused activations and
+    depthwise convs included), and a pruned conv's row shrinks."""
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64),
+                          nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 4, 1)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    pruned = half_pruned(model, x)
+    results = compare_latency({"full": model, "half": pruned}, x, "openvino", rounds=2, warmup=1, repeats=5,
+                              num_threads=1, per_layer=True)
+    full, half = ({layer.name: layer for layer in results[key].layers} for key in ("full", "half"))
+    assert set(full) == set(half) == {"0", "2", "4", "5"}
+    assert full["2"].op_type == "GroupConvolution" and full["4"].op_type == "Convolution"
+    assert all(0 < layer.ms and 0 <= layer.share <= 1 for layer in full.values())
+    assert half["4"].ms < full["4"].ms  # 32 x 32 channels instead of 64 x 64
+
+
+def test_openvino_node_names_map_to_modules() -> None:
+    from lightning_prune.profiling.openvino_runtime import module_of_node
+
+    names = {"/model.0/conv/Conv": "model.0.conv", "/model.0/conv/Conv_output_0": "model.0.conv",
+             "/model.1/Conv": "model.1"}
+    assert module_of_node("/model.0/conv/Conv/WithoutBiases", names) == "model.0.conv"
+    assert module_of_node("/model.1/Conv", names) == "model.1"
+    assert module_of_node("/model.1/Conv_fused_Swish", names) == "model.1"
+    assert module_of_node("input_0_abcd_acdb_/model.0/conv/Conv/WithoutBiases", names) is None
+    assert module_of_node("/model.2/Conv", names) is None
+
+
 @needs_onnx
 def test_ort_matches_eager_yolov8n() -> None:
     ultralytics = pytest.importorskip("ultralytics")

@@ -48,7 +48,7 @@ class LatencyProfiler(pl.Callback):
         backends: any of ``"eager"``, ``"onnxruntime"``, ``"openvino"``, ``"eager-cuda"``, ``"onnxruntime-cuda"``
             (default ``["eager"]``). ``"onnxruntime"`` needs ``pip install "lightning-prune[onnx]"``, ``"openvino"``
             also ``"lightning-prune[openvino]"``, the CUDA ones a GPU (checked here). A per-layer breakdown comes
-            from eager and ONNX Runtime (CPU) only.
+            from eager, ONNX Runtime (CPU) and OpenVINO.
         batch_size: the batch size to time: the input's first sample is repeated along dim 0.
         input_shape: full shape of the input tensor to time, e.g. ``[1, 3, 640, 640]`` (random values, fixed seed);
             default: ``pl_module.example_input_array``.

@@ -5,6 +5,7 @@ latency-aware selection uses (:mod:`~lightning_prune.profiling.cost_table`, time
 
 Modules by concern: :mod:`~lightning_prune.profiling.flops` (the cost model), :mod:`~lightning_prune.profiling.timing`
 (whole-forward latency), :mod:`~lightning_prune.profiling.onnx_runtime` (export and ONNX Runtime),
+:mod:`~lightning_prune.profiling.openvino_runtime` (OpenVINO's request and per-node profile),
 :mod:`~lightning_prune.profiling.layers` (per-layer timers), :mod:`~lightning_prune.profiling.channels` (channel
 speed tables), :mod:`~lightning_prune.profiling.results` (records) and :mod:`~lightning_prune.profiling.tracker`
 (a measurement history with baseline and speedups, what :class:`~lightning_prune.callbacks.LatencyProfiler` keeps).

@@ -1,7 +1,8 @@
 """Per-layer timing in eager PyTorch: each conv module's time per forward, from forward hooks.
 
 (ONNX Runtime's per-kernel times come from its own profiler: :class:`~lightning_prune.profiling.onnx_runtime.
-OrtLayerTimer`.) Both timers share one small protocol, :class:`LayerTimer`: ``step()`` runs one instrumented pass,
+OrtLayerTimer`; OpenVINO's from its per-node profile: :class:`~lightning_prune.profiling.openvino_runtime.
+OpenVinoLayerTimer`.) The timers share one small protocol, :class:`LayerTimer`: ``step()`` runs one instrumented pass,
 ``finish()`` returns :class:`~lightning_prune.profiling.results.LayerTime` rows, slowest first.
 """
 

@@ -30,7 +30,6 @@ from torch.utils.benchmark import Measurement, Timer
 from lightning_prune.profiling.backends import (
     BACKENDS,
     check_backend,
-    openvino_core,
     ort_providers,
     require_backend,
 )
@@ -41,12 +40,13 @@ from lightning_prune.profiling.onnx_runtime import (
     ort_feed,
     ort_session,
 )
+from lightning_prune.profiling.openvino_runtime import OpenVinoLayerTimer, openvino_request
 from lightning_prune.profiling.results import LatencyResult, LayerTime
 from lightning_prune.utils.model import call_model, eval_mode, model_device
 from lightning_prune.utils.tree import iter_tensors, map_tensors
 
 #: the backends with a per-layer breakdown (``per_layer=True`` is ignored, ``layers`` stays ``None``, elsewhere).
-PER_LAYER_BACKENDS = ("eager", "eager-cuda", "onnxruntime")
+PER_LAYER_BACKENDS = ("eager", "eager-cuda", "onnxruntime", "openvino")
 
 __all__ = ["BACKENDS", "PER_LAYER_BACKENDS", "batch_size_of", "batched_input", "check_backend", "compare_latency",
            "measure_latency", "openvino_request",
@@ -138,29 +138,12 @@ def _prepare(model: nn.Module, example_input: Any, backend: str, threads: int,
             feed = ort_feed(exported, inputs)
             if backend == "openvino":
                 request = openvino_request(exported.path, threads)
-                yield _Prepared(lambda: request.infer(feed), _no_layer_timer(backend), batch_size_of(inputs))
+                yield _Prepared(lambda: request.infer(feed), lambda: OpenVinoLayerTimer(exported, feed, threads),
+                                batch_size_of(inputs))
                 return
             session = ort_session(exported.path, threads, providers=ort_providers(backend))
             yield _Prepared(lambda: session.run(None, feed),
                             lambda: OrtLayerTimer(exported, feed, threads, directory), batch_size_of(inputs))
-
-
-def openvino_request(path: str, threads: int, perf_count: bool = False) -> Any:
-    """An OpenVINO infer request for the ONNX file at ``path``, compiled for ``CPU`` with ``threads`` inference
-    threads, one stream and the latency hint (per-node profiling with ``perf_count``)."""
-    core = openvino_core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
-              "INFERENCE_PRECISION_HINT": "f32"}
-    if perf_count:
-        config["PERF_COUNT"] = "YES"
-    return core.compile_model(core.read_model(path), "CPU", config).create_infer_request()
-
-
-def _no_layer_timer(backend: str) -> Callable[[], LayerTimer]:
-    def fail() -> LayerTimer:
-        raise ValueError(f"per_layer timing is not available for the {backend!r} backend (eager and onnxruntime)")
-
-    return fail
 
 
 def compare_latency(models: dict[str, nn.Module], example_input: Any, backend: str = "eager", *, rounds: int = 5,
