@@ -18,7 +18,9 @@ medians), on their deployed form (BatchNorm folded, eval):
   threshold and knapsack allocations, each at the table's fast widths and at those that are multiples of 8 and of
   16 channels, each with per-group caps 1.0, 0.75 and 0.5 and the knapsack also on cost alone (importance weight
   0), pruned on copies whose deployed forms the pruner times interleaved on this backend (the three fastest timed
-  again, both runs pooled); it prunes the fastest. That pick is the pruner's own short measurement; the arm's
+  again, both runs pooled); it prunes the fastest. On OpenVINO the eager and ONNX Runtime tables propose knapsack
+  candidates too (``latency_proxies``' default, named ``eager:...`` and ``onnxruntime:...``), timed on OpenVINO
+  with the rest. That pick is the pruner's own short measurement; the arm's
   numbers below come from the benchmark's separate interleaved run, so a lucky pick is not counted twice;
 * ``latency-aware per-channel -50% FLOPs``: the same, but each channel weighed by the milliseconds it saves alone
   (not per FLOP): the weighting the library used before, side by side with the one it uses now;
@@ -212,7 +214,8 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     started = time.perf_counter()
     chooser = IterativePruner(measured_model, x, schedule=[0], target=0.5, cost="latency", strategy="global",
                               criterion="l1", max_rate=MEASURED_RATE, allocation="measured", latency_backend=backend,
-                              latency_repeats=args.target_repeats * 2, cost_table=table)
+                              latency_repeats=args.target_repeats * 2, cost_table=table,
+                              cost_table_dir=args.cache_dir)
     chosen = chooser.step(0)
     measured = {"allocation": chosen.allocation, "candidates_ms": chosen.candidates_ms,
                 "seconds": time.perf_counter() - started}
@@ -225,7 +228,7 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     sibling_share = count_flops(peers["sibling"], x) / count_flops(base, x)
     IterativePruner(equal_model, x, schedule=[0], target=1.0 - sibling_share, cost="latency", strategy="global",
                     criterion="l1", max_rate=MEASURED_RATE, allocation="measured", latency_backend=backend,
-                    latency_repeats=args.target_repeats * 2, cost_table=table).step(0)
+                    latency_repeats=args.target_repeats * 2, cost_table=table, cost_table_dir=args.cache_dir).step(0)
     models[EQUAL] = equal_model
     log(f"  {name} / {backend}: latency target")
     target_model = copy.deepcopy(base)

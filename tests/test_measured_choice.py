@@ -284,3 +284,59 @@ def test_a_user_measured_latency_corrects_without_a_ladder(monkeypatch: pytest.M
     result = pruner.step(0)
     assert len(result.plans) >= 2 and not [models for models in seen if "reference" in models]
     assert result.latency_after <= 5.0 * 1.05
+
+
+def test_proxy_tables_propose_knapsack_candidates_the_backend_then_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``latency_proxies``: another backend's table proposes knapsack allocations (named ``<proxy>:...``, at
+    multiples of 8 and 16 channels) beside the target's own; all are timed on the target backend and the fastest is
+    pruned, whichever table proposed it. A proxy that is the target itself is dropped; by default only OpenVINO has
+    proxies."""
+    import lightning_prune.pruning.pruner as pruner_module
+
+    proxy_graph = DependencyGraph(make_net(), EXAMPLE)
+    built: list[str] = []
+
+    def fake_build(graph: DependencyGraph, backend: str, **_: Any) -> ScriptedTable:
+        built.append(backend)
+        names = sorted(g.name for g in proxy_graph.prunable_groups)  # the target's costs in reverse
+        return ScriptedTable(proxy_graph, {name: float(len(names) - i) for i, name in enumerate(names)})
+
+    monkeypatch.setattr(pruner_module, "build_cost_table", fake_build)
+    # the proxy's candidates are the narrowest here: make them the fastest, so the pick comes from the proxy
+    seen = scripted_timing(monkeypatch, lambda name, model: float(width_sum(model)))
+    net = make_net()
+    graph = DependencyGraph(net, EXAMPLE)
+    pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.4, cost="latency", strategy="global",
+                             cost_table=ScriptedTable(graph), allocation="measured",
+                             latency_proxies=["onnxruntime", "eager"])
+    result = pruner.step(0)
+    timed = seen[0]
+    proposed = [name for name in timed if name.startswith("onnxruntime:")]
+    assert built == ["onnxruntime"] and proposed  # "eager" is the target: no proxy of itself
+    assert all(name.split(":", 1)[1].startswith("knapsack/") for name in proposed)
+    assert all(name.split(":", 1)[1].split("/")[1].split("@")[0] in ("8", "16") for name in proposed)
+    assert set(result.candidates_ms) == set(timed) and result.allocation in timed
+    assert width_sum(net) == min(width_sum(m) for m in timed.values())
+
+    from lightning_prune.pruning.strategies import default_proxies
+
+    assert default_proxies("openvino") == ("eager", "onnxruntime") and default_proxies("onnxruntime") == ()
+    assert PruningConfig(latency_backend="openvino", latency_proxies=["openvino", "eager", "eager"]) \
+        .latency_proxies == ("eager",)
+    with pytest.raises(ValueError, match="unknown latency_proxies 'tensorrt'"):
+        PruningConfig(latency_proxies=["tensorrt"])
+    with pytest.raises(ValueError, match="must be a list of backends"):
+        PruningConfig(latency_proxies="onnxruntime")
+
+
+def test_allocation_candidates_can_keep_one_family() -> None:
+    graph = DependencyGraph(make_net(), EXAMPLE)
+    groups = candidate_groups(graph)
+    scores, ranking = score_channels(groups, graph.model, "l1")
+    table = ScriptedTable(graph)
+    budget = 0.4 * graph.traced_flops
+    knapsack = allocation_candidates(graph, groups, scores, ranking, budget, table, "flops",
+                                     allocations=("knapsack",))
+    assert knapsack and all(name.startswith("knapsack/") for name in knapsack)
+    with pytest.raises(ValueError, match="allocations must be some of"):
+        allocation_candidates(graph, groups, scores, ranking, budget, table, "flops", allocations=("greedy",))

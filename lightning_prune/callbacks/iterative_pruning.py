@@ -88,6 +88,8 @@ class IterativePruningCallback(Callback):
         max_total_rate: the largest share of any group's original width the whole run removes (``1.0``: no cap).
         allocation: ``"threshold"``, ``"knapsack"`` or ``"measured"``: how latency-aware ``global`` spends a FLOPs
             budget (see :class:`~lightning_prune.pruning.PruningConfig`).
+        latency_proxies: other backends whose cost tables propose extra ``"measured"`` candidates (``None``: eager
+            and ONNX Runtime for OpenVINO, none elsewhere; see :class:`~lightning_prune.pruning.PruningConfig`).
 
     Example::
 
@@ -136,6 +138,7 @@ class IterativePruningCallback(Callback):
         max_rate: float = 1.0,
         allocation: Allocation = "threshold",
         max_total_rate: float = 1.0,
+        latency_proxies: list[LatencyBackend] | None = None,
     ) -> None:
         super().__init__()
         self.config = PruningConfig(
@@ -145,7 +148,8 @@ class IterativePruningCallback(Callback):
             latency_backend=latency_backend, latency_repeats=latency_repeats,
             latency_corrections=latency_corrections, latency_tolerance=latency_tolerance,
             remeasure_fraction=remeasure_fraction, cost=cost, cost_table_dir=cost_table_dir,
-            max_rate=max_rate, allocation=allocation, max_total_rate=max_total_rate)
+            max_rate=max_rate, allocation=allocation, max_total_rate=max_total_rate,
+            latency_proxies=latency_proxies)
         if strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
         if int(sensitivity_batches) < 1:

@@ -98,6 +98,12 @@ class PruningConfig:
             the fastest is pruned (:func:`~lightning_prune.pruning.measured_choice.fastest_plan`). It catches what
             the table, timing each layer alone, cannot see (layout reorders between layers, fusions) at the price
             of one short measurement per step (3–5 minutes for YOLOv8n at 640 px on 2 CPU cores).
+        latency_proxies: for ``allocation="measured"``: other backends whose cost tables propose extra candidates
+            (their knapsack allocations at multiples of 8 and 16 channels, each per-group cap), timed on
+            ``latency_backend`` with the rest — where a backend's layers timed alone rank unlike its compiled model,
+            a related backend's table can rank them better. ``None``: the default of
+            :data:`~lightning_prune.pruning.strategies.PROXY_BACKENDS` (eager PyTorch and ONNX Runtime for
+            OpenVINO, none elsewhere); ``[]``: none. A proxy whose packages are missing is skipped.
     """
 
     schedule: Sequence[int] | dict[str, int] | int = (1,)
@@ -124,6 +130,7 @@ class PruningConfig:
     max_rate: float = 1.0
     allocation: Allocation = "threshold"
     max_total_rate: float = 1.0
+    latency_proxies: Sequence[LatencyBackend] | None = None
 
     def __post_init__(self) -> None:
         self.schedule = parse_schedule(self.schedule)
@@ -169,6 +176,12 @@ class PruningConfig:
         if isinstance(self.max_total_rate, bool) or not 0.0 < float(self.max_total_rate) <= 1.0:
             raise ValueError(f"max_total_rate must be a fraction in (0, 1], got {self.max_total_rate!r}")
         self.max_total_rate = float(self.max_total_rate)
+        if self.latency_proxies is not None:
+            if isinstance(self.latency_proxies, str):
+                raise ValueError(f"latency_proxies must be a list of backends, got the string {self.latency_proxies!r}")
+            for proxy in self.latency_proxies:
+                _check_choice("latency_proxies", proxy, LatencyBackend)
+            self.latency_proxies = tuple(p for p in dict.fromkeys(self.latency_proxies) if p != self.latency_backend)
 
     @property
     def selection_cost(self) -> Literal["flops", "params", "latency"]:

@@ -42,6 +42,7 @@ from lightning_prune.pruning.strategies import (
     allocation_applies,
     allocation_candidates,
     candidate_groups,
+    default_proxies,
     max_removable,
     score_channels,
     select_counts,
@@ -144,6 +145,7 @@ class IterativePruner:
         self.progress = progress
         self._measure_latency = measure_latency
         self._cost_table = cost_table
+        self._proxy_tables: dict[str, CostTable] = {}
         self._reference: nn.Module | None = None  # the deployed baseline model later latency readings compare to
         self.graph = DependencyGraph(model, example_input)
         self.original_sizes = {group.name: group.size for group in self.graph.groups}  # for max_total_rate
@@ -426,11 +428,42 @@ class IterativePruner:
             found = allocation_candidates(self.graph, groups, scores, ranking, budget, table, budget_cost,
                                           config.round_to, config.min_channels, config.max_rate,
                                           max_removal=most, rates=MEASURED_RATES, weights=MEASURED_WEIGHTS)
+            blocked = 8 if 8 % config.round_to == 0 else config.round_to
+            for proxy, proxy_table in self._proxies().items():
+                extra = allocation_candidates(self.graph, groups, scores, ranking, budget, proxy_table, budget_cost,
+                                              blocked, config.min_channels, config.max_rate, max_removal=most,
+                                              rates=MEASURED_RATES, allocations=("knapsack",))
+                for name, counts in extra.items():
+                    if counts not in found.values():
+                        found[f"{proxy}:{name}"] = counts
             plans = {name: plan_from_counts(ranking, counts) for name, counts in found.items()}
             measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
                                     rounds=max(2, min(10, config.latency_repeats // 2)))
             choice = dataclasses.asdict(measured)
         return MeasuredChoice(**comm.broadcast(choice))
+
+    def _proxies(self) -> dict[str, CostTable]:
+        """The cost tables of ``config.latency_proxies`` (default :func:`~lightning_prune.pruning.strategies.
+        default_proxies`) for the current architecture, built on first use and updated after a prune; a proxy
+        whose packages are missing is left out."""
+        config = self.config
+        names = config.latency_proxies if config.latency_proxies is not None \
+            else default_proxies(config.latency_backend)
+        tables = {}
+        for proxy in names:
+            if proxy == config.latency_backend:
+                continue
+            previous = self._proxy_tables.get(proxy)
+            if previous is None:
+                try:
+                    require_backend(proxy)
+                except (ImportError, RuntimeError, ValueError):
+                    continue
+                tables[proxy] = build_cost_table(self.graph, proxy, cache_dir=config.cost_table_dir)
+            else:
+                tables[proxy] = previous.updated(self.graph)
+        self._proxy_tables.update(tables)
+        return tables
 
     def _probe(self, groups: list[Group], ranking: dict[str, np.ndarray], scale: float) -> list[Probe]:
         """This rank's share of (group, rate) probes, gathered from every rank. Each rank evaluates its own data

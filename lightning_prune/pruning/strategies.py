@@ -24,13 +24,28 @@ from lightning_prune.selection import (
 )
 from lightning_prune.sensitivity import removal_count
 
-__all__ = ["MEASURED_MULTIPLES", "MEASURED_RATES", "MEASURED_WEIGHTS", "allocation_applies", "allocation_candidates",
-           "candidate_groups", "capped_options", "is_ignored", "latency_options", "latency_per_channel",
-           "max_removable", "score_channels", "select_counts"]
+__all__ = ["MEASURED_MULTIPLES", "MEASURED_RATES", "MEASURED_WEIGHTS", "PROXY_BACKENDS", "allocation_applies",
+           "allocation_candidates", "candidate_groups", "capped_options", "default_proxies", "is_ignored",
+           "latency_options", "latency_per_channel", "max_removable", "score_channels", "select_counts"]
 
 MEASURED_MULTIPLES = (8, 16)  # besides round_to: the channel blocks backends lay convolutions out in
 MEASURED_RATES = (0.75, 0.5)  # below max_rate: per-group caps that spread the budget over more groups
 MEASURED_WEIGHTS = (1.0, 0.0)  # the knapsack's importance weights: importance against cost, and cost alone
+#: the other backends whose cost tables propose extra candidates for ``allocation="measured"`` on a backend. OpenVINO's
+#: per-layer timings in isolation rank its layers less like the compiled whole model does than eager PyTorch's and
+#: ONNX Runtime's do (both run oneDNN-style blocked convolutions too): on YOLO11n at 640 px their knapsack allocations
+#: ran 2-3 % faster on OpenVINO than those of OpenVINO's own table, at the same FLOPs.
+PROXY_BACKENDS = {"openvino": ("eager", "onnxruntime")}
+
+
+def default_proxies(backend: str) -> tuple[str, ...]:
+    """The backends whose tables propose extra measured candidates for ``backend`` by default (:data:`PROXY_BACKENDS`).
+
+    Example:
+        >>> default_proxies("openvino"), default_proxies("eager")
+        (('eager', 'onnxruntime'), ())
+    """
+    return tuple(PROXY_BACKENDS.get(backend, ()))
 
 
 def is_ignored(group: Group, patterns: Sequence[str]) -> bool:
@@ -247,7 +262,8 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
                           importance_weight: float = 1.0,
                           max_removal: Mapping[str, int] | None = None,
                           rates: Sequence[float] = (),
-                          weights: Sequence[float] = ()) -> dict[str, dict[str, int]]:
+                          weights: Sequence[float] = (),
+                          allocations: Sequence[str] = ("threshold", "knapsack")) -> dict[str, dict[str, int]]:
     """The latency-aware ``global`` allocations of one FLOPs (params) ``budget`` that ``allocation="measured"``
     times on the backend: ``threshold`` and ``knapsack`` (see :func:`select_counts`), each at the table's fast widths
     that are multiples of ``round_to`` and of every larger one of ``multiples`` that ``round_to`` divides, named
@@ -256,7 +272,8 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
     Each is also tried with every per-group cap of ``rates`` below ``max_rate`` (named ``...@<rate>``; a lower cap
     spreads the budget over more groups) and, for the knapsack, every importance weight of ``weights`` besides
     ``importance_weight`` (named ``...~w<weight>``; ``0``: cost alone). Which of these the backend runs fastest
-    differs by model and backend by a few per cent, more than the table can tell apart.
+    differs by model and backend by a few per cent, more than the table can tell apart. ``allocations`` keeps only
+    some of the two families.
 
     Example:
         >>> import torch
@@ -270,6 +287,9 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
         >>> all(name.split("/")[0] in ("threshold", "knapsack") for name in found), "threshold/1" in found
         (True, True)
     """
+    unknown = sorted(set(allocations) - {"threshold", "knapsack"})
+    if unknown or not allocations:
+        raise ValueError(f"allocations must be some of 'threshold', 'knapsack', got {list(allocations)}")
     steps = sorted({int(round_to), *(int(m) for m in multiples if m > round_to and m % round_to == 0)})
     caps = [float(max_rate), *sorted({float(r) for r in rates if 0.0 < r < max_rate}, reverse=True)]
     knapsack_weights = [float(importance_weight), *(float(w) for w in dict.fromkeys(weights)
@@ -277,8 +297,8 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
     found: dict[str, dict[str, int]] = {}
     for cap in caps:
         for multiple in steps:
-            for allocation, weight in [("threshold", importance_weight),
-                                       *(("knapsack", w) for w in knapsack_weights)]:
+            families = [("threshold", importance_weight), *(("knapsack", w) for w in knapsack_weights)]
+            for allocation, weight in [(a, w) for a, w in families if a in allocations]:
                 counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", multiple,
                                           min_channels, cost_table=cost_table, budget_cost=budget_cost,
                                           max_rate=cap, allocation=allocation, importance_weight=weight,

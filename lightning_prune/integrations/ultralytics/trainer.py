@@ -584,6 +584,7 @@ def add_pruning(
     max_rate: float = 1.0,
     allocation: Allocation = "threshold",
     max_total_rate: float = 1.0,
+    latency_proxies: list[LatencyBackend] | None = None,
     verbose: bool = True,
 ) -> UltralyticsPruning:
     """Prune an ultralytics ``YOLO`` model iteratively while ``model.train(...)`` fine-tunes it.
@@ -606,7 +607,7 @@ def add_pruning(
         verbose: log the graph summary and each step's summary through ultralytics' logger.
         target_metric, mode, sensitivity_rates, exponent, params_layers, flops_layers, ignore, round_to,
             min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate, allocation,
-            max_total_rate: as
+            max_total_rate, latency_proxies: as
             :class:`~lightning_prune.pruning.PruningConfig`.
 
     Bad input fails with one line: here (an unknown strategy or criterion, a target outside (0, 1)), or when
@@ -631,7 +632,7 @@ def add_pruning(
         latency_backend=latency_backend, latency_repeats=latency_repeats, latency_corrections=latency_corrections,
         latency_tolerance=latency_tolerance, remeasure_fraction=remeasure_fraction, cost=cost,
         cost_table_dir=cost_table_dir, max_rate=max_rate, allocation=allocation,
-        max_total_rate=max_total_rate)
+        max_total_rate=max_total_rate, latency_proxies=latency_proxies)
     return UltralyticsPruning(config, monitor, sensitivity_batches, verbose).attach(model)
 
 
