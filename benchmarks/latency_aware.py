@@ -396,7 +396,9 @@ def run_to_run(runs: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["## Run to run", "",
              "The same benchmark, run again on a quiet machine (each run interleaves its own arms; the measured arm's "
-             "code is the same in every run listed; the latency target's corrections measure a ladder of budgets since "
+             "code is the same in every run listed, except that from b58c6fd on it also times, on OpenVINO, knapsack "
+             "candidates proposed by the eager and ONNX Runtime tables (`latency_proxies`); the latency target's "
+             "corrections measure a ladder of budgets since "
              "8a6e3fc; from 3863238 on, 30 rounds instead of 20, three corrections instead of two, and paired "
              "intervals). Measured-allocation efficiency / narrower sibling's, at −50 % "
              "FLOPs (since the paired comparison, in brackets: the paired efficiency ratio and its 95 % interval; "
