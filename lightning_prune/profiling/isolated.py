@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune.profiling.backends import is_cuda, openvino_core, ort_providers, require_backend
+from lightning_prune.profiling.backends import is_cuda, ort_providers, require_backend
 from lightning_prune.profiling.layers import synchronize
+from lightning_prune.profiling.openvino_runtime import openvino_request
 from lightning_prune.profiling.timing import intra_op_threads
 
 __all__ = ["ACTIVATIONS", "OP_KINDS", "LayerSpec", "OpSpec", "activation_name", "time_layers"]
@@ -406,10 +407,7 @@ def _time_graph(specs: Sequence[Spec], backend: str, repeats: int, num_threads: 
 
 
 def _time_openvino(path: str, feed: dict[str, np.ndarray], count: int, repeats: int, num_threads: int) -> list[float]:
-    core = openvino_core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(num_threads),
-              "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"}
-    request = core.compile_model(core.read_model(path), "CPU", config).create_infer_request()
+    request = openvino_request(path, num_threads, perf_count=True)
     per_run: list[list[float]] = [[] for _ in range(count)]
     for run in range(repeats + 1):
         request.infer(feed)

@@ -3,9 +3,9 @@
 OpenVINO's CPU plugin reports, with ``PERF_COUNT``, the time every node of the compiled graph took in the last
 inference: the convolutions (each fused with its activation, named ``<onnx conv>/WithoutBiases``), and also what no
 conv table sees — the layout reorders between blocked and plain layouts, concatenations, the head's box decoding.
-:func:`node_times` takes the median over several runs of each node; :class:`OpenVinoLayerTimer` turns the conv
-nodes into :class:`~lightning_prune.profiling.results.LayerTime` rows named after the modules (the same protocol as
-the eager and ONNX Runtime timers, for ``per_layer=True``).
+:class:`OpenVinoLayerTimer` takes the median over several runs of each conv node and turns them into
+:class:`~lightning_prune.profiling.results.LayerTime` rows named after the modules (the same protocol as the eager
+and ONNX Runtime timers, for ``per_layer=True``).
 
 Example (needs the ``openvino`` extra):
     >>> import tempfile, torch
@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from lightning_prune.profiling.backends import openvino_core
 from lightning_prune.profiling.results import LayerTime
@@ -33,20 +33,10 @@ from lightning_prune.profiling.results import LayerTime
 if TYPE_CHECKING:
     from lightning_prune.profiling.onnx_runtime import ExportedModel
 
-__all__ = ["CONV_NODE_TYPES", "NodeTime", "OpenVinoLayerTimer", "module_of_node", "node_times", "openvino_request"]
+__all__ = ["CONV_NODE_TYPES", "OpenVinoLayerTimer", "module_of_node", "openvino_request"]
 
 #: OpenVINO node types that are convolutions (a depthwise conv is a ``GroupConvolution``)
 CONV_NODE_TYPES = ("Convolution", "GroupConvolution", "Deconvolution", "GroupDeconvolution")
-
-
-class NodeTime(NamedTuple):
-    """One node of a compiled OpenVINO graph: its name, type (``Convolution``, ``Reorder``, ...), the kernel that
-    ran it (``brgconv_avx512_f32``, ...) and its median time per inference in milliseconds."""
-
-    name: str
-    node_type: str
-    exec_type: str
-    ms: float
 
 
 def openvino_request(path: str, threads: int, perf_count: bool = False) -> Any:
@@ -58,28 +48,6 @@ def openvino_request(path: str, threads: int, perf_count: bool = False) -> Any:
     if perf_count:
         config["PERF_COUNT"] = "YES"
     return core.compile_model(core.read_model(path), "CPU", config).create_infer_request()
-
-
-def _collect(request: Any, into: dict[str, list[float]], kinds: dict[str, tuple[str, str]]) -> None:
-    for info in request.get_profiling_info():
-        into.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1e3)
-        kinds[info.node_name] = (info.node_type, info.exec_type)
-
-
-def node_times(request: Any, feed: Mapping[str, Any], runs: int = 10, warmup: int = 2) -> list[NodeTime]:
-    """Every node's median time over ``runs`` inferences of a ``perf_count`` request (after ``warmup``), slowest
-    first. Nodes that did not run (``Parameter``, ``Result``, in-place reshapes) report 0 ms."""
-    if runs < 1:
-        raise ValueError(f"node_times needs runs >= 1, got {runs}")
-    for _ in range(warmup):
-        request.infer(dict(feed))
-    times: dict[str, list[float]] = {}
-    kinds: dict[str, tuple[str, str]] = {}
-    for _ in range(runs):
-        request.infer(dict(feed))
-        _collect(request, times, kinds)
-    rows = [NodeTime(name, *kinds[name], statistics.median(values)) for name, values in times.items()]
-    return sorted(rows, key=lambda row: -row.ms)
 
 
 def module_of_node(node: str, names: Mapping[str, str], keys: Sequence[str] | None = None) -> str | None:
@@ -111,7 +79,7 @@ class OpenVinoLayerTimer:
         self.exported, self.feed = exported, feed
         self.request = openvino_request(exported.path, num_threads, perf_count=True)
         self._times: dict[str, list[float]] = {}
-        self._kinds: dict[str, tuple[str, str]] = {}
+        self._kinds: dict[str, str] = {}
         self._walls: list[float] = []
 
     def step(self, record: bool = True) -> None:
@@ -121,7 +89,9 @@ class OpenVinoLayerTimer:
         wall = (time.perf_counter() - start) * 1e3
         if record:
             self._walls.append(wall)
-            _collect(self.request, self._times, self._kinds)
+            for info in self.request.get_profiling_info():
+                self._times.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1e3)
+                self._kinds[info.node_name] = info.node_type
 
     def finish(self) -> list[LayerTime]:
         """The conv layers' median times and shares over the recorded inferences, slowest first."""
@@ -130,7 +100,7 @@ class OpenVinoLayerTimer:
         per_layer: dict[str, float] = {}
         kinds: dict[str, str] = {}
         for node, values in self._times.items():
-            node_type = self._kinds[node][0]
+            node_type = self._kinds[node]
             if node_type not in CONV_NODE_TYPES:
                 continue
             layer = module_of_node(node, self.exported.names, keys) or node

@@ -451,8 +451,6 @@ class IterativePruner:
             else default_proxies(config.latency_backend)
         tables = {}
         for proxy in names:
-            if proxy == config.latency_backend:
-                continue
             previous = self._proxy_tables.get(proxy)
             if previous is None:
                 try:
