@@ -36,14 +36,13 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
-import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from lightning_prune.data.yolo_format import SplitWriter, write_data_yaml, write_png, yolo_line
 
 __all__ = ["CLASS_NAMES", "SyntheticObject", "draw_synthetic_image", "main", "make_synthetic_dataset", "write_png"]
 
@@ -66,9 +65,7 @@ class SyntheticObject:
 
     def yolo_line(self, imgsz: int) -> str:
         """The object's YOLO label line: ``cls cx cy w h``, normalised by the image side."""
-        cx, cy = (self.x0 + self.x1) / 2 / imgsz, (self.y0 + self.y1) / 2 / imgsz
-        w, h = (self.x1 - self.x0) / imgsz, (self.y1 - self.y0) / imgsz
-        return f"{self.cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
+        return yolo_line((self.cls, self.x0, self.y0, self.x1, self.y1), imgsz)
 
 
 # -- drawing -------------------------------------------------------------------------------------------------------
@@ -171,55 +168,12 @@ def draw_synthetic_image(rng: np.random.Generator, imgsz: int = 160, max_objects
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an ``H x W x 3`` uint8 RGB (or ``H x W`` grey) array as a PNG; deterministic bytes for the same array."""
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    if image.ndim == 2:
-        color_type, channels = 0, 1
-    elif image.ndim == 3 and image.shape[2] == 3:
-        color_type, channels = 2, 3
-    else:
-        raise ValueError(f"write_png needs an HxW or HxWx3 uint8 array, got shape {image.shape}")
-    height, width = image.shape[:2]
-    rows = image.reshape(height, width * channels)
-    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1).tobytes()  # filter 0 on each row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    Path(path).write_bytes(png)
-
-
-def _data_yaml(root: Path, seed: int, imgsz: int, test: bool) -> str:
-    lines = [
-        f"# Synthetic shapes ({imgsz}x{imgsz}, seed {seed}) written by lightning_prune.data.synthetic",
-        f"path: {json.dumps(str(root))}",  # a JSON string is a valid double-quoted YAML scalar
-        "train: images/train",
-        "val: images/val",
-        *(["test: images/test"] if test else []),
-        f"nc: {len(CLASS_NAMES)}",
-        "names:",
-        *(f"  {i}: {name}" for i, name in enumerate(CLASS_NAMES)),
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def _write_split(root: Path, split: str, count: int, imgsz: int, seed: int) -> None:
-    image_dir, label_dir = root / "images" / split, root / "labels" / split
-    image_dir.mkdir(parents=True, exist_ok=True)
-    label_dir.mkdir(parents=True, exist_ok=True)
-    names = {f"{i:06d}" for i in range(count)}
-    for stale in [*image_dir.glob("[0-9]" * 6 + ".png"), *label_dir.glob("[0-9]" * 6 + ".txt")]:
-        if stale.stem not in names:  # left over from a larger earlier run into the same root
-            stale.unlink()
-    (root / "labels" / f"{split}.cache").unlink(missing_ok=True)  # ultralytics' label cache would be stale
-    for i in range(count):
-        rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
-        image, objects = draw_synthetic_image(rng, imgsz)
-        write_png(image_dir / f"{i:06d}.png", image)
-        (label_dir / f"{i:06d}.txt").write_text("".join(obj.yolo_line(imgsz) + "\n" for obj in objects))
+    def draw(i: int):
+        image, objects = draw_synthetic_image(np.random.default_rng([seed, _SPLIT_IDS[split], i]), imgsz)
+        return image, [(o.cls, o.x0, o.y0, o.x1, o.y1) for o in objects]
+
+    SplitWriter(root, split, imgsz).write(count, draw)
 
 
 def make_synthetic_dataset(root: str | Path, num_train: int = 200, num_val: int = 50, imgsz: int = 160,
@@ -252,7 +206,8 @@ def make_synthetic_dataset(root: str | Path, num_train: int = 200, num_val: int 
     _write_split(root, "val", num_val, imgsz, seed)
     if num_test:
         _write_split(root, "test", num_test, imgsz, seed)
-    (root / "data.yaml").write_text(_data_yaml(root, seed, imgsz, test=num_test > 0))
+    write_data_yaml(root, CLASS_NAMES, f"Synthetic shapes ({imgsz}x{imgsz}, seed {seed}) written by "
+                    "lightning_prune.data.synthetic", test=num_test > 0)
     return root
 
 
