@@ -1,0 +1,68 @@
+"""The protocol's numbers, in one place: the data set, the models and each training's length."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results" / "prune_vs_small"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The Fashion-MNIST scenes set every arm trains on (train), selects on (val) and is reported on (test)."""
+
+    imgsz: int = 160
+    num_train: int = 1200
+    num_val: int = 300
+    num_test: int = 500
+    seed: int = 0
+
+    def folder_name(self) -> str:
+        return f"fashion-{self.imgsz}px-seed{self.seed}-{self.num_train}-{self.num_val}-{self.num_test}"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One ultralytics training (the same trainer and defaults for every arm; only epochs and extras differ)."""
+
+    epochs: int
+    batch: int = 16
+    close_mosaic: int = 20
+    optimizer: str = "auto"
+    extra: dict = field(default_factory=dict)  # further ultralytics train() arguments (distill_model, dis, ...)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the regime check and the comparison rest on.
+
+    ``base_epochs`` and ``small_epochs`` are fixed lengths with ultralytics' linear LR decay to ``lrf``; the report
+    checks the plateau criterion on each run's validation history: the best val mAP50-95 of the last
+    ``plateau_window`` epochs is less than ``plateau_gain`` above the best before them.
+    """
+
+    data: DataConfig = DataConfig()
+    base_model: str = "yolov8n.yaml"
+    small_width: float = 0.125  # ultralytics' narrower sibling of YOLOv8n: half its width_multiple (0.25)
+    base_epochs: int = 100
+    small_epochs: int = 100
+    finetune_epochs: int = 25  # pruning arms: at most a quarter of the base's epochs
+    plateau_window: int = 10
+    plateau_gain: float = 0.005
+    regime_gap: float = 0.03  # the base must beat the small model by this much mAP50-95 on test
+    deploy_imgsz: int = 160
+    threads: int = 1
+
+    def digest(self, arm: str, seed: int, train: TrainConfig) -> str:
+        """A short hash of everything that decides an arm's result (the revision is recorded beside it)."""
+        payload = json.dumps({"protocol": dataclasses.asdict(self), "arm": arm, "seed": seed,
+                              "train": dataclasses.asdict(train)}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+PROTOCOL = Protocol()

@@ -1,0 +1,120 @@
+"""The child process that trains one arm for one seed and writes its run folder (``python -m
+benchmarks.prune_vs_small.train --arm base --seed 0 --workdir W``; the CLI launches it)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from benchmarks.prune_vs_small.arms import ARMS, small_yaml
+from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
+from benchmarks.prune_vs_small.runs import git_state, run_dir
+
+
+def ensure_data(workdir: Path) -> Path:
+    """The protocol's Fashion-MNIST scenes set under ``workdir/data`` (written once, deterministic)."""
+    from lightning_prune.data.fashion import make_fashion_dataset
+
+    d = PROTOCOL.data
+    root = workdir / "data" / d.folder_name()
+    done = root / ".complete"
+    if not done.is_file():
+        make_fashion_dataset(root, d.num_train, d.num_val, d.num_test, d.imgsz, d.seed)
+        done.write_text("ok\n")
+    return root / "data.yaml"
+
+
+def cpu_minutes() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime) / 60
+
+
+def val_history(results_csv: Path) -> list[float]:
+    """Validation mAP50-95 per epoch from ultralytics' ``results.csv``."""
+    with results_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    key = next(k for k in rows[0] if k.strip() == "metrics/mAP50-95(B)")
+    return [float(row[key]) for row in rows]
+
+
+def evaluate(weights: Path, data_yaml: Path, split: str) -> dict[str, float]:
+    """mAP50-95 and mAP50 of ``weights`` on ``split`` by ultralytics' own validator."""
+    from ultralytics import YOLO
+
+    metrics = YOLO(str(weights)).val(data=str(data_yaml), split=split, imgsz=PROTOCOL.data.imgsz, batch=16,
+                                     device="cpu", workers=0, plots=False, verbose=False)
+    return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arm", required=True, choices=sorted(ARMS))
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=PROTOCOL.threads)
+    parser.add_argument("--epochs", type=int, help="smoke runs only: another length (the digest says so)")
+    parser.add_argument("--out-root", type=Path, default=RESULTS, help="where run folders go")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ultralytics import YOLO
+
+    arm = ARMS[args.arm]
+    if args.epochs is not None:
+        arm = dataclasses.replace(arm, train=dataclasses.replace(arm.train, epochs=args.epochs))
+    git = git_state()
+    workdir = args.workdir.resolve()
+    data_yaml = ensure_data(workdir)
+    if arm.start == "base-yaml":
+        source = PROTOCOL.base_model
+    elif arm.start == "small-yaml":
+        source = str(small_yaml(PROTOCOL, workdir))
+    else:
+        source = str(run_dir("base", args.seed, args.out_root) / "weights.pt")
+    model = YOLO(source)
+    extra = {k: (str(run_dir(v[len("arm:"):], args.seed, args.out_root) / "weights.pt") if isinstance(v, str) and
+                 v.startswith("arm:") else v) for k, v in arm.train.extra.items()}
+    context = {"seed": args.seed, "workdir": workdir, "data": data_yaml}
+    if arm.setup is not None:
+        arm.setup(model, context)
+    start_wall, start_cpu = time.time(), cpu_minutes()
+    name = f"{arm.name}-seed{args.seed}"
+    model.train(data=str(data_yaml), epochs=arm.train.epochs, imgsz=PROTOCOL.data.imgsz, batch=arm.train.batch,
+                close_mosaic=arm.train.close_mosaic, optimizer=arm.train.optimizer, workers=0, device="cpu",
+                seed=args.seed, deterministic=True, project=str(workdir / "train"), name=name, exist_ok=True,
+                plots=False, amp=False, verbose=False, **extra)
+    train_cpu, train_wall = cpu_minutes() - start_cpu, (time.time() - start_wall) / 60
+    save_dir = Path(model.trainer.save_dir)
+    best = save_dir / "weights" / "best.pt"
+    record = {
+        "arm": arm.name, "seed": args.seed, "summary": arm.summary,
+        "digest": PROTOCOL.digest(arm.name, args.seed, arm.train),
+        "git": git, "source": source, "train": {"epochs": arm.train.epochs, **arm.train.extra},
+        "cost": {"epochs": arm.train.epochs, "cpu_minutes": round(train_cpu, 1), "wall_minutes": round(train_wall, 1),
+                 "threads": args.threads},
+        "val_history": val_history(save_dir / "results.csv"),
+        "context": {k: v for k, v in context.items() if k not in {"workdir", "data"}},
+    }
+    record["val"] = evaluate(best, data_yaml, "val")
+    record["test"] = evaluate(best, data_yaml, "test")
+    out = run_dir(arm.name, args.seed, args.out_root)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, out / "weights.pt.tmp")
+    os.replace(out / "weights.pt.tmp", out / "weights.pt")
+    (out / "run.json.tmp").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(out / "run.json.tmp", out / "run.json")
+    print(f"{arm.name} seed {args.seed}: test mAP50-95 {record['test']['map50_95']:.4f}, "
+          f"{train_cpu:.1f} CPU-min -> {out}")
+
+
+if __name__ == "__main__":
+    main()
