@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_prune.graph.attachments import Attachments, check_attachments, run_attachments
 from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.groups import Group, build_groups
 from lightning_prune.graph.records import OpCall, Role
@@ -49,6 +50,9 @@ class DependencyGraph:
             keyword inputs.
         output_filter: maps the model's output to the part whose channels must keep their shape (default:
             everything, except the feature maps ultralytics heads pass through under ``"feats"``).
+        attachments: modules outside the model that read a module's output (``name -> (module name, module)``,
+            e.g. distillation projectors, see :mod:`~lightning_prune.graph.attachments`): pruning slices their
+            inputs too, and the masked == pruned check covers their outputs.
 
     Example:
         >>> import torch
@@ -64,14 +68,17 @@ class DependencyGraph:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
-                 output_filter: Callable[[Any], Any] | None = None) -> None:
+                 output_filter: Callable[[Any], Any] | None = None,
+                 attachments: Attachments | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"DependencyGraph needs an nn.Module, got {type(model).__name__}")
         if example_inputs is None:
             raise ValueError("DependencyGraph needs an example input: pass the tensor(s) the model's forward takes")
+        check_attachments(model, attachments)
         self.model = model
         self.example_inputs = example_inputs
         self.output_filter = output_filter
+        self.attachments: dict[str, tuple[str, nn.Module]] = dict(attachments or {})
         self.groups: list[Group] = []
         self.build_seconds = 0.0
         self._masking = 0
@@ -82,7 +89,7 @@ class DependencyGraph:
     # -- building -------------------------------------------------------------------------------------------------
     def _trace(self) -> TraceResult:
         start = time.perf_counter()
-        result = trace_channels(self.model, self.example_inputs, self.output_filter)
+        result = trace_channels(self.model, self.example_inputs, self.output_filter, self.attachments)
         result.build_seconds = time.perf_counter() - start
         return result
 
@@ -261,6 +268,41 @@ class DependencyGraph:
         """FLOPs of the traced conv/linear layers at the example input."""
         return sum(call.flops for call in self._result.layer_calls)
 
+    def check_finite(self, outputs: bool = True) -> None:
+        """Raise ``ValueError``, in one line, naming the first parameter or floating-point buffer of the model that
+        holds a NaN or an infinity and (with ``outputs``) the first output of an eval-mode forward on the example
+        input that does; nothing is changed. Pruning cannot be verified on such a model, and importance scores
+        computed from it mean nothing.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1))
+            >>> graph = DependencyGraph(net, torch.randn(1, 3, 4, 4))
+            >>> graph.check_finite()
+            >>> with torch.no_grad():
+            ...     net[1].bias[0] = float("nan")
+            >>> graph.check_finite()
+            Traceback (most recent call last):
+            ...
+            ValueError: parameter '1.bias' holds 1 NaN of 2 values: fix or reload the weights before pruning
+        """
+        for kind, named in (("parameter", self.model.named_parameters()), ("buffer", self.model.named_buffers())):
+            for name, tensor in named:
+                if tensor.is_floating_point() and (what := _non_finite(tensor)) is not None:
+                    raise ValueError(f"{kind} '{name}' holds {what}: fix or reload the weights before pruning")
+        if outputs:
+            self._require_finite(self._eval_outputs(), "on the example input")
+
+    def _require_finite(self, outputs: Sequence[torch.Tensor], where: str) -> None:
+        """``ValueError`` naming the first non-finite parameter or buffer, else the first non-finite of ``outputs``
+        (the filtered eval-mode outputs, :meth:`_eval_outputs`), when any of ``outputs`` is not finite."""
+        for index, tensor in enumerate(outputs):
+            if (what := _non_finite(tensor)) is not None:
+                self.check_finite(outputs=False)
+                raise ValueError(f"output {index} (shape {tuple(tensor.shape)}) of the model {where} holds {what}, "
+                                 "with every parameter and buffer finite: pruning cannot be verified on it")
+
     @contextlib.contextmanager
     def masked(self, plan: Plan) -> Iterator[None]:
         """Zero the planned channels' producers (filters, biases, norm γ/β) inside the block; restore on exit.
@@ -309,7 +351,9 @@ class DependencyGraph:
 
         With ``verify`` (and every planned group :attr:`Group.exact`), the eval-mode output on the example input
         after pruning must equal the output with the same channels masked: a module attribute or constant tied to a
-        channel count that pruning did not update would otherwise change the model silently.
+        channel count that pruning did not update would otherwise change the model silently. A NaN or an infinity
+        in the outputs to compare raises ``ValueError`` naming it (or the parameter or buffer that holds one) before
+        anything changes, and pins no group.
         """
         if self._masking:
             raise ValueError("cannot prune inside graph.masked(): leave the masked block first")
@@ -348,6 +392,7 @@ class DependencyGraph:
         if verify and all(self._by_name[name].exact for name in resolved):
             with self.masked({name: idx.tolist() for name, idx in resolved.items()}), replay:
                 expected = self._eval_outputs()
+            self._require_finite(expected, "with the planned channels masked")  # raised: not the plan's fault
         surgery = Surgery(self._result.bindings.values(), self._result.splits, self._removed_labels(resolved))
         changes = surgery.apply()
         try:
@@ -384,10 +429,17 @@ class DependencyGraph:
 
     def _eval_outputs(self) -> list[torch.Tensor]:
         """The filtered outputs of one eval-mode forward on the example input (training flags restored)."""
-        with eval_mode(self.model), torch.no_grad():
+        attached: list[Any] = []
+        with contextlib.ExitStack() as stack:
+            for _, module in self.attachments.values():
+                stack.enter_context(eval_mode(module))
+            stack.enter_context(eval_mode(self.model))
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(run_attachments(self.model, self.attachments, attached))
             output = self.run()
         output_filter = self.output_filter or default_output_filter(self.model)
-        return [t.detach().clone() for t in flatten_output(output_filter(output)) if t.is_floating_point()]
+        tensors = [*flatten_output(output_filter(output)), *flatten_output(attached)]
+        return [t.detach().clone() for t in tensors if t.is_floating_point()]
 
     # -- reporting --------------------------------------------------------------------------------------------------
     def summary(self, max_rows: int | None = None) -> str:
@@ -436,6 +488,18 @@ def _check_same_outputs(expected: list[torch.Tensor], actual: list[torch.Tensor]
 
 def _one_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _non_finite(tensor: torch.Tensor) -> str | None:
+    """How many NaN and infinite values ``tensor`` holds (``"2 NaN and 1 Inf of 16 values"``); ``None`` if none."""
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return None
+    values = tensor.detach()
+    if bool(torch.isfinite(values).all()):
+        return None
+    nan, inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+    counts = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n)
+    return f"{counts} of {values.numel()} values"
 
 
 def _unknown_group(name: Any, known: Mapping[str, Group]) -> str:

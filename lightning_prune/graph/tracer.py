@@ -19,6 +19,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from lightning_prune.graph import ops
+from lightning_prune.graph.attachments import ATTACHMENT_REASON, Attachments, attached_modules, run_attachments
 from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.records import (
     OUTPUT_REASON,
@@ -57,14 +58,15 @@ def _has_labels(obj: Any) -> bool:
 class ChannelTracer(TorchFunctionMode):
     """Records how channels flow through ``model`` while it runs (use :func:`trace_channels`)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, attachments: Attachments | None = None) -> None:
         super().__init__()
         self.model = model
         self.result = TraceResult()
         self.forest = self.result.forest
+        self.attached = attached_modules(attachments)
         # parameters and buffers by identity -> (module name, attribute name, module)
         self.owners: dict[int, tuple[str, str, torch.nn.Module]] = {}
-        for module_name, module in model.named_modules(remove_duplicate=False):
+        for module_name, module in [*model.named_modules(remove_duplicate=False), *self.attached]:
             for attr, tensor in list(module._parameters.items()) + list(module._buffers.items()):
                 if tensor is not None:
                     self.owners.setdefault(id(tensor), (module_name, attr, module))
@@ -208,7 +210,7 @@ def _module_stack_hooks(tracer: ChannelTracer) -> Iterator[None]:
         if len(tracer.module_stack) > 1:
             tracer.module_stack.pop()
 
-    for name, module in tracer.model.named_modules():
+    for name, module in [*tracer.model.named_modules(), *tracer.attached]:
         if name:
             handles.append(module.register_forward_pre_hook(push(name)))
             handles.append(module.register_forward_hook(pop))
@@ -220,11 +222,13 @@ def _module_stack_hooks(tracer: ChannelTracer) -> Iterator[None]:
 
 
 def trace_channels(model: torch.nn.Module, example_inputs: Any,
-                   output_filter: Callable[[Any], Any] | None = None) -> TraceResult:
+                   output_filter: Callable[[Any], Any] | None = None,
+                   attachments: Attachments | None = None) -> TraceResult:
     """Run ``model`` once on ``example_inputs`` (eval mode, no grad) and return the channel trace.
 
     Channels that reach the output (after ``output_filter``, by default
-    :func:`~lightning_prune.graph.conventions.default_output_filter`) are pinned.
+    :func:`~lightning_prune.graph.conventions.default_output_filter`) are pinned. ``attachments`` (see
+    :mod:`~lightning_prune.graph.attachments`) run on their source modules' outputs and are traced with the model.
 
     The model is left as it was: training flags are restored, and nothing is written to its parameters.
 
@@ -235,7 +239,8 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
         >>> sorted({b.module_name for b in result.bindings.values()})
         ['0', '2']
     """
-    tracer = ChannelTracer(model)
+    tracer = ChannelTracer(model, attachments)
+    attached_outputs: list[Any] = []
     inputs = list(iter_tensors(example_inputs))
     if not inputs:
         raise GraphTraceError("the example input holds no tensor: pass the tensor(s) the model's forward takes")
@@ -245,7 +250,14 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
             tracer.forest.pin(labels, "model input")
             set_channel_info(tensor, ChannelInfo(1, labels))
     try:
-        with eval_mode(model), torch.no_grad(), _module_stack_hooks(tracer), tracer:
+        with contextlib.ExitStack() as stack:
+            for _, (_, module) in (attachments or {}).items():
+                stack.enter_context(eval_mode(module))
+            stack.enter_context(run_attachments(model, attachments, attached_outputs))
+            stack.enter_context(eval_mode(model))
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(_module_stack_hooks(tracer))
+            stack.enter_context(tracer)
             try:
                 output = call_model(model, example_inputs)
             except Exception as err:
@@ -264,6 +276,15 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
                 set_channel_info(tensor, None)
         outputs = kept
         tracer.pin(outputs, OUTPUT_REASON, override=True)
+        if attachments:
+            tracer.pin(attached_outputs, ATTACHMENT_REASON, override=True)
+            prefixes = tuple(f"{name}." for name in attachments)
+            for binding in tracer.result.bindings.values():
+                name = binding.module_name
+                if binding.role == Role.PRODUCER and (name in attachments or name.startswith(prefixes)):
+                    tracer.forest.pin(binding.labels, ATTACHMENT_REASON, True)
+            for tensor in flatten_output(attached_outputs):
+                set_channel_info(tensor, None)
         tracer.result.output_shapes = [tuple(tensor.shape) for tensor in outputs]
         for tensor in outputs:
             set_channel_info(tensor, None)

@@ -9,6 +9,7 @@ trainer, Lightning).
 from lightning_prune.pruning.averaged import declared_copies, mirror_all, mirror_prune
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator, TorchDistributedCommunicator
 from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
+from lightning_prune.pruning.distill import Distiller, distillation_loss
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
 from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan, time_plans
@@ -20,6 +21,7 @@ from lightning_prune.pruning.schedule import parse_schedule, pending_epochs, ste
 __all__ = [
     "Communicator",
     "CriterionName",
+    "Distiller",
     "IterativePruner",
     "LatencyBackend",
     "LatencyController",
@@ -33,6 +35,7 @@ __all__ = [
     "TorchDistributedCommunicator",
     "compose_plans",
     "declared_copies",
+    "distillation_loss",
     "fastest_plan",
     "conv_widths",
     "mirror_all",

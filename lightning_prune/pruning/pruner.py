@@ -30,6 +30,7 @@ from lightning_prune.profiling import (
 from lightning_prune.pruning.averaged import mirror_all
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator
 from lightning_prune.pruning.config import PruningConfig
+from lightning_prune.pruning.distill import Distiller
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
 from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan, time_plans
@@ -93,6 +94,8 @@ class IterativePruner:
             rank 0 decides, everyone prunes the same.
         surgery_guard: a context-manager factory entered around each surgery (e.g. to drop a DDP wrapper).
         progress: wraps the sensitivity task list, e.g. ``tqdm``.
+        distiller: a :class:`~lightning_prune.pruning.Distiller` of ``model``: its projectors are traced with the
+            model (graph attachments), so every prune slices their inputs too; put its parameters in the optimizer.
 
     Example — the whole method in a plain loop:
 
@@ -116,6 +119,26 @@ class IterativePruner:
         >>> len(pruner.history), round(result.flops_ratio, 1)
         (2, 0.5)
 
+    With distillation from the model as it was before the first prune (its projectors follow every prune):
+
+        >>> from lightning_prune.pruning import Distiller
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        ...                     nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                     nn.Linear(16, 2))
+        >>> distiller = Distiller(net, x[:1], features=["4"], outputs="kl")   # teacher: a frozen copy of net
+        >>> pruner = IterativePruner(net, x[:1], schedule=[1], target=0.5, strategy="uniform", distiller=distiller)
+        >>> optimizer = torch.optim.SGD([*net.parameters(), *distiller.parameters()], lr=0.05, momentum=0.9)
+        >>> for epoch in range(3):
+        ...     if pruner.due(epoch):
+        ...         result = pruner.step(epoch, optimizers=[optimizer])
+        ...     out, kd = distiller(x)                    # the student's output and the distillation loss
+        ...     loss = nn.functional.cross_entropy(out, y) + kd
+        ...     optimizer.zero_grad(); loss.backward(); optimizer.step()
+        >>> distiller.projectors[0].in_channels == net[3].out_channels < 16   # the projector follows the prune
+        True
+
     A ``loss`` kept alive across a step is fine: the pruned parameters' gradient accumulators are released
     (:func:`~lightning_prune.pruning.grad_state.release_grad_accumulators`).
     """
@@ -129,6 +152,7 @@ class IterativePruner:
                  surgery_guard: Callable[[], contextlib.AbstractContextManager] | None = None,
                  progress: Callable[[Sequence[Any]], Iterable[Any]] | None = None,
                  cost_table: Any = None,
+                 distiller: Distiller | None = None,
                  **overrides: Any) -> None:
         if config is None:
             config = PruningConfig(**overrides)
@@ -147,7 +171,11 @@ class IterativePruner:
         self._cost_table = cost_table
         self._proxy_tables: dict[str, CostTable] = {}
         self._reference: nn.Module | None = None  # the deployed baseline model later latency readings compare to
-        self.graph = DependencyGraph(model, example_input)
+        if distiller is not None and distiller.student[0] is not model:
+            raise ValueError("the distiller was built for another model: Distiller(model, ...) with the model pruned")
+        self.distiller = distiller
+        self.graph = DependencyGraph(model, example_input,
+                                     attachments=distiller.attachments() if distiller is not None else None)
         self.original_sizes = {group.name: group.size for group in self.graph.groups}  # for max_total_rate
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, float] = {"flops": float(count_flops(model, example_input)),
