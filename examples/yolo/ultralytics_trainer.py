@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -31,6 +30,7 @@ import torch  # noqa: E402
 
 from lightning_prune.data import make_synthetic_dataset  # noqa: E402
 from lightning_prune.integrations.ultralytics import add_pruning  # noqa: E402
+from lightning_prune.utils.files import user_cache_dir  # noqa: E402
 
 
 class _Interrupt(Exception):
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--num-train", type=int, default=64)
     parser.add_argument("--num-val", type=int, default=16)
-    parser.add_argument("--data-root", default=None, help="where the synthetic set is written (default: temp dir)")
+    parser.add_argument("--data-root", default=None, help="synthetic set folder (default: in the per-user cache)")
     parser.add_argument("--project", default="runs/lightning_prune", help="ultralytics' run folder")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--interrupt", action="store_true", help="stop after the first step, then resume")
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ultralytics import YOLO
 
-    root = Path(args.data_root or Path(tempfile.gettempdir()) / "lightning_prune" /
-                f"ultralytics-shapes-{args.imgsz}px-{args.num_train}-{args.num_val}")
+    root = Path(args.data_root) if args.data_root else user_cache_dir(
+        "data", f"ultralytics-shapes-{args.imgsz}px-{args.num_train}-{args.num_val}")
     data = make_synthetic_dataset(root, num_train=args.num_train, num_val=args.num_val, imgsz=args.imgsz) / "data.yaml"
 
     model = YOLO(args.model)

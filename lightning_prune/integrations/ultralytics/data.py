@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_prune.integrations.ultralytics.common import no_font_download, one_line, require_ultralytics
+from lightning_prune.utils.files import private_dir, user_cache_dir
 
 __all__ = ["TASKS", "DataConfig", "DataSetError", "EpochSampler", "Task", "YOLODataModule", "load_data_yaml",
            "yolo_collate"]
@@ -188,8 +188,10 @@ class EpochSampler(Sampler):
 
 
 def _default_synthetic_root(imgsz: int, seed: int, num_train: int, num_val: int, num_test: int) -> Path:
+    """The synthetic set's folder in the per-user cache (created private; refused when another user could have
+    planted images, labels or a pickled ``labels/*.cache`` in it)."""
     name = f"synthetic-shapes-v2-{imgsz}px-seed{seed}-{num_train}-{num_val}-{num_test}"
-    return Path(tempfile.gettempdir()) / "lightning_prune" / name
+    return user_cache_dir("data", name)
 
 
 def _field_problem(label: Path, task: str, data: Mapping[str, Any]) -> str | None:
@@ -252,8 +254,10 @@ class YOLODataModule(pl.LightningDataModule):
         seed: seeds the training shuffle.
         synthetic: use the synthetic shapes set of :mod:`lightning_prune.data.synthetic` instead of ``data``;
             :meth:`prepare_data` writes it to ``synthetic_root`` if it is not there yet.
-        synthetic_root: where the synthetic set lives (default: a folder in the system temp directory named after
-            ``imgsz``, ``seed`` and the sizes); ``synthetic_num_train``/``_val``/``_test``: its sizes.
+        synthetic_root: where the synthetic set lives (default: a folder named after ``imgsz``, ``seed`` and the
+            sizes in the per-user cache, ``$XDG_CACHE_HOME/lightning_prune/data`` or ``~/.cache/lightning_prune/data``,
+            private to the user; a default folder another user owns or may write to is refused);
+            ``synthetic_num_train``/``_val``/``_test``: its sizes.
         pin_memory: passed to the data loaders.
 
     :meth:`val_dataloader` reads ``val`` (what the pruning callback's sensitivity probes read), :meth:`test_dataloader`
@@ -287,9 +291,13 @@ class YOLODataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.hyp = self._make_hyp(hyp or {})
+        self._private_root: Path | None = None
         if synthetic:
-            root = Path(synthetic_root) if synthetic_root else _default_synthetic_root(
-                imgsz, seed, synthetic_num_train, synthetic_num_val, synthetic_num_test)
+            if synthetic_root:
+                root = Path(synthetic_root)
+            else:
+                root = self._private_root = _default_synthetic_root(imgsz, seed, synthetic_num_train,
+                                                                    synthetic_num_val, synthetic_num_test)
             self.data_yaml = root.expanduser().resolve() / "data.yaml"
             self.config: DataConfig | None = None
         else:
@@ -342,6 +350,8 @@ class YOLODataModule(pl.LightningDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------------------------
     def _make_synthetic(self) -> None:
+        if self._private_root is not None:
+            private_dir(self._private_root)  # still private (checked again right before it is read or written)
         if self.hparams.synthetic and not self.data_yaml.is_file():
             from lightning_prune.data.synthetic import make_synthetic_dataset
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from lightning_prune.integrations.ultralytics.build import model_task
 from lightning_prune.integrations.ultralytics.common import is_detection_model, require_ultralytics
+from lightning_prune.utils.files import atomic_write
 
 __all__ = ["save_yolo"]
 
@@ -58,6 +59,10 @@ def save_yolo(module_or_model: nn.Module, path: str | os.PathLike,
 
     Returns:
         The written path.
+
+    Raises:
+        OSError: one line naming ``path`` when it cannot be written (a full disk, no permission); the file is then
+            as it was, and no temporary file is left behind.
     """
     ultralytics = require_ultralytics()
     from ultralytics.utils import DEFAULT_CFG_DICT
@@ -116,10 +121,11 @@ def save_yolo(module_or_model: nn.Module, path: str | os.PathLike,
                             "parameters": int(sum(p.numel() for p in export.parameters()))},
     }
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-    return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: cannot create its folder ({err.strerror or err})") from None
+    # an unpredictable temporary next to the target, removed on any failure (a full disk leaves nothing behind)
+    return atomic_write(path, lambda file: torch.save(checkpoint, file))
 
 
