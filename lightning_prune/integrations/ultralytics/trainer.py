@@ -488,7 +488,9 @@ class UltralyticsPruning:
                   "params_ratio": r.params_ratio, "metric_before": r.metric_before, "metric_after": r.metric_after,
                   "removed_channels": r.removed_channels, "picks": list(r.picks)} for r in self.results]
         report = {"monitor": self._monitor_key, "baseline": self.baseline, "steps": steps, **self.record()}
-        (self.save_dir / "pruning.json").write_text(json.dumps(report, indent=1, default=str))
+        from lightning_prune.utils.files import atomic_write
+
+        atomic_write(self.save_dir / "pruning.json", json.dumps(report, indent=1, default=str))
 
 
 def _defer_resume(trainer: Any) -> None:
