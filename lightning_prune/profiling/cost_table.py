@@ -24,8 +24,11 @@ How it is built (:func:`build_cost_table`):
    *fast widths* (:meth:`CostTable.fast_widths`) are the sampled widths that beat every larger one — the widths where
    the backend is fast, what latency-aware selection rounds to instead of one global ``round_to``.
 
-Tables are cached on disk (``cache_dir``) under a key of backend, input shape, the machine and an architecture hash,
-written atomically; after a prune :meth:`CostTable.updated` re-measures only the layers whose shape changed (the
+Tables are cached on disk (``cache_dir``, a folder private to the user: created ``0o700``, refused when another user
+owns it or may write to it) under a key of backend, input shape, the machine and an architecture hash, written
+atomically and readable by the user only; a cached file that does not fit the model (another version, a truncated
+list, a time that is not finite and non-negative, layers or groups that are not the model's) is measured again, with
+a warning naming it; after a prune :meth:`CostTable.updated` re-measures only the layers whose shape changed (the
 layers of the pruned groups) and reuses the rest.
 
 Example:
@@ -46,14 +49,13 @@ Example:
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
-import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,6 +65,7 @@ from torch import nn
 
 from lightning_prune.profiling.backends import is_cuda, require_backend
 from lightning_prune.profiling.isolated import LayerSpec, OpSpec, activation_name, time_layers
+from lightning_prune.utils.files import atomic_write, private_dir
 from lightning_prune.utils.model import call_model, eval_mode
 
 if TYPE_CHECKING:
@@ -128,6 +131,32 @@ def _interp(xs: Sequence[int], ys: Sequence[float], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
+def _count(value: Any, what: str, minimum: int = 0) -> int:
+    """``value`` as an int of at least ``minimum`` (JSON integers only: no floats, no booleans)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _time(value: Any, what: str) -> float:
+    """``value`` as a finite, non-negative time in ms."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite time >= 0 ms, got {value!r}")
+    return float(value)
+
+
+def _curve(widths: Any, times: Any, what: str) -> tuple[list[int], list[float]]:
+    """A sampled curve: ascending widths >= 1 and as many finite, non-negative times."""
+    if not isinstance(widths, list) or not isinstance(times, list):
+        raise ValueError(f"{what}: widths and times must be lists")
+    if len(widths) != len(times):
+        raise ValueError(f"{what}: {len(widths)} widths but {len(times)} times")
+    out_widths = [_count(w, f"{what} width", 1) for w in widths]
+    if any(a >= b for a, b in zip(out_widths, out_widths[1:])):
+        raise ValueError(f"{what}: widths must ascend, got {out_widths}")
+    return out_widths, [_time(t, f"{what} time") for t in times]
+
+
 @dataclass
 class LayerCurve:
     """One conv layer's measured latency along the axes pruning can change.
@@ -169,9 +198,12 @@ class LayerCurve:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerCurve:
-        return cls(LayerSpec.from_dict(data["spec"]), float(data["full_ms"]), [int(w) for w in data["out_widths"]],
-                   [float(v) for v in data["out_ms"]], [int(w) for w in data["in_widths"]],
-                   [float(v) for v in data["in_ms"]])
+        """The curve :meth:`to_dict` described; ``ValueError`` for lists of different lengths, widths that do not
+        ascend, times that are not finite and non-negative."""
+        spec = LayerSpec.from_dict(data["spec"])
+        out_widths, out_ms = _curve(data["out_widths"], data["out_ms"], "out curve")
+        in_widths, in_ms = _curve(data["in_widths"], data["in_ms"], "in curve")
+        return cls(spec, _time(data["full_ms"], "full_ms"), out_widths, out_ms, in_widths, in_ms)
 
 
 @dataclass
@@ -196,7 +228,7 @@ class OpCost:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OpCost:
-        return cls(OpSpec.from_dict(data["spec"]), float(data["full_ms"]))
+        return cls(OpSpec.from_dict(data["spec"]), _time(data["full_ms"], "full_ms"))
 
 
 #: one group's hold on a layer: (layer name, "in" or "out", channels of the group the layer holds on that axis)
@@ -335,24 +367,13 @@ class CostTable:
                 "sizes": self.sizes}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON, atomically (a temporary file in the same directory, then renamed)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".cost_table_", suffix=".json", dir=directory)
-        try:
-            with os.fdopen(handle, "w") as file:
-                json.dump(self.to_dict(), file)
-                file.flush()
-                os.fsync(file.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the cache from other users
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        """Write as JSON, atomically (an unpredictable temporary file in the same folder, then renamed), readable
+        by the user only (``0o600``; a missing folder is created ``0o700``)."""
+        path = os.path.abspath(os.fspath(path))
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            private_dir(directory)
+        atomic_write(path, json.dumps(self.to_dict()), private=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CostTable:
@@ -365,16 +386,34 @@ class CostTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CostTable:
-        """The table :meth:`to_dict` described (e.g. broadcast from rank 0); ``ValueError`` for anything else."""
+        """The table :meth:`to_dict` described (e.g. broadcast from rank 0); ``ValueError`` for anything else:
+        another version, a missing or mistyped field, per-layer lists of different lengths, times that are not
+        finite and non-negative, relations to layers the table does not hold."""
         try:
             if data.get("version") != VERSION:
                 raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
-            return cls(data["backend"], [int(s) for s in data["input_shape"]], data["device"], data["arch"],
-                       {name: LayerCurve.from_dict(c) for name, c in data["layers"].items()},
-                       {name: [(r[0], r[1], int(r[2])) for r in rel] for name, rel in data["relations"].items()},
-                       {name: int(s) for name, s in data["sizes"].items()}, int(data["points"]),
-                       int(data["repeats"]), int(data["num_threads"]),
-                       ops={name: OpCost.from_dict(op) for name, op in data.get("ops", {}).items()})
+            for key in ("backend", "device", "arch"):
+                if not isinstance(data[key], str):
+                    raise ValueError(f"{key} must be a string, got {data[key]!r}")
+            layers = {str(name): LayerCurve.from_dict(c) for name, c in data["layers"].items()}
+            ops = {str(name): OpCost.from_dict(op) for name, op in data.get("ops", {}).items()}
+            relations: dict[str, list[Relation]] = {}
+            for name, rel in data["relations"].items():
+                relations[str(name)] = []
+                for r in rel:
+                    layer, axis, held = r
+                    if layer not in layers and layer not in ops:
+                        raise ValueError(f"group {name!r} touches {layer!r}, which the table does not hold")
+                    if axis not in ("in", "out"):
+                        raise ValueError(f"group {name!r}: axis must be 'in' or 'out', got {axis!r}")
+                    relations[str(name)].append((layer, axis, _count(held, f"group {name!r} channels")))
+            sizes = {str(name): _count(size, f"size of group {name!r}", 1) for name, size in data["sizes"].items()}
+            if set(sizes) != set(relations):
+                raise ValueError("sizes and relations name different groups")
+            return cls(data["backend"], [_count(s, "input_shape entry") for s in data["input_shape"]],
+                       data["device"], data["arch"], layers, relations, sizes, _count(data["points"], "points", 2),
+                       _count(data["repeats"], "repeats", 1), _count(data["num_threads"], "num_threads", 1),
+                       ops=ops)
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a cost table: {err}") from None
 
@@ -571,17 +610,21 @@ def build_cost_table(graph: DependencyGraph, backend: str = "eager", *, cache_di
                       sizes, points, repeats, num_threads, os.fspath(cache_dir) if cache_dir is not None else None)
     if not measure:
         return table
-    path = os.path.join(table.cache_dir, table.filename()) if table.cache_dir is not None else None
-    if path is not None and os.path.exists(path):
+    path = None
+    if table.cache_dir is not None:
+        private_dir(table.cache_dir)  # created 0o700; refused when another user could plant tables in it
+        path = os.path.join(table.cache_dir, table.filename())
+    if path is not None and os.path.lexists(path):
         try:
-            cached = CostTable.load(path)
-        except ValueError:
-            cached = None
-        if cached is not None and cached.key() == table.key() and set(cached.layers) == set(axes) \
-                and set(cached.ops) == set(ops):
+            cached: CostTable | None = CostTable.load(path)
+            problem = _cache_mismatch(cached, table, specs, axes, ops)
+        except ValueError as err:
+            cached, problem = None, str(err).removeprefix(f"{path} is ")
+        if problem is None and cached is not None:
             cached.cache_dir, cached.reused, cached.measured = table.cache_dir, len(cached.layers), 0
             cached.build_seconds = time.perf_counter() - start
             return cached
+        warnings.warn(f"{path}: {problem}; measuring the cost table again", RuntimeWarning, stacklevel=2)
     old: dict[str, LayerCurve] = {}
     old_ops: dict[str, OpCost] = {}
     if previous is not None and previous.backend == backend and previous.num_threads == num_threads:
@@ -614,6 +657,33 @@ def build_cost_table(graph: DependencyGraph, backend: str = "eager", *, cache_di
     return table
 
 
+def _cache_mismatch(cached: CostTable, table: CostTable, specs: Mapping[str, LayerSpec],
+                    axes: Mapping[str, set[str]], ops: Mapping[str, tuple[OpSpec, dict[str, int]]]) -> str | None:
+    """Why a cached table does not fit the model ``table`` was resolved from (``None``: it fits).
+
+    Checked beyond the (file-name) key: the same layers and ops with the same shapes, each curve along exactly the
+    axes a group changes and ending at the layer's current width, the same groups, relations and sizes."""
+    if cached.key() != table.key():
+        return "made for another backend, input size, machine or architecture"
+    if set(cached.layers) != set(axes) or set(cached.ops) != set(ops):
+        return "its layers and ops are not the model's"
+    for name, curve in cached.layers.items():
+        spec, wanted = specs[name], axes[name]
+        if curve.spec.key() != spec.key():
+            return f"layer {name!r} is {curve.spec.key()}, the model's is {spec.key()}"
+        for axis, widths, width in (("out", curve.out_widths, spec.out_channels),
+                                    ("in", curve.in_widths, spec.in_channels)):
+            expected = axis in wanted and not (axis == "in" and spec.depthwise)
+            if bool(widths) != expected or (widths and widths[-1] != width):
+                return f"layer {name!r}: its {axis} curve does not fit its {width} channels"
+    for name, op in cached.ops.items():
+        if op.spec.key() != ops[name][0].key():
+            return f"op {name!r} is {op.spec.key()}, the model's is {ops[name][0].key()}"
+    if cached.sizes != table.sizes or cached.relations != table.relations:
+        return "its groups are not the model's"
+    return None
+
+
 def _curve_axes(curve: LayerCurve) -> set[str]:
     return ({"out"} if curve.out_widths else set()) | ({"in"} if curve.in_widths else set())
 
@@ -624,7 +694,9 @@ def _measure_layer(spec: LayerSpec, axes: set[str], backend: str, repeats: int, 
     in_widths = sample_widths(spec.in_channels, points) if "in" in axes and not spec.depthwise else []
     batch = [spec] + [spec.with_channels(spec.in_channels, w) for w in out_widths if w != spec.out_channels]
     batch += [spec.with_channels(w, spec.out_channels) for w in in_widths if w != spec.in_channels]
-    times = time_layers(batch, backend, repeats=repeats, num_threads=num_threads)
+    # a backend that reports no kernel for a layer (fused into another) spends nothing on it: never NaN in a table
+    times = [float(t) if math.isfinite(t) and t >= 0 else 0.0
+             for t in time_layers(batch, backend, repeats=repeats, num_threads=num_threads)]
     full = times[0]
     rest = iter(times[1:])
     out_ms = monotone([full if w == spec.out_channels else next(rest) for w in out_widths])
