@@ -16,6 +16,9 @@ calls its ``on_load_checkpoint`` before loading the weights); any module can als
 
 from __future__ import annotations
 
+import copy
+import errno
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Any
@@ -26,8 +29,8 @@ from torch import nn
 from lightning_prune.graph import DependencyGraph
 from lightning_prune.pruning import declared_copies, mirror_all
 
-__all__ = ["CHECKPOINT_KEY", "PrunedCheckpointMixin", "example_input_for", "load_pruned", "replay_history",
-           "restore_pruned"]
+__all__ = ["CHECKPOINT_KEY", "PrunedCheckpointMixin", "example_input_for", "load_pruned", "read_checkpoint",
+           "replay_history", "restore_pruned"]
 
 CHECKPOINT_KEY = "lightning_prune"
 
@@ -83,17 +86,79 @@ def restore_pruned(model: nn.Module, checkpoint: Mapping[str, Any], example_inpu
     return True
 
 
+_EXPECTED = "a checkpoint written by Lightning or torch.save (a dict holding a 'state_dict', or a state dict)"
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An error message as one line (torch's load errors span several), at most ``limit`` characters."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_checkpoint(path: str | PathLike) -> Mapping[str, Any]:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, checked to be a checkpoint dict.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: ``path`` does not exist, or is a folder (one line naming it).
+        ValueError: one line naming ``path`` and what was expected, when it is empty, truncated, not a checkpoint,
+            or holds something other than a dict.
+    """
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise IsADirectoryError(errno.EISDIR, f"{name}: a folder, not a checkpoint file")
+    if not os.path.isfile(name):
+        raise FileNotFoundError(errno.ENOENT, f"{name}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as err:  # empty: EOFError; truncated: RuntimeError/OSError; other files: UnpicklingError, ...
+        size = os.path.getsize(name)
+        what = "an empty file" if size == 0 else f"not a readable checkpoint ({_one_line(err, 160)})"
+        raise ValueError(f"{name}: {what}; expected {_EXPECTED}") from None
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{name}: holds a {type(checkpoint).__name__}; expected {_EXPECTED}")
+    return checkpoint
+
+
 def load_pruned(model: nn.Module, checkpoint: str | PathLike | Mapping[str, Any], example_input: Any = None,
                 strict: bool = True) -> nn.Module:
     """Prune ``model`` (unpruned architecture) as recorded in ``checkpoint``, then load its weights.
 
     ``checkpoint`` is a path (read with ``torch.load(..., weights_only=True)``) or an already loaded dict.
     Works on the LightningModule the checkpoint was written from (its ``state_dict`` keys). Returns ``model``.
+
+    Everything is tried on a copy of ``model`` first, so that a checkpoint that does not fit — a file that is not a
+    checkpoint, a pruning history that does not apply (e.g. ``model`` was already pruned further than the
+    checkpoint), weights of other shapes or names — raises one ``ValueError`` naming the file and leaves ``model``
+    exactly as it was.
     """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, PathLike)) else "the checkpoint"
     if not isinstance(checkpoint, Mapping):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(checkpoint)
+    state = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{source}: its 'state_dict' is a {type(state).__name__}; expected {_EXPECTED}")
+    try:
+        trial = copy.deepcopy(model)
+    except Exception:  # a model that cannot be copied is loaded directly, as before
+        trial = None
+    if trial is not None:
+        history = (checkpoint.get(CHECKPOINT_KEY) or {}).get("history", [])
+        try:
+            restore_pruned(trial, checkpoint, example_input)
+        except Exception as err:
+            raise ValueError(
+                f"{source}: its pruning history ({len(history)} step(s)) does not apply to {type(model).__name__} "
+                f"({_one_line(err)}); load_pruned needs the model unpruned, or pruned exactly as recorded; the model "
+                "is unchanged") from None
+        try:
+            trial.load_state_dict(state, strict=strict)
+        except Exception as err:
+            pruned = " (already pruned further than the checkpoint?)" if history else ""
+            raise ValueError(f"{source}: its weights do not fit {type(model).__name__}{pruned}: {_one_line(err)}; "
+                             "the model is unchanged") from None
+        del trial
     restore_pruned(model, checkpoint, example_input)
-    model.load_state_dict(checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint, strict=strict)
+    model.load_state_dict(state, strict=strict)
     return model
 
 
