@@ -32,14 +32,31 @@ class ParamChange:
     keep: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def slice(self, value: torch.Tensor) -> torch.Tensor:
-        """Apply the same slicing to a tensor shaped like the old parameter (a gradient, an optimizer moment)."""
+        """Apply the same slicing to a tensor shaped like the old parameter (a gradient, an optimizer moment);
+        the result keeps ``value``'s memory format (``channels_last`` stays ``channels_last``)."""
+        memory_format = _memory_format(value)
         for dim, index in sorted(self.keep.items()):
             value = value.index_select(dim, index.to(value.device))
-        return value
+        return value if memory_format is None else value.contiguous(memory_format=memory_format)
+
+
+def _memory_format(value: torch.Tensor) -> torch.memory_format | None:
+    """``channels_last`` (``_3d``) when ``value`` is laid out so and not also plainly contiguous; else ``None``."""
+    if value.is_contiguous():
+        return None
+    if value.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if value.dim() == 5 and value.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
 
 
 class Surgery:
     """One atomic removal: :meth:`apply` it, and :meth:`rollback` restores every tensor and attribute.
+
+    ``root`` (the whole model) lets it find every module that holds a sliced parameter, not only the one the trace
+    bound it to, so that a second module sharing a weight gets its ``in_channels``/``out_channels`` fixed too.
+    Sliced tensors keep their memory format (a ``channels_last`` model stays ``channels_last``).
 
     Example:
         >>> import numpy as np, torch
@@ -57,10 +74,12 @@ class Surgery:
         8
     """
 
-    def __init__(self, bindings: Iterable[Binding], splits: Iterable[SplitRecord], removed: np.ndarray) -> None:
+    def __init__(self, bindings: Iterable[Binding], splits: Iterable[SplitRecord], removed: np.ndarray,
+                 root: nn.Module | None = None) -> None:
         self._bindings = list(bindings)
         self._splits = list(splits)
         self._removed = removed
+        self._root = root
         self._saved_tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._saved_attrs: list[tuple[Any, str, Any]] = []
 
@@ -86,6 +105,13 @@ class Surgery:
             for binding in self._bindings:
                 if self._removed[binding.labels].any():
                     touched[id(binding.module)] = binding.module
+            if self._root is not None:  # a module sharing a sliced parameter (tied weights) needs its sizes fixed too
+                sliced = {id(change.tensor) for change in changes}
+                for module in self._root.modules():
+                    if id(module) not in touched and any(
+                            id(t) in sliced for t in (*module.parameters(recurse=False),
+                                                      *module.buffers(recurse=False))):
+                        touched[id(module)] = module
             modules = list(touched.values())
             before = {id(m): _module_shape_attrs(m) for m in modules}
             for change in changes:

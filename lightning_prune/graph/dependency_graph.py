@@ -393,7 +393,8 @@ class DependencyGraph:
             with self.masked({name: idx.tolist() for name, idx in resolved.items()}), replay:
                 expected = self._eval_outputs()
             self._require_finite(expected, "with the planned channels masked")  # raised: not the plan's fault
-        surgery = Surgery(self._result.bindings.values(), self._result.splits, self._removed_labels(resolved))
+        surgery = Surgery(self._result.bindings.values(), self._result.splits, self._removed_labels(resolved),
+                          root=self.model)
         changes = surgery.apply()
         try:
             result = self._trace()
