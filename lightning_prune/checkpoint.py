@@ -51,16 +51,17 @@ def example_input_for(model: nn.Module, example_input: Any = None, shape: Sequen
 
 
 def replay_history(model: nn.Module, history: Sequence[Mapping[str, Any]], example_input: Any,
-                   copies: Iterable[tuple[nn.Module, str]] = ()) -> None:
+                   copies: Iterable[tuple[nn.Module, str]] = (),
+                   attachments: Mapping[str, tuple[str, nn.Module]] | None = None) -> None:
     """Apply the recorded plans to ``model`` in order (each entry has a ``"plan"``), and the same surgery to every
-    averaged ``(copy, prefix)``."""
+    averaged ``(copy, prefix)`` and graph attachment (e.g. distillation projectors)."""
     if not history:
         return
     copies = list(copies)
-    graph = DependencyGraph(model, example_input)
+    graph = DependencyGraph(model, example_input, attachments=attachments)
     for entry in history:
         result = graph.prune(entry["plan"])
-        mirror_all(copies, result, model)
+        mirror_all(copies, result, model, attachments)
 
 
 def _fits(model: nn.Module, state_dict: Mapping[str, Any]) -> bool:

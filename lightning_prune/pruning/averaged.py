@@ -9,7 +9,8 @@ copy keeps its own averaged values for the surviving channels. It checks everyth
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -89,10 +90,28 @@ def mirror_prune(copy: nn.Module, result: PruneResult, source: nn.Module, prefix
     return len(seen)
 
 
-def mirror_all(copies: Iterable[tuple[nn.Module, str]], result: PruneResult, source: nn.Module) -> None:
-    """:func:`mirror_prune` for every ``(copy, prefix)``."""
+def _under(name: str, root: str) -> bool:
+    return name == root or name.startswith(root + ".")
+
+
+def mirror_all(copies: Iterable[tuple[nn.Module, str]], result: PruneResult, source: nn.Module,
+               attachments: Mapping[str, tuple[str, nn.Module]] | None = None) -> None:
+    """:func:`mirror_prune` for every ``(copy, prefix)``.
+
+    With graph ``attachments`` (e.g. distillation projectors, named ``<attachment>.<submodule>`` in ``result``), a
+    ``prefix`` inside an attachment's name mirrors that attachment's changes onto ``copy`` (an averaged copy of the
+    projector), and every other prefix mirrors the model's changes only.
+    """
+    attachments = attachments or {}
+    own = [change for change in result.changes if not any(_under(change.module_name, a) for a in attachments)]
     for copy, prefix in copies:
-        mirror_prune(copy, result, source, prefix)
+        owner = next((a for a in attachments if _under(prefix, a)), None)
+        if owner is None:
+            mirror_prune(copy, PruneResult(result.removed, own), source, prefix)
+            continue
+        changes = [dataclasses.replace(change, module_name=change.module_name[len(owner) + 1:])
+                   for change in result.changes if _under(change.module_name, owner)]
+        mirror_prune(copy, PruneResult(result.removed, changes), attachments[owner][1], prefix[len(owner) + 1:])
 
 
 def declared_copies(module: nn.Module) -> list[tuple[nn.Module, str]]:

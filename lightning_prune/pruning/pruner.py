@@ -530,14 +530,15 @@ class IterativePruner:
             # inside the guard: a DDP wrapper made after it hooks the fresh accumulators, not the released ones
             release_grad_accumulators(change.tensor for change in result.changes)
         slice_optimizer_state(optimizers, result.changes)
-        mirror_all(copies, result, self.model)
+        mirror_all(copies, result, self.model, self.graph.attachments)
 
     def _correct_latency(self, controller: LatencyController, goal: float, flops_before: float,
                          latency_before: float, step: int, final: bool, plans: list, optimizers: list,
-                         copies: list) -> float:
+                         copies: list) -> tuple[float, float]:
         """Measure after the prune, learn the efficiency, and on the final step prune more (a cheap importance-
         based re-selection) until the measured latency meets the goal. Every decision reads broadcast numbers.
-        (``flops_before``: the controlled cost, predicted ms for a latency budget.)"""
+        (``flops_before``: the controlled cost, predicted ms for a latency budget.) Returns the latency and the
+        controlled cost at the end."""
         flops_now, latency_now = self._controlled(), self._latency()
         controller.observe(flops_before, latency_before, flops_now, latency_now)
         for _ in range(self.config.latency_corrections if final else 0):

@@ -52,6 +52,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,12 @@ from torch import nn
 
 from lightning_prune.checkpoint import CHECKPOINT_KEY, replay_history
 from lightning_prune.integrations.ultralytics.common import require_ultralytics
+from lightning_prune.integrations.ultralytics.distill import (
+    DetectionProjectors,
+    prepare_teacher,
+    student_of,
+    teacher_problem,
+)
 from lightning_prune.pruning import (
     CriterionName,
     IterativePruner,
@@ -83,6 +90,7 @@ TASK_MONITORS: dict[str, str] = {
     "obb": "metrics/mAP50-95(B)",
 }
 
+_UNSET = object()
 _EVENTS = ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_epoch_start", "on_train_epoch_end",
            "on_train_end", "teardown")
 
@@ -151,7 +159,7 @@ def _source_checkpoint(trainer: Any) -> tuple[nn.Module | None, dict[str, Any]]:
 
 
 def _record_of(model: nn.Module | None) -> dict[str, Any]:
-    record = getattr(model, CHECKPOINT_KEY, None) if model is not None else None
+    record = getattr(student_of(model), CHECKPOINT_KEY, None) if model is not None else None
     return dict(record) if isinstance(record, Mapping) else {}
 
 
@@ -168,9 +176,18 @@ class UltralyticsPruning:
     """
 
     def __init__(self, config: PruningConfig | None, monitor: str | None = None, sensitivity_batches: int = 2,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, distill: bool | str | os.PathLike = False,
+                 distill_weight: float | None = None) -> None:
         if int(sensitivity_batches) < 1:
             raise ValueError(f"sensitivity_batches must be at least 1, got {sensitivity_batches!r}")
+        if not isinstance(distill, (bool, str, os.PathLike)):
+            raise ValueError(f"distill must be True, False or a teacher .pt path, got {type(distill).__name__}")
+        if distill_weight is not None and not (float(distill_weight) > 0 and math.isfinite(float(distill_weight))):
+            raise ValueError(f"distill_weight must be a positive number, got {distill_weight!r}")
+        self.distill = distill
+        self.distill_weight = distill_weight
+        self._projectors: DetectionProjectors | None = None
+        self._pretrained: Any = _UNSET
         self.config = config
         self.monitor = monitor
         self.sensitivity_batches = int(sensitivity_batches)
@@ -266,6 +283,15 @@ class UltralyticsPruning:
                                      "monitor=<a key of the validator's results>")
             else:
                 self._monitor_key = self.monitor
+        if self.distill is not False and self.distill is not None:
+            if trainer.resume:
+                if getattr(args, "distill_model", None) is None:
+                    raise ValueError("distill: the run being resumed did not distil (its checkpoint names no "
+                                     "distill_model); resume without distill")
+            else:
+                args.distill_model = prepare_teacher(self.distill, trainer)
+            if self.distill_weight is not None:
+                args.dis = float(self.distill_weight)
         self._source = _source_checkpoint(trainer)
         source_model, ckpt = self._source
         record = _record_of(source_model)
@@ -274,10 +300,23 @@ class UltralyticsPruning:
             # which has the unpruned shapes; on_pretrain_routine_end resumes instead, once the model is pruned.
             self._resume_ckpt = ckpt
             _defer_resume(trainer)
+            if student_of(source_model) is not source_model:
+                # a DistillationModel: ultralytics would load its pruned projectors into fresh unpruned ones; with
+                # no pretrained weights it builds the student and projectors unpruned, and _adopt replays the plans
+                # on both and loads every weight
+                self._pretrained = args.pretrained
+                args.pretrained = False
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
         """Restore the recorded architecture (and, on resume, the training state), trace the graph, check."""
-        model = trainer.model
+        model = student_of(trainer.model)
+        self._projectors = DetectionProjectors(trainer.model) if model is not trainer.model else None
+        teacher = getattr(trainer.model, "teacher_model", None)
+        if self._projectors is not None and isinstance(teacher, nn.Module):
+            problem = teacher_problem(teacher, model)
+            if problem is not None:
+                raise ValueError(f"distillation teacher {trainer.args.distill_model!r} cannot teach this model: "
+                                 f"{problem}")
         device = next(model.parameters()).device
         channels = int(trainer.data.get("channels", 3)) if isinstance(trainer.data, Mapping) else 3
         imgsz = trainer.args.imgsz if isinstance(trainer.args.imgsz, int) else max(trainer.args.imgsz)
@@ -288,6 +327,8 @@ class UltralyticsPruning:
         if source_model is not None:
             self._adopt(trainer, source_model, record)
         self._source = (None, {})  # free the copy
+        if self._pretrained is not _UNSET:
+            trainer.args.pretrained, self._pretrained = self._pretrained, _UNSET
         resumed_state: dict[str, Any] = {}
         if self._resume_ckpt is not None:
             trainer.resume = True
@@ -314,8 +355,9 @@ class UltralyticsPruning:
             else:
                 evaluate = self._evaluate
         self.pruner = IterativePruner(
-            trainer.model, self.example_input, self.config, evaluate=evaluate,
-            accumulate_gradients=lambda: self._accumulate_gradients(trainer), progress=self._progress())
+            model, self.example_input, self.config, evaluate=evaluate,
+            accumulate_gradients=lambda: self._accumulate_gradients(trainer), progress=self._progress(),
+            distiller=self._projectors)
         if resumed_state:
             self.pruner.load_state_dict(resumed_state)
         self._baseline = dict(self.pruner.baseline)
@@ -331,7 +373,7 @@ class UltralyticsPruning:
         epoch = int(trainer.epoch)
         if pruner is None or not pruner.due(epoch):
             return
-        result = pruner.step(epoch, optimizers=[trainer.optimizer], copies=[(trainer.ema.ema, "")])
+        result = pruner.step(epoch, optimizers=[trainer.optimizer], copies=self._ema_copies(trainer))
         self.results.append(result)
         trainer.best_fitness = None  # best.pt: the best epoch of the current architecture
         trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
@@ -360,6 +402,13 @@ class UltralyticsPruning:
         self.pruner, self._validator, self._loss_items, self._trainer = None, None, None, None
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def _ema_copies(self, trainer: Any) -> list[tuple[nn.Module, str]]:
+        """The EMA's twins of what the pruner changes: the EMA model, or with distillation its student and
+        projectors."""
+        if self._projectors is None:
+            return [(trainer.ema.ema, "")]
+        return self._projectors.ema_copies(trainer.ema.ema)
+
     def _adopt(self, trainer: Any, source: nn.Module, record: Mapping[str, Any]) -> None:
         """Give the model ultralytics rebuilt from the YAML (and its EMA) the source checkpoint's architecture and
         weights. Parameters keep their identity, so the optimizer built on the unpruned model stays valid.
@@ -367,18 +416,24 @@ class UltralyticsPruning:
         With a replayable plan history the recorded plans are replayed (the very surgery that made the source);
         without one (a pruned model saved elsewhere, e.g. by ``save_yolo``) every tensor and integer size attribute
         is copied from the source module of the same name, and accepted only if the outputs then agree."""
-        model = trainer.model
+        model = student_of(trainer.model)
+        whole, source = source, student_of(source)
         weights = source.float().state_dict()
         if _fits(model, weights):
             return  # unpruned, or already the right shapes: ultralytics has loaded the weights itself
         history = record.get("history") or []
+        attachments = self._projectors.attachments() if self._projectors is not None else None
         if history and record.get("replayable", True):
-            replay_history(model, history, self.example_input, copies=[(trainer.ema.ema, "")])
+            replay_history(model, history, self.example_input, copies=self._ema_copies(trainer),
+                           attachments=attachments)
             if not _fits(model, weights):
                 raise ValueError(f"replaying the pruning record of {trainer.args.model} does not give its "
                                  "architecture")
             how = f"replayed {len(history)} recorded plans"
         else:
+            if attachments:
+                raise ValueError(f"{trainer.args.model} holds a pruned model without a replayable pruning record: "
+                                 "distillation cannot size its projectors for it; train it without distill")
             self._replayable = False
             for target in (model, trainer.ema.ema):
                 _copy_architecture(target, source)
@@ -389,7 +444,10 @@ class UltralyticsPruning:
             how = "copied its tensor shapes (no replayable pruning record)"
         with torch.no_grad():
             model.load_state_dict(weights)
-            trainer.ema.ema.load_state_dict(weights)
+            student_of(trainer.ema.ema).load_state_dict(weights)
+            projector = getattr(whole, "projector", None)
+            if self._projectors is not None and projector is not None:
+                trainer.model.projector.load_state_dict(projector.float().state_dict())
         if self.verbose:
             _info(f"lightning_prune: gave the model the pruned architecture of {trainer.args.model}: {how}")
 
@@ -398,7 +456,7 @@ class UltralyticsPruning:
         record = self.record()
         for module in (trainer.model, getattr(trainer.ema, "ema", None)):
             if isinstance(module, nn.Module):
-                setattr(module, CHECKPOINT_KEY, record)
+                setattr(student_of(module), CHECKPOINT_KEY, record)
 
     def _probe_validator(self, trainer: Any) -> Any:
         from ultralytics.utils import callbacks
@@ -587,6 +645,8 @@ def add_pruning(
     allocation: Allocation = "threshold",
     max_total_rate: float = 1.0,
     latency_proxies: list[LatencyBackend] | None = None,
+    distill: bool | str = False,
+    distill_weight: float | None = None,
     verbose: bool = True,
 ) -> UltralyticsPruning:
     """Prune an ultralytics ``YOLO`` model iteratively while ``model.train(...)`` fine-tunes it.
@@ -606,6 +666,11 @@ def add_pruning(
         criterion: which channels of a group go first (``l1``, ``l2``, ``bn_scale``, ``taylor``, ... or a callable).
         monitor: the validator result the probes read; default the task's mAP50-95 (:data:`TASK_MONITORS`).
         sensitivity_batches: validation batches (of the trainer's validation batch size) each probe validates.
+        distill: distil while fine-tuning, with ultralytics' own ``distill_model`` machinery (score-weighted L2
+            on the projected neck features): ``True`` — the teacher is the model as the run starts (before the
+            first prune), ``"big.pt"`` — that model. The projectors follow every prune; checkpoints hold the
+            student alone, and ``train(resume=True)`` rebuilds the teacher from the recorded ``distill_model``.
+        distill_weight: ultralytics' ``dis`` (the distillation loss weight); default: its own (6.0).
         verbose: log the graph summary and each step's summary through ultralytics' logger.
         target_metric, mode, sensitivity_rates, exponent, params_layers, flops_layers, ignore, round_to,
             min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate, allocation,
@@ -635,7 +700,8 @@ def add_pruning(
         latency_tolerance=latency_tolerance, remeasure_fraction=remeasure_fraction, cost=cost,
         cost_table_dir=cost_table_dir, max_rate=max_rate, allocation=allocation,
         max_total_rate=max_total_rate, latency_proxies=latency_proxies)
-    return UltralyticsPruning(config, monitor, sensitivity_batches, verbose).attach(model)
+    return UltralyticsPruning(config, monitor, sensitivity_batches, verbose, distill=distill,
+                              distill_weight=distill_weight).attach(model)
 
 
 def keep_pruned(model: Any, verbose: bool = True) -> UltralyticsPruning:
