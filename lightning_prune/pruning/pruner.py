@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import statistics
 import warnings
@@ -44,6 +45,7 @@ from lightning_prune.pruning.strategies import (
     allocation_candidates,
     candidate_groups,
     default_proxies,
+    max_counts,
     max_removable,
     score_channels,
     select_counts,
@@ -59,6 +61,11 @@ Copies = Iterable[tuple[nn.Module, str]]
 # them all against the unpruned model and keeps the smallest that meets the goal, so a misjudged efficiency costs a
 # step of the ladder, not an overshoot that pruning cannot take back.
 CORRECTION_SCALES = (0.5, 0.75, 1.0, 1.5)
+
+#: a step whose candidate groups cannot give its whole budget (caps, pinned or ignored groups, ``min_channels``) warns
+#: when it ends more than this share of the budget short. One that can is not judged: selection lands on whole
+#: channels nearest the budget, so on small models it misses by a few per cent of it either way.
+SHORTFALL_TOLERANCE = 0.01
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -223,11 +230,14 @@ class IterativePruner:
 
     def check(self) -> None:
         """Fail now, with one line, on what would fail at the first step: no evaluation for the sensitivity
-        strategy, no gradients for ``taylor``, a target the prunable channels cannot reach, a custom criterion that
-        returns the wrong number of scores. Measures the latency baseline for a latency target."""
+        strategy, no gradients for ``taylor``, a NaN or an infinity in a weight or the output
+        (:meth:`~lightning_prune.graph.DependencyGraph.check_finite`), a target the prunable channels cannot reach
+        (within ``max_rate`` per step over the steps left and ``max_total_rate``), a custom criterion that returns
+        the wrong number of scores. Measures the latency baseline for a latency target."""
         config = self.config
         if self.finished:
             return
+        self.graph.check_finite()
         if config.strategy == "sensitivity" and self.evaluate is None:
             raise ValueError("strategy 'sensitivity' needs `evaluate`: the validation metric its probes read")
         if config.criterion == "taylor" and self.accumulate_gradients is None:
@@ -237,12 +247,17 @@ class IterativePruner:
             raise ValueError("no prunable group is left to reach the target (all pinned or ignored); "
                              "see the graph summary for reasons")
         most = self._max_removal(groups)
-        removable = max_removable(self.graph, groups, config.round_to, config.min_channels, most)
+        steps = len(self.pending()) + (config.latency_corrections if config.target_metric == "latency" else 0)
+        removable = max_removable(self.graph, groups, config.round_to, config.min_channels, most, config.max_rate,
+                                  steps)
         key = config.cost_key
         baseline = self.baseline[key]
         reachable = (baseline - self._cost(key) + removable[1 if key == "params" else 0]) / baseline
         if reachable < config.target:
-            limit = f" within max_total_rate={config.max_total_rate:g}" if most is not None else ""
+            caps = [f"max_rate={config.max_rate:g} per step over {steps} step{'s' * (steps != 1)}"] \
+                if config.max_rate < 1.0 else []
+            caps += [f"max_total_rate={config.max_total_rate:g}"] if most is not None else []
+            limit = f" within {' and '.join(caps)}" if caps else ""
             raise ValueError(f"target {config.target:.0%} of {config.target_metric} is unreachable: pruning every "
                              f"prunable group to its minimum{limit} removes at most {reachable:.0%}")
         if callable(config.criterion):
@@ -297,9 +312,16 @@ class IterativePruner:
              copies: Copies = ()) -> StepResult:
         """Run one pruning step: spread the remaining budget, select with the strategy, prune the model, slice
         ``optimizers``' state and prune every averaged ``(copy, prefix)`` alike. ``epoch`` defaults to the next
-        scheduled one."""
+        scheduled one.
+
+        A NaN or an infinity in a weight or the output raises ``ValueError`` naming it before anything runs. A plan
+        that breaks the model leaves it unchanged and pins the groups to blame
+        (:meth:`~lightning_prune.graph.DependencyGraph.prune`); the step then warns naming them and selects again
+        without them, for the same budget. A step that ends short of its budget (caps, pinned groups) warns how far.
+        """
         config, comm = self.config, self.communicator
         optimizers, copies = list(optimizers), list(copies)
+        self.graph.check_finite()
         if config.target_metric == "latency" and "latency" not in self.baseline:
             self.baseline["latency"] = self._latency(baseline=True)
         pending = self.pending(epoch)
@@ -325,15 +347,31 @@ class IterativePruner:
 
         widths_before = conv_widths(self.model)
         sizes = {group.name: group.size for group in self.graph.groups}
-        plan, probes, picks, choice = self._select(budget, config.strategy, step, local_before, metric_before)
-        self._apply(plan, optimizers, copies)
+        selections: list[tuple[dict[str, list[int]], list[Probe], list[str], MeasuredChoice | None]] = []
+        capacity = [math.inf]
+
+        def select() -> dict[str, list[int]]:
+            reuse = selections[-1][1] if selections else None  # the probes still hold: the model is unchanged
+            selections.append(self._select(budget, config.strategy, step, local_before, metric_before, reuse=reuse))
+            capacity[0] = self._capacity()
+            return selections[-1][0]
+
+        plan = self._prune_selected(select, step, optimizers, copies)
+        _, probes, picks, choice = selections[-1]
         plans = [plan]
         latency_after = None
         if controller is not None:
-            latency_after = self._correct_latency(controller, goal, controlled_before, latency_before, step,
-                                                  final=remaining == 1, plans=plans, optimizers=optimizers,
-                                                  copies=copies)
+            latency_after, controlled_after = self._correct_latency(
+                controller, goal, controlled_before, latency_before, step, final=remaining == 1, plans=plans,
+                optimizers=optimizers, copies=copies)
             self.latency_efficiency = controller.efficiency
+            unit = "predicted latency" if config.latency_budget else "FLOPs"
+            self._warn_short(step, budget, capacity[0], controlled_before - controlled_after, controlled_before,
+                             f"{unit} before the step")
+        else:
+            unit = "FLOPs" if config.cost_key == "flops" else "parameters"
+            self._warn_short(step, budget, capacity[0], cost_before - self._cost(config.cost_key),
+                             self.baseline[config.cost_key], f"baseline {unit}")
 
         result = StepResult(
             step=step, epoch=epoch, plan=compose_plans(plans, sizes), plans=plans,
@@ -347,6 +385,60 @@ class IterativePruner:
         )
         self.history.extend(result.history_entries())
         return result
+
+    def _prune_selected(self, select: Callable[[], dict[str, list[int]]], step: int,
+                        optimizers: list[torch.optim.Optimizer], copies: list) -> dict[str, list[int]]:
+        """Prune the plan ``select`` returns and return it. A plan that breaks the model leaves it unchanged and pins
+        its culprit groups (:meth:`~lightning_prune.graph.DependencyGraph.prune`): then warn naming them and select
+        again, now without them. Every failure pins at least one more candidate group, so this ends after at most
+        as many retries as there were candidates (the last selection has none left: an empty plan)."""
+        retries = len(self.candidates())
+        for _ in range(retries + 1):
+            plan = select()
+            pinned = set(self.graph.verification_pins)
+            try:
+                self._apply(plan, optimizers, copies)
+                return plan
+            except ValueError:
+                culprits = sorted(set(self.graph.verification_pins) - pinned)
+                if not culprits:
+                    raise
+                reason = self.graph.verification_pins[culprits[0]]
+                warnings.warn(f"pruning step {step}: group{'s' * (len(culprits) > 1)} "
+                              f"{', '.join(repr(name) for name in culprits)} pinned ({reason}); the model is "
+                              f"unchanged and the step selects again without {'them' if len(culprits) > 1 else 'it'}",
+                              UserWarning, stacklevel=3)
+        raise RuntimeError(f"pruning step {step}: the plan still breaks the model after {retries} re-selections")
+
+    def _capacity(self) -> float:
+        """What the candidate groups can give in one step at most, in the step budget's cost (the graph's estimate,
+        or the cost table's predicted ms for a latency budget): each down to its minimum within ``max_rate`` and
+        ``max_total_rate``. An upper bound: a cost table's fast widths are not considered. Read after a selection,
+        which has built or updated the table."""
+        config, groups = self.config, self.candidates()
+        counts = max_counts(groups, config.round_to, config.min_channels, self._max_removal(groups), config.max_rate)
+        plan = {name: list(range(count)) for name, count in counts.items() if count}
+        if config.latency_budget:
+            return float(self._cost_table.removed_ms(plan)) if self._cost_table is not None else math.inf
+        return self.graph.estimate_removal(plan)[1 if config.cost_key == "params" else 0]
+
+    def _warn_short(self, step: int, budget: float, capacity: float, removed: float, scale: float,
+                    what: str) -> None:
+        """Warn, in one line, when step ``step`` removed less than its ``budget`` because its candidate groups could
+        not give it (``capacity``), by more than :data:`SHORTFALL_TOLERANCE` of it; numbers as shares of ``scale``
+        (``what``)."""
+        if capacity >= budget or scale <= 0 or removed >= budget * (1.0 - SHORTFALL_TOLERANCE):
+            return
+        config = self.config
+        causes = [f"max_rate={config.max_rate:g} per step"] if config.max_rate < 1.0 else []
+        causes += [f"max_total_rate={config.max_total_rate:g}"] if config.max_total_rate < 1.0 else []
+        pins = len(self.graph.verification_pins)
+        causes += [f"{pins} group{'s' * (pins > 1)} pinned for breaking the model"] if pins else []
+        why = f"; limited by {' and '.join(causes)}" if causes else \
+            "; the candidate groups give no more (min_channels, round_to, pinned or ignored groups)"
+        warnings.warn(f"pruning step {step} ends short of its budget: it removed {removed / scale:.1%} of the {what} "
+                      f"instead of {budget / scale:.1%}, {(budget - removed) / scale:.1%} short{why}",
+                      UserWarning, stacklevel=3)
 
     def _cost(self, key: str) -> float:
         if key == "params":
@@ -384,10 +476,11 @@ class IterativePruner:
         return self.baseline["latency"] * timed["current"].median_ms / timed["reference"].median_ms
 
     def _select(self, budget: float, strategy: str, step: int, local_before: float | None,
-                metric_before: float | None, allocation: str | None = None
+                metric_before: float | None, allocation: str | None = None, reuse: list[Probe] | None = None
                 ) -> tuple[dict[str, list[int]], list[Probe], list[str], MeasuredChoice | None]:
         """This step's plan, the sensitivity probes, the paper's picks and (``allocation="measured"``) what the
-        candidates measured. ``allocation`` overrides the configured one."""
+        candidates measured. ``allocation`` overrides the configured one; ``reuse``: probes an earlier selection of
+        this step measured on the same model, used for the groups still candidates instead of probing again."""
         config = self.config
         groups = self.candidates()
         generator = np.random.default_rng(config.seed + step)
@@ -413,7 +506,11 @@ class IterativePruner:
                               "sensitivity probes cannot tell groups apart and the choice falls to cost alone; train "
                               "the model before pruning it, or use strategy='uniform'", UserWarning, stacklevel=2)
             scale = metric_before / local_before if local_before else 1.0
-            probes.extend(self._probe(groups, ranking, scale))
+            if reuse:
+                names = {group.name for group in groups}
+                probes.extend(probe for probe in reuse if probe.group in names)
+            else:
+                probes.extend(self._probe(groups, ranking, scale))
             result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             count = int(config.remeasure_fraction * len(probes))
             if self.remeasure is not None and count > 0:
@@ -546,15 +643,15 @@ class IterativePruner:
                 break
             strategy = "global" if self.config.strategy == "sensitivity" else self.config.strategy
             budget = controller.flops_budget(flops_now, latency_now, goal, cap=0.25)
-            plan = self._correction(budget, goal, strategy, step)
+            plan = self._prune_selected(functools.partial(self._correction, budget, goal, strategy, step), step,
+                                        optimizers, copies)
             if not plan:
                 break
-            self._apply(plan, optimizers, copies)
             plans.append(plan)
             flops_before, latency_before = flops_now, latency_now
             flops_now, latency_now = self._controlled(), self._latency()
             controller.observe(flops_before, latency_before, flops_now, latency_now)
-        return latency_now
+        return latency_now, flops_now
 
     def _correction(self, budget: float, goal: float, strategy: str, step: int) -> dict[str, list[int]]:
         """One correction's plan. With the pruner's own latency measurement, the plans for every

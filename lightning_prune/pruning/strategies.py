@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
@@ -26,7 +27,7 @@ from lightning_prune.sensitivity import removal_count
 
 __all__ = ["MEASURED_MULTIPLES", "MEASURED_RATES", "MEASURED_WEIGHTS", "PROXY_BACKENDS", "allocation_applies",
            "allocation_candidates", "candidate_groups", "capped_options", "default_proxies", "is_ignored",
-           "latency_options", "latency_per_channel", "max_removable", "score_channels", "select_counts"]
+           "latency_options", "latency_per_channel", "max_counts", "max_removable", "score_channels", "select_counts"]
 
 MEASURED_MULTIPLES = (8, 16)  # besides round_to: the channel blocks backends lay convolutions out in
 MEASURED_RATES = (0.75, 0.5)  # below max_rate: per-group caps that spread the budget over more groups
@@ -78,13 +79,59 @@ def score_channels(groups: Sequence[Group], model: nn.Module, criterion: Criteri
 
 
 def max_removable(graph: DependencyGraph, groups: Sequence[Group], round_to: int = 1, min_channels: int = 1,
-                  max_removal: Mapping[str, int] | None = None) -> tuple[float, float]:
+                  max_removal: Mapping[str, int] | None = None, max_rate: float = 1.0,
+                  steps: int = 1) -> tuple[float, float]:
     """(FLOPs, parameters) removed by pruning every group to its minimum (at most ``max_removal[group]`` channels
-    where given: what ``max_total_rate`` still lets go)."""
+    where given: what ``max_total_rate`` still lets go); with ``max_rate < 1``, by ``steps`` steps that each remove
+    as much of every group as ``max_rate`` allows (the cap compounds: 10 channels at 0.5 over two steps keep 3).
+
+    Example:
+        >>> import torch
+        >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 10, 1, bias=False),
+        ...                                             torch.nn.Conv2d(10, 2, 1, bias=False)), torch.randn(1, 3, 1, 1))
+        >>> groups = candidate_groups(graph)
+        >>> max_removable(graph, groups), max_removable(graph, groups, max_rate=0.5, steps=2)
+        ((90.0, 45.0), (70.0, 35.0))
+    """
+    most = max_counts(groups, round_to, min_channels, max_removal, max_rate, steps)
+    return graph.estimate_removal({name: list(range(count)) for name, count in most.items() if count})
+
+
+def max_counts(groups: Sequence[Group], round_to: int = 1, min_channels: int = 1,
+               max_removal: Mapping[str, int] | None = None, max_rate: float = 1.0, steps: int = 1) -> dict[str, int]:
+    """Per group, the most channels ``steps`` steps may remove: down to its minimum, each step at most ``max_rate``
+    of the group's width at its start, all together at most ``max_removal[group]`` where given (see
+    :func:`max_removable`).
+
+    Example:
+        >>> from lightning_prune.graph.groups import Group
+        >>> group = Group("conv", 10, True, None, True, None, [])
+        >>> max_counts([group]), max_counts([group], max_rate=0.5, steps=2)
+        ({'conv': 9}, {'conv': 7})
+        >>> max_counts([group], max_removal={"conv": 4})
+        {'conv': 4}
+    """
     limit = dict(max_removal or {})
-    most = {g.name: list(range(min(removal_count(g, 1.0, round_to, min_channels), limit.get(g.name, g.size))))
-            for g in groups}
-    return graph.estimate_removal({name: channels for name, channels in most.items() if channels})
+    most = {}
+    for group in groups:
+        count = removal_count(group, 1.0, round_to, min_channels)
+        if max_rate < 1.0:
+            count = _capped_removal(group, max_rate, steps, round_to, min_channels)
+        most[group.name] = min(count, limit.get(group.name, group.size))
+    return most
+
+
+def _capped_removal(group: Group, max_rate: float, steps: int, round_to: int, min_channels: int) -> int:
+    """The channels ``steps`` steps remove from ``group`` at most when each removes at most ``max_rate`` of the
+    group's width at its start, counts rounded as ``round_to`` and ``min_channels`` allow."""
+    width = group.size
+    for _ in range(max(int(steps), 0)):
+        shrunk = dataclasses.replace(group, size=width)
+        taken = max([c for c in valid_counts(shrunk, round_to, min_channels) if c <= max_rate * width], default=0)
+        if taken <= 0:
+            break
+        width -= taken
+    return group.size - width
 
 
 def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1,
