@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph
-from lightning_prune.pruning import declared_copies, mirror_all
+from lightning_prune.pruning import declared_attachments, declared_copies, mirror_all
 
 __all__ = ["CHECKPOINT_KEY", "PrunedCheckpointMixin", "example_input_for", "load_pruned", "read_checkpoint",
            "replay_history", "restore_pruned"]
@@ -83,7 +83,8 @@ def restore_pruned(model: nn.Module, checkpoint: Mapping[str, Any], example_inpu
     if not history or _fits(model, state):
         return False
     example = example_input_for(model, example_input, record.get("example_input_shape"))
-    replay_history(model, history, example, declared_copies(model) if copies is None else copies)
+    replay_history(model, history, example, declared_copies(model) if copies is None else copies,
+                   attachments=declared_attachments(model))
     return True
 
 

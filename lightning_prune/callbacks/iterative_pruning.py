@@ -29,8 +29,13 @@ from lightning_prune.pruning import (
     TargetMetric,
 )
 from lightning_prune.pruning.config import Allocation, Cost
+from lightning_prune.pruning.distill import DeclaredAttachments, DistillationConfig, Distiller, declared_attachments
 
-__all__ = ["IterativePruningCallback"]
+__all__ = ["DISTILL_KEY", "IterativePruningCallback"]
+
+#: checkpoint key of the projectors ``distill=`` added (kept out of ``state_dict`` so the plain module loads)
+DISTILL_KEY = "lightning_prune_distiller"
+_DISTILLER = "distiller"  # where the callback puts the Distiller on the module (see distill_step)
 
 
 class IterativePruningCallback(Callback):
@@ -90,6 +95,16 @@ class IterativePruningCallback(Callback):
             budget (see :class:`~lightning_prune.pruning.PruningConfig`).
         latency_proxies: other backends whose cost tables propose extra ``"measured"`` candidates (``None``: eager
             and ONNX Runtime for OpenVINO, none elsewhere; see :class:`~lightning_prune.pruning.PruningConfig`).
+        distill: distil from the module as it is at fit start (a frozen copy: the teacher, never saved) while it
+            is pruned and fine-tuned (:class:`~lightning_prune.pruning.DistillationConfig`: feature names and/or
+            ``outputs="kl"``). The callback puts a :class:`~lightning_prune.pruning.Distiller` at
+            ``pl_module.distiller`` before the optimizers are built (its projectors train with the module and
+            follow every prune); the module adds its loss in ``training_step`` with
+            ``out, kd = distill_step(self, x)`` (:func:`~lightning_prune.pruning.distill_step`), and
+            ``train/distill_loss`` is logged. Checkpoints keep the projectors beside the module's weights, so
+            ``load_from_checkpoint`` of the plain module works, and resume restores them. (Modules that distil
+            by themselves, like ``YOLOModule(distill=True)``, declare their projectors with
+            ``distillation_attachments()``; the callback slices them too.)
 
     Example::
 
@@ -139,6 +154,7 @@ class IterativePruningCallback(Callback):
         allocation: Allocation = "threshold",
         max_total_rate: float = 1.0,
         latency_proxies: list[LatencyBackend] | None = None,
+        distill: DistillationConfig | None = None,
     ) -> None:
         super().__init__()
         self.config = PruningConfig(
@@ -158,6 +174,9 @@ class IterativePruningCallback(Callback):
             from lightning_prune.profiling import require_backend
 
             require_backend(latency_backend)
+        if distill is not None and not isinstance(distill, DistillationConfig):
+            raise ValueError(f"distill must be a DistillationConfig, got {type(distill).__name__}")
+        self.distill = distill
         self.monitor = monitor
         self.sensitivity_batches = int(sensitivity_batches)
         self.example_input = example_input
@@ -215,6 +234,9 @@ class IterativePruningCallback(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # a top-level, plain-typed record, so `load_pruned` needs neither the callback nor weights_only=False
         checkpoint[CHECKPOINT_KEY] = {"history": list(self.history), "example_input_shape": self._example_shape()}
+        if self.distill is not None:  # the projectors this callback added: kept beside the module's own weights,
+            state = checkpoint.get("state_dict", {})  # so `load_from_checkpoint` of the plain module still fits
+            checkpoint[DISTILL_KEY] = {k: state.pop(k) for k in [k for k in state if k.startswith(_DISTILLER + ".")]}
         if self.history and not isinstance(pl_module, PrunedCheckpointMixin) and not self._warned_mixin:
             self._warned_mixin = True
             rank_zero_warn(f"{type(pl_module).__name__} does not mix in lightning_prune.checkpoint."
@@ -236,11 +258,19 @@ class IterativePruningCallback(Callback):
             if late:
                 raise ValueError(f"pruning schedule epoch {late[0]} is not below max_epochs={max_epochs}")
         conventions.hold_off_early_stopping(trainer, self.schedule[-1])
+        if self.distill is not None:
+            current = getattr(pl_module, _DISTILLER, None)
+            if current is not None and not isinstance(current, Distiller):
+                raise ValueError(f"distill: {type(pl_module).__name__} already has an attribute {_DISTILLER!r}")
+            if current is None:  # the teacher: a frozen copy of the module as constructed (before any pruning)
+                setattr(pl_module, _DISTILLER, self.distill.build(pl_module, self._resolve_example(pl_module)))
         # Lightning loads a resumed checkpoint's weights right after the module's `on_load_checkpoint` hook (and
         # before any callback's): rebuild the pruned architecture there. Idempotent with PrunedCheckpointMixin.
         original = pl_module.on_load_checkpoint
 
         def restore_architecture(checkpoint: dict[str, Any]) -> Any:
+            if isinstance(checkpoint.get(DISTILL_KEY), dict) and isinstance(checkpoint.get("state_dict"), dict):
+                checkpoint["state_dict"].update(checkpoint[DISTILL_KEY])  # this callback's projectors
             shape = (checkpoint.get(CHECKPOINT_KEY) or {}).get("example_input_shape")
             restore_pruned(pl_module, checkpoint, self._resolve_example(pl_module, shape),
                            conventions.averaged_copies(trainer, pl_module))
@@ -250,6 +280,16 @@ class IterativePruningCallback(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         _remove_restore_patch(pl_module)
+        if stage == "fit" and self.distill is not None and isinstance(getattr(pl_module, _DISTILLER, None),
+                                                                       Distiller):
+            delattr(pl_module, _DISTILLER)  # the trained module leaves fit as the user built it (and pruned)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        distiller = getattr(pl_module, _DISTILLER, None)
+        if self.distill is not None and isinstance(distiller, Distiller) and distiller.last_loss is not None:
+            pl_module.log("train/distill_loss", distiller.last_loss, on_step=True, on_epoch=True)
+            distiller.last_loss = None
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         _remove_restore_patch(pl_module)  # Lightning skips `teardown` when fit raises
@@ -275,7 +315,8 @@ class IterativePruningCallback(Callback):
             remeasure=self._remeasure if self.monitor and self._second is not None else None,
             accumulate_gradients=lambda: accumulate_training_gradients(trainer, pl_module, self.sensitivity_batches),
             communicator=StrategyCommunicator(trainer), surgery_guard=ddp_surgery_guard(trainer),
-            progress=self._progress(trainer))
+            progress=self._progress(trainer),
+            distiller=DeclaredAttachments(pl_module) if declared_attachments(pl_module) else None)
         if self._state["history"] or self._state["baseline"]:
             self.pruner.load_state_dict(self._state)
         if self.verbose:

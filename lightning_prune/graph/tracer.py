@@ -278,10 +278,9 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
         tracer.pin(outputs, OUTPUT_REASON, override=True)
         if attachments:
             tracer.pin(attached_outputs, ATTACHMENT_REASON, override=True)
-            prefixes = tuple(f"{name}." for name in attachments)
+            attached = {id(module) for _, module in tracer.attached}
             for binding in tracer.result.bindings.values():
-                name = binding.module_name
-                if binding.role == Role.PRODUCER and (name in attachments or name.startswith(prefixes)):
+                if binding.role == Role.PRODUCER and id(binding.module) in attached:
                     tracer.forest.pin(binding.labels, ATTACHMENT_REASON, True)
             for tensor in flatten_output(attached_outputs):
                 set_channel_info(tensor, None)

@@ -9,7 +9,13 @@ trainer, Lightning).
 from lightning_prune.pruning.averaged import declared_copies, mirror_all, mirror_prune
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator, TorchDistributedCommunicator
 from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
-from lightning_prune.pruning.distill import Distiller, distillation_loss
+from lightning_prune.pruning.distill import (
+    DistillationConfig,
+    Distiller,
+    declared_attachments,
+    distill_step,
+    distillation_loss,
+)
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
 from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan, time_plans
@@ -21,6 +27,7 @@ from lightning_prune.pruning.schedule import parse_schedule, pending_epochs, ste
 __all__ = [
     "Communicator",
     "CriterionName",
+    "DistillationConfig",
     "Distiller",
     "IterativePruner",
     "LatencyBackend",
@@ -35,6 +42,8 @@ __all__ = [
     "TorchDistributedCommunicator",
     "compose_plans",
     "declared_copies",
+    "declared_attachments",
+    "distill_step",
     "distillation_loss",
     "fastest_plan",
     "conv_widths",

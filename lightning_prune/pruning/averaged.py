@@ -90,6 +90,16 @@ def mirror_prune(copy: nn.Module, result: PruneResult, source: nn.Module, prefix
     return len(seen)
 
 
+def _holds(copy: nn.Module, name: str | None) -> bool:
+    if name is None:
+        return False
+    try:
+        copy.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def _under(name: str, root: str) -> bool:
     return name == root or name.startswith(root + ".")
 
@@ -103,11 +113,13 @@ def mirror_all(copies: Iterable[tuple[nn.Module, str]], result: PruneResult, sou
     projector), and every other prefix mirrors the model's changes only.
     """
     attachments = attachments or {}
-    own = [change for change in result.changes if not any(_under(change.module_name, a) for a in attachments)]
+    attached = [change for change in result.changes if any(_under(change.module_name, a) for a in attachments)]
+    own = [change for change in result.changes if not any(change is c for c in attached)]
     for copy, prefix in copies:
         owner = next((a for a in attachments if _under(prefix, a)), None)
-        if owner is None:
-            mirror_prune(copy, PruneResult(result.removed, own), source, prefix)
+        if owner is None:  # a copy of the model; one that also holds the attachments (a deep copy) gets theirs too
+            held = [change for change in attached if _holds(copy, _relative(change.module_name, prefix))]
+            mirror_prune(copy, PruneResult(result.removed, own + held), source, prefix)
             continue
         changes = [dataclasses.replace(change, module_name=change.module_name[len(owner) + 1:])
                    for change in result.changes if _under(change.module_name, owner)]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -35,10 +36,36 @@ from torch import nn
 from lightning_prune.utils.model import call_model, eval_mode
 from lightning_prune.utils.tree import iter_tensors
 
-__all__ = ["Distiller", "OutputLoss", "distillation_loss"]
+__all__ = ["DeclaredAttachments", "DistillationConfig", "Distiller", "OutputLoss", "declared_attachments",
+           "distill_step", "distillation_loss"]
 
 OutputLoss = Literal["kl", "mse"]
 ATTACHMENT_PREFIX = "distill"
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    """What :class:`Distiller` distils, as configuration (``IterativePruningCallback(distill=...)``, YAML).
+
+    Attributes:
+        features: module names whose outputs are distilled through 1 x 1 projectors.
+        teacher_features: the teacher's module for each feature (default: the same names).
+        outputs: ``"kl"`` or ``"mse"`` on the model's outputs, or ``None``.
+        weight, output_weight, temperature: as :class:`Distiller`.
+    """
+
+    features: tuple[str, ...] = ()
+    teacher_features: tuple[str, ...] | None = None
+    outputs: OutputLoss | None = None
+    weight: float = 1.0
+    output_weight: float = 1.0
+    temperature: float = 1.0
+
+    def build(self, student: nn.Module, example_input: Any, teacher: nn.Module | None = None) -> Distiller:
+        """A :class:`Distiller` of ``student`` (the teacher: ``teacher``, or a frozen copy of ``student`` now)."""
+        return Distiller(student, example_input, teacher=teacher, features=self.features,
+                         teacher_features=self.teacher_features, outputs=self.outputs, weight=self.weight,
+                         output_weight=self.output_weight, temperature=self.temperature)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: OutputLoss = "kl",
@@ -152,6 +179,7 @@ class Distiller(nn.Module):
         self.outputs, self.weight, self.output_weight, self.temperature = outputs, weight, output_weight, temperature
         teacher.eval().requires_grad_(False)
         self._captured: dict[str, Any] = {}
+        self.last_loss: torch.Tensor | None = None  # the latest loss, detached (for logging)
         with torch.no_grad():
             student_out, student_feats = self._run(student, features, example_input, train=False)
             teacher_out, teacher_feats = self._run(teacher, teacher_features, example_input, train=False)
@@ -214,11 +242,22 @@ class Distiller(nn.Module):
         with _hooks(self.student[0], self.features, self._captured):
             yield
 
-    def attachments(self) -> dict[str, tuple[str, nn.Module]]:
-        """The projectors as graph attachments (``DependencyGraph(..., attachments=...)``), so pruning slices
-        their inputs."""
-        return {f"{ATTACHMENT_PREFIX}.{i}": (name, projector)
+    def attachments(self, prefix: str = ATTACHMENT_PREFIX) -> dict[str, tuple[str, nn.Module]]:
+        """The projectors as graph attachments (``DependencyGraph(..., attachments=...)``), named
+        ``<prefix>.<i>``, so pruning slices their inputs. When the distiller is a submodule of the pruned model,
+        pass its path plus ``".projectors"`` so the names agree with the model's own."""
+        return {f"{prefix}.{i}": (name, projector)
                 for i, (name, projector) in enumerate(zip(self.features, self.projectors))}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Distiller:
+        """Copies share the frozen teacher (it never changes) and the student reference resolves through ``memo``
+        (a copy of a module holding the distiller gets a distiller of its own copy)."""
+        memo[id(self.teacher)] = self.teacher
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
 
     def teacher_forward(self, x: Any) -> tuple[Any, list[torch.Tensor]]:
         """The teacher's output and distilled features on ``x`` (no grad, eval mode, its own precision)."""
@@ -244,6 +283,7 @@ class Distiller(nn.Module):
             for s, t in zip(iter_tensors(student_output), iter_tensors(teacher_out)):
                 if s.is_floating_point():
                     total = total + self.output_weight * distillation_loss(s, t, self.outputs, self.temperature)
+        self.last_loss = total.detach()
         return total
 
     def forward(self, x: Any) -> tuple[Any, torch.Tensor]:
@@ -279,3 +319,45 @@ def _check_outputs(student: Any, teacher: Any) -> None:
     if len(s) != len(t) or any(a.shape != b.shape for a, b in zip(s, t)):
         raise ValueError(f"the teacher's outputs {[tuple(x.shape) for x in t]} differ from the student's "
                          f"{[tuple(x.shape) for x in s]}: a teacher must solve the same task with the same classes")
+
+
+def declared_attachments(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+    """The graph attachments a model carries: the projectors of every :class:`Distiller` among its submodules
+    (named after their path) and whatever it declares with a ``distillation_attachments()`` method."""
+    found: dict[str, tuple[str, nn.Module]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Distiller) and module.student[0] is model:
+            found.update(module.attachments(f"{name}.projectors" if name else "projectors"))
+    declare = getattr(model, "distillation_attachments", None)
+    if callable(declare):
+        found.update(declare() or {})
+    return found
+
+
+class DeclaredAttachments:
+    """What :class:`~lightning_prune.pruning.IterativePruner` takes as ``distiller`` for a model that carries its
+    own projectors (:func:`declared_attachments`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.student = [model]
+
+    def attachments(self) -> dict[str, tuple[str, nn.Module]]:
+        return declared_attachments(self.student[0])
+
+
+def distill_step(module: nn.Module, x: Any) -> tuple[Any, torch.Tensor | float]:
+    """``(module(x), distillation loss)`` with the :class:`Distiller` at ``module.distiller`` (set by
+    ``IterativePruningCallback(distill=...)``), else ``(module(x), 0.0)``: one line in a ``training_step``.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(4, 2)
+        >>> out, kd = distill_step(net, torch.randn(3, 4))
+        >>> out.shape, kd
+        (torch.Size([3, 2]), 0.0)
+    """
+    distiller = getattr(module, "distiller", None)
+    if isinstance(distiller, Distiller) and module.training:
+        return distiller(x)
+    return call_model(module, x), 0.0
+

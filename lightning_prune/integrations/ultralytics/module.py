@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -98,6 +99,13 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
         clip_grad_norm: gradient-norm clipping (ultralytics clips at 10); ``None`` leaves it to the Trainer.
         conf, iou, max_det: validation NMS settings; the defaults are ultralytics' validator's (0.001, 0.7, 300).
         predict_conf: confidence threshold of :meth:`predict_step`.
+        distill: distil while training with ultralytics' own distillation loss (``ultralytics.nn.distill_model``:
+            score-weighted L2 between the teacher's neck features and the student's, each through a learned
+            projector), added to the loss and logged as ``train/distill_loss``: ``True`` — the teacher is a frozen
+            copy of the model as built here (e.g. the unpruned ``best.pt`` about to be pruned), ``"teacher.pt"`` —
+            that model. The teacher runs under ``no_grad`` in eval mode and is never saved: checkpoints hold the
+            projectors, and ``load_from_checkpoint`` rebuilds the teacher from these arguments.
+        distill_weight: the distillation loss weight (ultralytics' ``dis``).
 
     Nothing here caches channel counts, so pruning :attr:`model` in place (parameters keep their identity) between
     steps is fine; :meth:`averaged_copies` tells the pruning callback where the EMA copy is, so it gets the same
@@ -112,7 +120,8 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
                  scheduler: Literal["cosine", "linear"] | None = "cosine", lrf: float = 0.01,
                  box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5, ema: bool = True,
                  ema_decay: float = 0.9999, ema_tau: float = 2000.0, clip_grad_norm: float | None = 10.0,
-                 conf: float = 0.001, iou: float = 0.7, max_det: int = 300, predict_conf: float = 0.25) -> None:
+                 conf: float = 0.001, iou: float = 0.7, max_det: int = 300, predict_conf: float = 0.25,
+                 distill: bool | str = False, distill_weight: float = 6.0) -> None:
         super().__init__()
         if optimizer.lower() not in ("sgd", "adamw", "adam"):
             raise ValueError(f"optimizer must be 'SGD', 'AdamW' or 'Adam', got {optimizer!r}")
@@ -139,6 +148,50 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
         self._criterion: Any = None
         self._criterion_key: tuple[Any, ...] | None = None
         self.val_map = self._make_metric()
+        self._distillation: list[nn.Module] = []  # a list: the teacher is not a submodule (never in state_dict)
+        self.distill_projector: nn.ModuleList | None = None
+        if distill is not False and distill is not None:
+            self._setup_distillation(distill, distill_weight)
+
+    def _setup_distillation(self, distill: bool | str, weight: float) -> None:
+        from ultralytics.nn.distill_model import DistillationModel
+
+        from lightning_prune.integrations.ultralytics.distill import teacher_problem
+
+        if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
+            raise ValueError(f"distill_weight must be a positive number, got {weight!r}")
+        if distill is True:
+            teacher = copy.deepcopy(self.model)
+        elif isinstance(distill, str):
+            try:
+                teacher = build_yolo_model(distill)
+            except Exception as err:  # noqa: BLE001 - the user's file, named in one line
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ValueError(f"distillation teacher {distill!r} does not load: {first}") from None
+        else:
+            raise ValueError(f"distill must be True, False or a teacher path, got {distill!r}")
+        problem = teacher_problem(teacher, self.model)
+        if problem is not None:
+            raise ValueError(f"distillation teacher {distill!r} cannot teach this model: {problem}")
+        self.model.args.dis = float(weight)
+        distillation = DistillationModel(teacher_model=teacher.float(), student_model=self.model)
+        distillation._remove_feature_hooks()  # hooked only inside training_step: the model stays picklable
+        self._distillation = [distillation]
+        self.distill_projector = distillation.projector
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen distillation teacher (``distill=...``), else None."""
+        return self._distillation[0].teacher_model if self._distillation else None
+
+    def distillation_attachments(self) -> dict[str, tuple[str, nn.Module]]:
+        """The distillation projectors as graph attachments (each reads a neck output of :attr:`model`), so the
+        pruning callback slices their inputs with every prune; empty without ``distill``."""
+        if not self._distillation:
+            return {}
+        levels = self._distillation[0].feats_idx[:-1]
+        return {f"distill_projector.{i}": (f"model.model.{level}", self.distill_projector[i])
+                for i, level in enumerate(levels)}
 
     def _make_metric(self) -> nn.Module:
         try:
@@ -282,9 +335,31 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
                             gradient_clip_algorithm=gradient_clip_algorithm)
 
     # -- steps -----------------------------------------------------------------------------------------------------
+    def _distilled_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """ultralytics' ``DistillationModel.loss``: the task loss with the distillation term appended."""
+        distillation = self._distillation[0]
+        device = batch["img"].device
+        if next(distillation.teacher_model.parameters()).device != device:
+            distillation.teacher_model.to(device)
+        self.model.criterion = self.criterion  # ours (it follows the device); ultralytics' cache stays empty
+        distillation._register_feature_hooks()
+        try:
+            loss, items = distillation.loss(batch)
+        finally:
+            distillation._remove_feature_hooks()
+            distillation._teacher_feats.clear()
+            distillation._student_feats.clear()
+            self.model.criterion = None
+        items = dict(items)
+        items["distill_loss"] = items.pop("dis_loss").reshape(())
+        return loss, items
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        preds = self.model(batch["img"])
-        loss, items = self.criterion(preds, batch)
+        if self._distillation:
+            loss, items = self._distilled_loss(batch)
+        else:
+            preds = self.model(batch["img"])
+            loss, items = self.criterion(preds, batch)
         batch_size = batch["img"].shape[0]
         if self._trainer is not None:  # also usable as a plain function, outside a Trainer
             names = getattr(self._criterion, "loss_names", None) or ("box_loss", "cls_loss", "dfl_loss")
