@@ -17,7 +17,8 @@ def train(args: argparse.Namespace) -> int:
         for name in args.arms:
             arm = ARMS[name]
             record = Record.load(run_dir(name, seed))
-            if record is not None and record.reusable(PROTOCOL.digest(name, seed, arm.train)) and not args.force:
+            digest = PROTOCOL.digest(name, seed, arm.train, arm.spec)
+            if record is not None and record.reusable(digest) and not args.force:
                 print(f"{name} seed {seed}: reused ({record.data['git']['revision'][:7]})")
                 continue
             missing = [n for n in arm.needs if Record.load(run_dir(n, seed)) is None]

@@ -7,12 +7,14 @@ The arms that need the distillation of issue 37 join this registry as that lands
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.prune_vs_small.config import PROTOCOL, Protocol, TrainConfig
+from benchmarks.prune_vs_small.config import PROTOCOL, PRUNING, Protocol, TrainConfig
+from benchmarks.prune_vs_small.runs import run_dir
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Arm:
     start: str
     needs: tuple[str, ...] = ()
     setup: Callable[[Any, dict], None] | None = field(default=None, compare=False)
+    spec: dict = field(default_factory=dict)  # the arm's own settings, part of its digest
 
 
 def small_yaml(protocol: Protocol, folder: Path) -> Path:
@@ -53,12 +56,106 @@ def small_yaml(protocol: Protocol, folder: Path) -> Path:
     return path
 
 
+def targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
+    """What the pruning arms aim at, from the small model's architecture and measured speed: the FLOPs share it
+    keeps of the base's, and the latency share (ONNX Runtime, batch 1, at the deployment size, BatchNorm folded,
+    interleaved with the base) — measured once per seed before the arm trains and recorded in its run."""
+    import torch
+    from ultralytics import YOLO
+
+    from lightning_prune.profiling import compare_latency, count_flops, deployed_copy
+
+    size = protocol.deploy_imgsz
+    x = torch.zeros(1, 3, size, size)
+    base = YOLO(str(run_dir("base", seed, root) / "weights.pt")).model.float().eval()
+    small = YOLO(str(run_dir("small", seed, root) / "weights.pt")).model.float().eval()
+    flops = count_flops(small, x) / count_flops(base, x)
+    timed = compare_latency({"base": deployed_copy(base, x), "small": deployed_copy(small, x)}, x, "onnxruntime",
+                            rounds=8, repeats=20, num_threads=1)
+    latency = timed["small"].median_ms / timed["base"].median_ms
+    return {"flops_keep": float(flops), "latency_keep": float(latency)}
+
+
+def _pruning(strategy: str, distill: bool, latency: bool = False) -> Callable[[Any, dict], None]:
+    """``add_pruning`` on the base for a pruning arm: to the small model's FLOPs share, or (``latency``) to its
+    measured ONNX Runtime latency share with the latency cost model; with or without distillation from the base."""
+
+    def setup(model: Any, context: dict) -> None:
+        from lightning_prune.integrations.ultralytics import add_pruning
+
+        goal = targets(PROTOCOL, context["out_root"], context["seed"])
+        context.update(goal)
+        schedule = [epoch for epoch in PRUNING.schedule if epoch < context["epochs"]] or [0]  # shorter smoke runs
+        options: dict[str, Any] = dict(schedule=schedule, strategy=strategy, criterion="l1",
+                                       distill=distill, sensitivity_batches=4, round_to=8 if latency else 1)
+        if latency:
+            options.update(target_metric="latency", target=1.0 - goal["latency_keep"], cost="latency",
+                           latency_backend="onnxruntime", max_total_rate=0.75,
+                           cost_table_dir=str(context["workdir"] / "cost_tables"))
+        else:
+            options.update(target=1.0 - goal["flops_keep"])
+        context["pruning"] = add_pruning(model, **options)
+
+    return setup
+
+
+def _torch_pruning(model: Any, context: dict) -> None:
+    """Torch-Pruning's MagnitudePruner (L1) on the base, C2f blocks rewritten so it can prune them, one-shot to
+    the small model's FLOPs share; the same fine-tuning then trains the rewritten model (a trainer whose
+    ``get_model`` hands it over instead of rebuilding the YAML)."""
+    import torch
+
+    from benchmarks._peers import split_csp_blocks, tp_prune_to_flops
+
+    goal = targets(PROTOCOL, context["out_root"], context["seed"])
+    context.update(goal)
+    net = model.model.float()
+    split_csp_blocks(net)
+    size = PROTOCOL.deploy_imgsz
+    context["tp"] = tp_prune_to_flops(net, torch.zeros(1, 3, size, size), target=1.0 - goal["flops_keep"])
+    for p in net.parameters():
+        p.requires_grad_(True)
+    context["trainer"] = _fixed_model_trainer(net)
+
+
+def _fixed_model_trainer(net: Any) -> Any:
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class FixedModelTrainer(DetectionTrainer):
+        def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
+            return net
+
+    return FixedModelTrainer
+
+
 def _arms(protocol: Protocol) -> dict[str, Arm]:
+    finetune = dict(epochs=protocol.finetune_epochs, close_mosaic=PRUNING.close_mosaic)
+    n = protocol.finetune_epochs
+    spec = {"pruning": dataclasses.asdict(PRUNING)}
     arms = [
         Arm("base", f"{protocol.base_model} from scratch to its plateau ({protocol.base_epochs} epochs)",
             TrainConfig(epochs=protocol.base_epochs), start="base-yaml"),
         Arm("small", f"the narrower sibling (width {protocol.small_width:g}) from scratch to its plateau "
             f"({protocol.small_epochs} epochs)", TrainConfig(epochs=protocol.small_epochs), start="small-yaml"),
+        Arm("small-distill", f"the narrower sibling distilled from the base by ultralytics' distill_model "
+            f"({protocol.small_epochs} epochs, from scratch)",
+            TrainConfig(epochs=protocol.small_epochs, extra={"distill_model": "arm:base"}), start="small-yaml",
+            needs=("base",)),
+        Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
+            TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            setup=_pruning("sensitivity", distill=False), spec=spec),
+        Arm("ours-sens-distill", f"the same, distilled from the base while it fine-tunes ({n} epochs)",
+            TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            setup=_pruning("sensitivity", distill=True), spec=spec),
+        Arm("ours-latency-distill", f"the paper's method to the small model's measured ONNX Runtime latency "
+            f"(latency cost, round_to 8), distilled ({n} epochs)", TrainConfig(**finetune), start="base-weights",
+            needs=("base", "small"), setup=_pruning("sensitivity", distill=True, latency=True), spec=spec),
+        Arm("uniform-distill", f"uniform L1 to the small model's FLOPs, distilled ({n} epochs)",
+            TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            setup=_pruning("uniform", distill=True), spec=spec),
+        Arm("tp", f"Torch-Pruning MagnitudePruner L1 (C2f rewritten) to the small model's FLOPs, one-shot, the same "
+            f"{n} epochs fine-tuning", TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            setup=_torch_pruning, spec=spec),
     ]
     return {arm.name: arm for arm in arms}
 

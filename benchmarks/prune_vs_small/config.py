@@ -58,11 +58,26 @@ class Protocol:
     deploy_imgsz: int = 160
     threads: int = 1
 
-    def digest(self, arm: str, seed: int, train: TrainConfig) -> str:
-        """A short hash of everything that decides an arm's result (the revision is recorded beside it)."""
-        payload = json.dumps({"protocol": dataclasses.asdict(self), "arm": arm, "seed": seed,
-                              "train": dataclasses.asdict(train)}, sort_keys=True, default=str)
+    def digest(self, arm: str, seed: int, train: TrainConfig, spec: dict | None = None) -> str:
+        """A short hash of everything that decides an arm's result (the revision is recorded beside it); ``spec``:
+        the arm's own settings beyond its training (pruning schedule, ...)."""
+        content = {"protocol": dataclasses.asdict(self), "arm": arm, "seed": seed, "train": dataclasses.asdict(train)}
+        if spec:
+            content["spec"] = spec
+        payload = json.dumps(content, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 PROTOCOL = Protocol()
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """How the pruning arms prune: steps at the start of these fine-tuning epochs (kept out of :class:`Protocol`
+    so that adding it left the digests of the base and small runs as they were)."""
+
+    schedule: tuple[int, ...] = (0, 4, 8)
+    close_mosaic: int = 10
+
+
+PRUNING = Pruning()

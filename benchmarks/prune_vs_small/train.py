@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=PROTOCOL.threads)
     parser.add_argument("--epochs", type=int, help="smoke runs only: another length (the digest says so)")
     parser.add_argument("--out-root", type=Path, default=RESULTS, help="where run folders go")
+    parser.add_argument("--fraction", type=float, help="smoke runs only: train on this share of the train split")
     args = parser.parse_args(argv)
 
     import torch
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     model = YOLO(source)
     extra = {k: (str(run_dir(v[len("arm:"):], args.seed, args.out_root) / "weights.pt") if isinstance(v, str) and
                  v.startswith("arm:") else v) for k, v in arm.train.extra.items()}
-    context = {"seed": args.seed, "workdir": workdir, "data": data_yaml}
+    context = {"seed": args.seed, "workdir": workdir, "data": data_yaml, "out_root": args.out_root,
+               "epochs": arm.train.epochs}
+    if args.fraction is not None:
+        extra["fraction"] = args.fraction
     if arm.setup is not None:
         arm.setup(model, context)
     start_wall, start_cpu = time.time(), cpu_minutes()
@@ -91,19 +95,23 @@ def main(argv: list[str] | None = None) -> None:
     model.train(data=str(data_yaml), epochs=arm.train.epochs, imgsz=PROTOCOL.data.imgsz, batch=arm.train.batch,
                 close_mosaic=arm.train.close_mosaic, optimizer=arm.train.optimizer, workers=0, device="cpu",
                 seed=args.seed, deterministic=True, project=str(workdir / "train"), name=name, exist_ok=True,
-                plots=False, amp=False, verbose=False, **extra)
+                plots=False, amp=False, verbose=False, **extra,
+                **({"trainer": context["trainer"]} if "trainer" in context else {}))
     train_cpu, train_wall = cpu_minutes() - start_cpu, (time.time() - start_wall) / 60
     save_dir = Path(model.trainer.save_dir)
     best = save_dir / "weights" / "best.pt"
     record = {
         "arm": arm.name, "seed": args.seed, "summary": arm.summary,
-        "digest": PROTOCOL.digest(arm.name, args.seed, arm.train),
+        "digest": PROTOCOL.digest(arm.name, args.seed, arm.train, arm.spec),
         "git": git, "source": source, "train": {"epochs": arm.train.epochs, **arm.train.extra},
         "cost": {"epochs": arm.train.epochs, "cpu_minutes": round(train_cpu, 1), "wall_minutes": round(train_wall, 1),
                  "threads": args.threads},
         "val_history": val_history(save_dir / "results.csv"),
-        "context": {k: v for k, v in context.items() if k not in {"workdir", "data"}},
+        "context": {k: v for k, v in context.items() if k in {"seed", "flops_keep", "latency_keep", "tp"}},
     }
+    pruning = context.get("pruning")
+    if pruning is not None:
+        record["pruning"] = {"flops_ratio": pruning.flops_ratio, "history": pruning.history}
     record["val"] = evaluate(best, data_yaml, "val")
     record["test"] = evaluate(best, data_yaml, "test")
     out = run_dir(arm.name, args.seed, args.out_root)
