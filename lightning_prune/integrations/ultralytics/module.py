@@ -179,6 +179,14 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
         self._distillation = [distillation]
         self.distill_projector = distillation.projector
 
+    def set_teacher(self, distill: bool | str, weight: float | None = None) -> None:
+        """(Re)build the distillation teacher: ``True`` — a frozen copy of :attr:`model` now (e.g. after loading
+        trained weights into a module built from a YAML), a path — that model. Recorded in the hyperparameters, so
+        ``load_from_checkpoint`` rebuilds the same teacher; call it before fit (the projectors start afresh)."""
+        weight = float(self.hparams.get("distill_weight", 6.0) if weight is None else weight)
+        self._setup_distillation(distill, weight)
+        self.hparams["distill"], self.hparams["distill_weight"] = distill, weight
+
     @property
     def teacher(self) -> nn.Module | None:
         """The frozen distillation teacher (``distill=...``), else None."""
