@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -234,9 +235,12 @@ class IterativePruningCallback(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # a top-level, plain-typed record, so `load_pruned` needs neither the callback nor weights_only=False
         checkpoint[CHECKPOINT_KEY] = {"history": list(self.history), "example_input_shape": self._example_shape()}
-        if self.distill is not None:  # the projectors this callback added: kept beside the module's own weights,
-            state = checkpoint.get("state_dict", {})  # so `load_from_checkpoint` of the plain module still fits
-            checkpoint[DISTILL_KEY] = {k: state.pop(k) for k in [k for k in state if k.startswith(_DISTILLER + ".")]}
+        distiller = getattr(pl_module, _DISTILLER, None)
+        if self.distill is not None and isinstance(distiller, Distiller):
+            # the (live) projectors this callback added, beside the module's own weights: a state-dict hook keeps
+            # them out of "state_dict" (and out of WeightAveraging's copy, whichever callback saves last), so
+            # `load_from_checkpoint` of the plain module still fits
+            checkpoint[DISTILL_KEY] = {f"{_DISTILLER}.{k}": v for k, v in distiller.state_dict().items()}
         if self.history and not isinstance(pl_module, PrunedCheckpointMixin) and not self._warned_mixin:
             self._warned_mixin = True
             rank_zero_warn(f"{type(pl_module).__name__} does not mix in lightning_prune.checkpoint."
@@ -264,13 +268,15 @@ class IterativePruningCallback(Callback):
                 raise ValueError(f"distill: {type(pl_module).__name__} already has an attribute {_DISTILLER!r}")
             if current is None:  # the teacher: a frozen copy of the module as constructed (before any pruning)
                 setattr(pl_module, _DISTILLER, self.distill.build(pl_module, self._resolve_example(pl_module)))
+            _bind_distiller(trainer, pl_module, getattr(pl_module, _DISTILLER))
         # Lightning loads a resumed checkpoint's weights right after the module's `on_load_checkpoint` hook (and
         # before any callback's): rebuild the pruned architecture there. Idempotent with PrunedCheckpointMixin.
         original = pl_module.on_load_checkpoint
 
         def restore_architecture(checkpoint: dict[str, Any]) -> Any:
-            if isinstance(checkpoint.get(DISTILL_KEY), dict) and isinstance(checkpoint.get("state_dict"), dict):
-                checkpoint["state_dict"].update(checkpoint[DISTILL_KEY])  # this callback's projectors
+            for key in ("state_dict", "current_model_state"):  # the latter: the live weights WeightAveraging keeps
+                if isinstance(checkpoint.get(DISTILL_KEY), dict) and isinstance(checkpoint.get(key), dict):
+                    checkpoint[key].update(checkpoint[DISTILL_KEY])  # this callback's projectors
             shape = (checkpoint.get(CHECKPOINT_KEY) or {}).get("example_input_shape")
             restore_pruned(pl_module, checkpoint, self._resolve_example(pl_module, shape),
                            conventions.averaged_copies(trainer, pl_module))
@@ -367,3 +373,26 @@ class IterativePruningCallback(Callback):
 def _remove_restore_patch(pl_module: LightningModule) -> None:
     if "on_load_checkpoint" in vars(pl_module):
         del pl_module.on_load_checkpoint
+
+
+def _outside_state_dict(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict hook of the Distiller ``distill=`` adds: as a submodule (``prefix`` set) its projectors stay out of
+    the module's ``state_dict`` and out of any averaged copy's (the callback saves them under ``DISTILL_KEY``)."""
+    if prefix:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[key]
+
+
+def _bind_distiller(trainer: Trainer, pl_module: LightningModule, distiller: Distiller) -> None:
+    """Keep ``distiller`` out of the module's state dicts (deep copies, like WeightAveraging's, inherit the hook), and
+    give a WeightAveraging copy made before it existed (that callback's ``setup`` ran first) a twin bound to the copy:
+    Lightning swaps the copy's parameters with the module's one by one, so they must line up."""
+    if _outside_state_dict not in distiller._state_dict_hooks.values():
+        distiller._register_state_dict_hook(_outside_state_dict)
+    for average, prefix in conventions.averaged_copies(trainer, pl_module):
+        if prefix == "" and not isinstance(getattr(average, _DISTILLER, None), Distiller):
+            twin = copy.deepcopy(distiller, {id(pl_module): average})  # the frozen teacher is shared
+            parameter = next(average.parameters(), None)
+            if parameter is not None:
+                twin.projectors.to(parameter.device)
+            setattr(average, _DISTILLER, twin)

@@ -453,7 +453,8 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        projectors = self.distill_projector.parameters() if self.distill_projector is not None else ()
+        for p in [*self.model.parameters(), *projectors]:  # the distillation projectors train with the model
             if p.requires_grad:
                 (decay if p.ndim > 1 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
