@@ -70,7 +70,7 @@ def targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
     base = YOLO(str(run_dir("base", seed, root) / "weights.pt")).model.float().eval()
     small = YOLO(str(run_dir("small", seed, root) / "weights.pt")).model.float().eval()
     flops = count_flops(small, x) / count_flops(base, x)
-    timed = compare_latency({"base": deployed_copy(base, x), "small": deployed_copy(small, x)}, x, "onnxruntime",
+    timed = compare_latency({"base": deployed_copy(base), "small": deployed_copy(small)}, x, "onnxruntime",
                             rounds=8, repeats=20, num_threads=1)
     latency = timed["small"].median_ms / timed["base"].median_ms
     return {"flops_keep": float(flops), "latency_keep": float(latency)}

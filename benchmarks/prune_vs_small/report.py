@@ -74,7 +74,7 @@ def measure(runs: dict[str, dict[int, dict[str, Any]]], root: Path) -> dict[str,
     for arm, seeds in runs.items():
         for seed in seeds:
             model = YOLO(str(run_dir(arm, seed, root) / "weights.pt")).model.float().eval()
-            models[f"{arm}/{seed}"] = deployed_copy(model, x)
+            models[f"{arm}/{seed}"] = deployed_copy(model)
             out.setdefault(arm, {})[seed] = {"flops": float(count_flops(model, x)),
                                              "params": float(count_params(model))}
     for backend in ("onnxruntime", "eager"):
