@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ValidationProbe", "accumulate_training_gradients", "captured_logs"]
+__all__ = ["ValidationProbe", "accumulate_training_gradients", "captured_logs", "outside_autocast", "precision_context"]
 
 
 def _as_float(value: Any) -> float | None:
@@ -68,11 +68,12 @@ class ValidationProbe:
     """
 
     def __init__(self, module: Any, batches: list[Any], device: torch.device | None = None,
-                 batch_to_device: Any = None) -> None:
+                 batch_to_device: Any = None, precision: Any = None) -> None:
         self.module = module
         self.batches = batches
         self.device = device
         self._to_device = batch_to_device
+        self.precision = precision  # a Lightning precision plugin: batches go through it as in validation
 
     @classmethod
     def from_trainer(cls, trainer: Any, module: Any, num_batches: int, skip: int = 0,
@@ -89,12 +90,16 @@ class ValidationProbe:
                 return None
             raise ValueError("the validation dataloader yielded no batch")
         strategy = trainer.strategy
-        return cls(module, batches, module.device, lambda b: strategy.batch_to_device(b, module.device))
+        return cls(module, batches, module.device, lambda b: strategy.batch_to_device(b, module.device),
+                   precision=getattr(trainer, "precision_plugin", None))
 
     def run(self) -> dict[str, float]:
-        """One pass over the cached batches in eval mode; the mean of each logged value."""
+        """One pass over the cached batches in eval mode; the mean of each logged value. With a precision plugin,
+        each batch goes through its ``convert_input`` and ``validation_step`` runs in its ``val_step_context()``
+        (half-precision inputs for ``*-true``, autocast for ``*-mixed``), as in Lightning's validation loop."""
         from torchmetrics import Metric
 
+        precision = self.precision
         module = self.module
         training = module.training
         module.eval()
@@ -107,9 +112,12 @@ class ValidationProbe:
             with torch.no_grad(), captured_logs(module) as logs:
                 _call_hook(module, "on_validation_epoch_start")
                 for index, batch in enumerate(self.batches):
+                    if precision is not None:
+                        batch = precision.convert_input(batch)
                     if self._to_device is not None:
                         batch = self._to_device(batch)
-                    module.validation_step(batch, index)
+                    with precision.val_step_context() if precision is not None else nullcontext():
+                        module.validation_step(batch, index)
                 _call_hook(module, "on_validation_epoch_end")
             values = {}
             for name, logged in logs.items():
@@ -122,6 +130,29 @@ class ValidationProbe:
             for metric, sync in zip(metrics, syncing):
                 metric.sync_on_compute = sync
             module.train(training)
+
+
+def outside_autocast(device_type: str) -> Any:
+    """A context that switches autocast off for ``device_type`` where it is on (backward passes, ONNX exports)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # a device type autocast does not know
+        return nullcontext()
+    return torch.autocast(device_type, enabled=False) if enabled else nullcontext()
+
+
+@contextmanager
+def precision_context(precision: Any, device: torch.device | str) -> Iterator[None]:
+    """Where the module runs outside Lightning's steps (graph tracing, FLOPs, finiteness checks, latency readings):
+    the precision plugin's ``forward_context()`` — e.g. the half default dtype of ``*-true``, in which a module
+    builds its tensors — without autocast, so that a ``*-mixed`` module is traced, counted, exported and timed in
+    its own (float) dtype, as it is deployed. Probes and gradients enter the plugin's step contexts (autocast
+    included) themselves. Nothing without a plugin."""
+    if precision is None:
+        yield
+        return
+    with precision.forward_context(), outside_autocast(torch.device(device).type):
+        yield
 
 
 def _call_hook(module: Any, name: str) -> None:
@@ -173,18 +204,34 @@ def _val_dataloader(trainer: Any, module: Any) -> Any:
 
 def accumulate_training_gradients(trainer: Any, module: Any, num_batches: int) -> None:
     """Gradients for the ``taylor`` criterion: a few training batches, forward + backward, no optimizer step, in
-    eval mode (BatchNorm running statistics must not move)."""
+    eval mode (BatchNorm running statistics must not move). Batches go through the trainer's precision plugin
+    (``convert_input``, ``training_step`` in its ``train_step_context()``); a ``16-mixed`` loss is scaled by its
+    ``GradScaler`` for the backward (no underflow) and the gradients are unscaled afterwards."""
     loader = trainer.train_dataloader
     if loader is None:
         raise ValueError("criterion 'taylor' needs the train dataloader to compute gradients")
+    precision = getattr(trainer, "precision_plugin", None)
+    scaler = getattr(precision, "scaler", None)
+    scale = None
     training = module.training
     module.eval()
     try:
         with captured_logs(module):
             for index, batch in enumerate(itertools.islice(iter(loader), num_batches)):
+                if precision is not None:
+                    batch = precision.convert_input(batch)
                 batch = trainer.strategy.batch_to_device(batch, module.device)
-                output = module.training_step(batch, index)
+                with precision.train_step_context() if precision is not None else nullcontext():
+                    output = module.training_step(batch, index)
                 loss = output["loss"] if isinstance(output, dict) else output
-                loss.backward()
+                if scaler is not None and scaler.is_enabled():
+                    loss = scaler.scale(loss)
+                    scale = float(scaler.get_scale())
+                with outside_autocast(loss.device.type):  # the pruner's step may run inside an autocast context
+                    loss.backward()
+        if scale:
+            for parameter in module.parameters():
+                if parameter.grad is not None:
+                    parameter.grad.div_(scale)
     finally:
         module.train(training)

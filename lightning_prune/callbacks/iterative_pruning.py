@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,14 +12,17 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning_utilities import apply_to_collection
+from torch import nn
 
 from lightning_prune.callbacks import conventions
 from lightning_prune.callbacks.distributed import StrategyCommunicator, check_strategy, ddp_surgery_guard
-from lightning_prune.callbacks.evaluation import ValidationProbe, accumulate_training_gradients
+from lightning_prune.callbacks.evaluation import ValidationProbe, accumulate_training_gradients, precision_context
 from lightning_prune.callbacks.events import PruningStep, notify_pruning_step
 from lightning_prune.callbacks.reporting import report_step
 from lightning_prune.checkpoint import CHECKPOINT_KEY, PrunedCheckpointMixin, example_input_for, restore_pruned
 from lightning_prune.graph import DependencyGraph
+from lightning_prune.profiling import count_flops, count_params
 from lightning_prune.pruning import (
     CriterionName,
     IterativePruner,
@@ -55,6 +59,20 @@ class IterativePruningCallback(Callback):
     checkpoints carry the plan history, and modules with :class:`~lightning_prune.checkpoint.PrunedCheckpointMixin`
     load with ``load_from_checkpoint(..., weights_only=True)``. FSDP and DeepSpeed are refused at setup; under DDP
     probes are sharded and every decision (plans, latency readings) is rank 0's, broadcast.
+
+    Resuming (``Trainer.fit(..., ckpt_path=...)``): the checkpoint's pruned architecture, plan history and baseline
+    (the original, unpruned model's costs) always come back, whatever the callback's settings are now. If
+    ``schedule``, ``target``, ``strategy`` or another setting changed, the run continues the recorded history under
+    the new settings — the steps already taken stay, the target still counts from the original model, and the
+    scheduled epochs not reached yet prune toward the new target — and one warning names what changed (a
+    ``target_metric="latency"`` the resumed run never measured is refused instead). Checkpoints written before the
+    state key became stable resume the same way.
+
+    Precision: graph tracing, FLOPs and latency readings, sensitivity probes and ``taylor`` gradients go through
+    ``trainer.precision_plugin`` like Lightning's own steps (inputs by ``convert_input``, forwards inside its
+    forward context), so ``precision="16-true"``/``"bf16-true"`` trace, probe and time the half-precision module;
+    with ``"16-mixed"``/``"bf16-mixed"`` probes and gradients run under autocast (the loss scaled by the plugin's
+    ``GradScaler``), while tracing and latency readings time the module in its own float dtype, as deployed.
 
     Args:
         schedule: epochs at whose start a pruning step happens, e.g. ``[1, 3, 5]``; or ``{"start": 1, "stop": 9,
@@ -184,6 +202,8 @@ class IterativePruningCallback(Callback):
         self.verbose = verbose
         self.pruner: IterativePruner | None = None
         self._state: dict[str, Any] = {"history": [], "baseline": {}}  # before the pruner exists (resume)
+        self._saved_settings: dict[str, Any] | None = None  # those of the checkpoint resumed from
+        self._recovered: dict[str, Any] | None = None  # from a checkpoint with a pruning record but no state
         self._example: Any = None
         self._probe: ValidationProbe | None = None
         self._second: ValidationProbe | None = None
@@ -218,19 +238,56 @@ class IterativePruningCallback(Callback):
     # -- Lightning state ------------------------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(schedule=self.schedule, target=self.target, strategy=self.strategy)
+        # stable, so that Lightning hands the state back whatever the settings are now (see "Resuming" above);
+        # the key used to name schedule, target and strategy: such entries are read too (_adopt_legacy_state)
+        return type(self).__qualname__
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings a resumed run compares with those its checkpoint was written under (plain data)."""
+        config = self.config
+        criterion = config.criterion if isinstance(config.criterion, str) else \
+            getattr(config.criterion, "__qualname__", type(config.criterion).__name__)
+        return {"schedule": list(config.schedule), "target": config.target, "target_metric": config.target_metric,
+                "strategy": config.strategy, "criterion": criterion, "cost": config.cost,
+                "max_rate": config.max_rate, "max_total_rate": config.max_total_rate,
+                "ignore": list(config.ignore), "round_to": config.round_to, "min_channels": config.min_channels}
 
     def state_dict(self) -> dict[str, Any]:
         state = self.pruner.state_dict() if self.pruner is not None else dict(self._state)
-        return {**state, "example_input_shape": self._example_shape()}
+        return {**state, "example_input_shape": self._example_shape(), "settings": self._settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._state = {"history": list(state_dict.get("history", [])),
                        "baseline": dict(state_dict.get("baseline", {})),
                        "latency_efficiency": float(state_dict.get("latency_efficiency", 1.0)),
                        "original_sizes": dict(state_dict.get("original_sizes", {}))}
+        self._saved_settings = state_dict.get("settings")
         if self.pruner is not None:
             self.pruner.load_state_dict(self._state)
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._adopt_legacy_state(checkpoint)  # before Lightning looks up `state_key` for `load_state_dict`
+
+    def _adopt_legacy_state(self, checkpoint: dict[str, Any]) -> None:
+        """Move a state saved under the old, settings-bearing key (``IterativePruningCallback{'schedule': ...}``)
+        to :attr:`state_key`, recording the settings that key names."""
+        callbacks = checkpoint.get("callbacks")
+        if not isinstance(callbacks, dict) or self.state_key in callbacks:
+            return
+        legacy = _legacy_states(callbacks, self.state_key)
+        if not legacy:
+            return
+        if len(legacy) > 1:
+            current = {k: v for k, v in self._settings().items() if k in ("schedule", "target", "strategy")}
+            same = [key for key, settings in legacy.items() if settings == current]
+            if len(same) != 1:
+                raise ValueError(f"the checkpoint holds the states of {len(legacy)} pruning callbacks "
+                                 f"({', '.join(sorted(legacy))}); resume it with the settings of one of them")
+            legacy = {same[0]: legacy[same[0]]}
+        key, settings = next(iter(legacy.items()))
+        state = dict(callbacks.pop(key))
+        state.setdefault("settings", settings)
+        callbacks[self.state_key] = state
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # a top-level, plain-typed record, so `load_pruned` needs neither the callback nor weights_only=False
@@ -277,9 +334,17 @@ class IterativePruningCallback(Callback):
             for key in ("state_dict", "current_model_state"):  # the latter: the live weights WeightAveraging keeps
                 if isinstance(checkpoint.get(DISTILL_KEY), dict) and isinstance(checkpoint.get(key), dict):
                     checkpoint[key].update(checkpoint[DISTILL_KEY])  # this callback's projectors
-            shape = (checkpoint.get(CHECKPOINT_KEY) or {}).get("example_input_shape")
-            restore_pruned(pl_module, checkpoint, self._resolve_example(pl_module, shape),
-                           conventions.averaged_copies(trainer, pl_module))
+            self._adopt_legacy_state(checkpoint)  # here too: before Lightning warns about an unknown state key
+            record = checkpoint.get(CHECKPOINT_KEY) or {}
+            example = self._resolve_example(pl_module, record.get("example_input_shape"))
+            callbacks = checkpoint.get("callbacks")
+            # no state of this callback to come (written by another callback class): the unpruned module's costs
+            # now, before the replay, so that the original model stays the baseline
+            unpruned = _unpruned_state(pl_module, example) if record.get("history") and not (
+                isinstance(callbacks, dict) and self.state_key in callbacks) else None
+            if restore_pruned(pl_module, checkpoint, example, conventions.averaged_copies(trainer, pl_module)) \
+                    and unpruned is not None:
+                self._recovered = {**unpruned, "history": list(record["history"])}
             return original(checkpoint)
 
         pl_module.on_load_checkpoint = restore_architecture
@@ -302,7 +367,9 @@ class IterativePruningCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         _remove_restore_patch(pl_module)  # checkpoint weights are loaded by now; keep the module picklable
-        self._example = self._resolve_example(pl_module)
+        self._resumed()
+        precision = trainer.precision_plugin  # the module is converted by now: inputs and forwards go through it
+        self._example = self._resolve_example(pl_module, precision=precision)
         pending = [e for e in self.schedule if e not in {h.get("epoch") for h in self._state["history"]}
                    and e >= trainer.current_epoch]
         if self.monitor and pending:
@@ -315,27 +382,30 @@ class IterativePruningCallback(Callback):
                 logged = ", ".join(sorted(values)) or "nothing"
                 raise ValueError(f"monitor {self.monitor!r} is never logged by the module's validation "
                                  f"(it logs: {logged})")
-        self.pruner = IterativePruner(
-            pl_module, self._example, self.config,
-            evaluate=self._evaluate if self.monitor else None,
-            remeasure=self._remeasure if self.monitor and self._second is not None else None,
-            accumulate_gradients=lambda: accumulate_training_gradients(trainer, pl_module, self.sensitivity_batches),
-            communicator=StrategyCommunicator(trainer), surgery_guard=ddp_surgery_guard(trainer),
-            progress=self._progress(trainer),
-            distiller=DeclaredAttachments(pl_module) if declared_attachments(pl_module) else None)
-        if self._state["history"] or self._state["baseline"]:
-            self.pruner.load_state_dict(self._state)
-        if self.verbose:
-            rank_zero_info(self.pruner.graph.summary())
-        if self.pruner.pending(trainer.current_epoch):
-            self.pruner.check()
+        with precision_context(precision, pl_module.device):  # tracing, FLOPs, latency readings (as in a step)
+            self.pruner = IterativePruner(
+                pl_module, self._example, self.config,
+                evaluate=self._evaluate if self.monitor else None,
+                remeasure=self._remeasure if self.monitor and self._second is not None else None,
+                accumulate_gradients=lambda: accumulate_training_gradients(trainer, pl_module,
+                                                                           self.sensitivity_batches),
+                communicator=StrategyCommunicator(trainer), surgery_guard=ddp_surgery_guard(trainer),
+                progress=self._progress(trainer),
+                distiller=DeclaredAttachments(pl_module) if declared_attachments(pl_module) else None)
+            if self._state["history"] or self._state["baseline"]:
+                self.pruner.load_state_dict(self._state)
+            if self.verbose:
+                rank_zero_info(self.pruner.graph.summary())
+            if self.pruner.pending(trainer.current_epoch):
+                self.pruner.check()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         if self.pruner is None or not self.pruner.due(epoch):
             return
-        result = self.pruner.step(epoch, optimizers=trainer.optimizers,
-                                  copies=conventions.averaged_copies(trainer, pl_module))
+        with precision_context(trainer.precision_plugin, pl_module.device):
+            result = self.pruner.step(epoch, optimizers=trainer.optimizers,
+                                      copies=conventions.averaged_copies(trainer, pl_module))
         conventions.forget_best_checkpoints(trainer)
         conventions.cancel_early_stop(trainer, epoch)
         conventions.restart_early_stopping(trainer)
@@ -343,6 +413,31 @@ class IterativePruningCallback(Callback):
         notify_pruning_step(trainer, pl_module, PruningStep.from_result(result, self._example), sender=self)
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def _resumed(self) -> None:
+        """What a resumed run continues: the recorded history and the original baseline under the current settings
+        (one warning when they changed), or the checkpoint's pruning record when it holds no state of this
+        callback."""
+        recovered, saved = self._recovered, self._saved_settings
+        self._recovered = self._saved_settings = None
+        name = type(self).__name__
+        if recovered is not None and not self._state["history"]:
+            self._state = {**self._state, **recovered}
+            rank_zero_warn(f"the checkpoint holds no state of {name}: its pruning record's "
+                           f"{_steps(recovered['history'])} are kept, and the baseline is the unpruned module's "
+                           "(measured before the record was replayed)")
+        history = self._state["history"]
+        if not history:
+            return
+        changes = [f"{key} {saved[key]!r} -> {value!r}" for key, value in self._settings().items()
+                   if isinstance(saved, dict) and key in saved and saved[key] != value]
+        if self.config.target_metric == "latency" and "latency" not in self._state["baseline"]:
+            raise ValueError(f"{name} cannot resume with target_metric='latency': the run being resumed never "
+                             "measured the original model's latency (resume with its target_metric)")
+        if changes:
+            rank_zero_warn(f"{name} resumed with changed settings ({'; '.join(changes)}): the {_steps(history)} "
+                           "already taken and the original model's baseline are kept, and the scheduled epochs "
+                           "left prune toward the new settings")
+
     def _evaluate(self) -> float:
         return self._probe.run()[self.monitor]
 
@@ -358,11 +453,16 @@ class IterativePruningCallback(Callback):
 
         return progress
 
-    def _resolve_example(self, pl_module: LightningModule, shape: Sequence[int] | None = None) -> Any:
+    def _resolve_example(self, pl_module: LightningModule, shape: Sequence[int] | None = None,
+                         precision: Any = None) -> Any:
+        """The input to trace with, on the module's device. With ``precision`` (the trainer's plugin, once it has
+        converted the module) it goes through ``convert_input`` like Lightning's batches; before that (setup, the
+        replay of a resumed checkpoint) its floating tensors take the module's floating dtype."""
         example = self.example_input
         if isinstance(example, (list, tuple)) and example and all(isinstance(v, int) for v in example):
             example = torch.zeros(*example)
-        return move_data_to_device(example_input_for(pl_module, example, shape), pl_module.device)
+        example = move_data_to_device(example_input_for(pl_module, example, shape), pl_module.device)
+        return precision.convert_input(example) if precision is not None else _as_module_dtype(example, pl_module)
 
     def _report(self, trainer: Trainer, result: StepResult) -> None:
         report_step(trainer, result, self.pruner.graph, self.monitor)
@@ -396,3 +496,39 @@ def _bind_distiller(trainer: Trainer, pl_module: LightningModule, distiller: Dis
             if parameter is not None:
                 twin.projectors.to(parameter.device)
             setattr(average, _DISTILLER, twin)
+
+
+def _as_module_dtype(example: Any, module: nn.Module) -> Any:
+    """``example`` with its floating tensors in the dtype of the module's first floating parameter."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return example
+    return apply_to_collection(example, torch.Tensor,
+                               lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t)
+
+
+def _legacy_states(callbacks: dict[Any, Any], name: str) -> dict[str, dict[str, Any]]:
+    """The entries of ``checkpoint["callbacks"]`` under the old state key, ``name`` followed by the settings' dict
+    (``IterativePruningCallback{'schedule': [1, 2], 'target': 0.5, 'strategy': 'uniform'}``): key -> settings."""
+    found = {}
+    for key, state in callbacks.items():
+        if isinstance(key, str) and key.startswith(name + "{") and isinstance(state, dict):
+            try:
+                settings = ast.literal_eval(key[len(name):])
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            if isinstance(settings, dict):
+                found[key] = settings
+    return found
+
+
+def _unpruned_state(pl_module: LightningModule, example: Any) -> dict[str, Any]:
+    """The baseline costs and group sizes of ``pl_module`` as it is (unpruned), as the pruner records them."""
+    graph = DependencyGraph(pl_module, example, attachments=declared_attachments(pl_module))
+    return {"baseline": {"flops": float(count_flops(pl_module, example)), "params": float(count_params(pl_module))},
+            "original_sizes": {group.name: group.size for group in graph.groups}}
+
+
+def _steps(history: Sequence[dict[str, Any]]) -> str:
+    steps = len({entry.get("step") for entry in history})
+    return f"{steps} pruning step{'s' * (steps != 1)}"

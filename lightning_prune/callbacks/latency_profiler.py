@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_prune.callbacks.evaluation import precision_context
 from lightning_prune.callbacks.events import PruningStep
 from lightning_prune.profiling import LatencyTracker, LayerTime, batched_input
 
@@ -39,7 +40,10 @@ class LatencyProfiler(pl.Callback):
     callback next to :class:`~lightning_prune.callbacks.IterativePruningCallback` in ``trainer.callbacks``.
 
     The model is measured in eval mode under ``torch.inference_mode()``; every module's training flag, the model's
-    device and torch's thread count are restored afterwards, so training is not disturbed (its wall time is).
+    device and torch's thread count are restored afterwards, so training is not disturbed (its wall time is). The
+    input goes through the trainer's precision plugin (``convert_input``; its forward context without autocast), so
+    a ``"16-true"``/``"bf16-true"`` module is timed in half precision and a ``"*-mixed"`` one in its own float dtype,
+    as deployed.
 
     If the ONNX export or ONNX Runtime fails mid-training (an op the exporter cannot handle), one warning is issued
     and the ``onnxruntime`` backend is skipped from then on; training goes on.
@@ -176,9 +180,14 @@ class LatencyProfiler(pl.Callback):
         if not trainer.is_global_zero:
             return {}
         fallback = pruning_step.example_input if pruning_step is not None else None
-        metrics = self.tracker.measure(pl_module, self._resolve_input(pl_module, fallback), reason=reason,
-                                       epoch=trainer.current_epoch, step=trainer.global_step,
-                                       pruning_step=pruning_step.step if pruning_step is not None else None)
+        example = self._resolve_input(pl_module, fallback)
+        precision = getattr(trainer, "precision_plugin", None)
+        if precision is not None:  # the module's own dtype: half inputs under "*-true" (no autocast: see below)
+            example = precision.convert_input(example)
+        with precision_context(precision, pl_module.device):
+            metrics = self.tracker.measure(pl_module, example, reason=reason, epoch=trainer.current_epoch,
+                                           step=trainer.global_step,
+                                           pruning_step=pruning_step.step if pruning_step is not None else None)
         from lightning.pytorch.loggers import TensorBoardLogger
 
         for logger in trainer.loggers:

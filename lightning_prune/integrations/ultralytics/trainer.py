@@ -40,10 +40,12 @@ Example::
     print(pruning.flops_ratio)           # ≈ 0.5
     YOLO("runs/detect/train/weights/best.pt").export(format="onnx")   # the pruned detector
 
-Not supported: ``compile=True`` and ``quantize=8`` (QAT), refused with one line; multi-GPU DDP, which ultralytics runs
-in subprocesses that carry no Python callbacks (and runs none in the parent), so pruning silently does not happen
-there — train on one device. Resuming a pruned run needs :func:`add_pruning` (or :func:`keep_pruned`) on the model
-first: plain ultralytics cannot load a pruned ``last.pt``'s optimizer and EMA state into the model it rebuilds.
+Not supported: ``compile=True`` and ``quantize=8`` (QAT), refused with one line; multi-GPU DDP (``device=[0, 1]``,
+``"0,1"``), which ultralytics runs in worker processes that would each prune on their own (it runs no callback in the
+launching process): refused with one line as the workers set up, before any pruning or training step — the launching
+process then reports the workers' failure (``subprocess.CalledProcessError``); train on one device. Resuming a pruned
+run needs :func:`add_pruning` (or :func:`keep_pruned`) on the model first: plain ultralytics cannot load a pruned
+``last.pt``'s optimizer and EMA state into the model it rebuilds.
 """
 
 from __future__ import annotations
@@ -158,6 +160,30 @@ def _source_checkpoint(trainer: Any) -> tuple[nn.Module | None, dict[str, Any]]:
     return model, ckpt
 
 
+def _refuse_several_devices(trainer: Any) -> None:
+    """One line when the run trains on several devices. ultralytics runs multi-GPU training in DDP worker
+    processes (the parent runs no callback; the workers get cloudpickled copies of them): there every rank would
+    trace, probe and prune on its own, after the model is wrapped in DistributedDataParallel, and ranks other than 0
+    would skip the checks of ``on_pretrain_routine_start`` — so the run is refused, on every rank, at its first hook
+    (rank 0: ``on_pretrain_routine_start``, the others: ``on_pretrain_routine_end``), before any pruning or
+    training step."""
+    device = getattr(getattr(trainer, "args", None), "device", None)
+    if isinstance(device, (list, tuple)):
+        named = len(device)
+    elif isinstance(device, str):
+        named = len([part for part in device.split(",") if part.strip()])
+    else:
+        named = 1
+    try:
+        world_size = int(getattr(trainer, "world_size", 0) or 0)
+    except (TypeError, ValueError):
+        world_size = 0
+    if max(named, world_size) > 1:
+        raise ValueError(f"lightning_prune cannot prune multi-GPU training (device={device!r}, "
+                         f"{max(named, world_size)} devices): ultralytics trains it in DDP worker processes that "
+                         "would each prune on their own; train on one device (e.g. device=0)")
+
+
 def _record_of(model: nn.Module | None) -> dict[str, Any]:
     record = getattr(student_of(model), CHECKPOINT_KEY, None) if model is not None else None
     return dict(record) if isinstance(record, Mapping) else {}
@@ -262,6 +288,7 @@ class UltralyticsPruning:
     # -- callbacks ------------------------------------------------------------------------------------------------
     def on_pretrain_routine_start(self, trainer: Any) -> None:
         """Check the run's arguments; read the pruning record of the checkpoint the run starts from."""
+        _refuse_several_devices(trainer)
         self._trainer = trainer
         self.results, self._history, self.prior, self.pruner = [], [], [], None
         self._replayable = True
@@ -309,6 +336,7 @@ class UltralyticsPruning:
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
         """Restore the recorded architecture (and, on resume, the training state), trace the graph, check."""
+        _refuse_several_devices(trainer)  # DDP ranks other than 0 never run on_pretrain_routine_start
         model = student_of(trainer.model)
         self._projectors = DetectionProjectors(trainer.model) if model is not trainer.model else None
         teacher = getattr(trainer.model, "teacher_model", None)
