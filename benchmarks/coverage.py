@@ -43,7 +43,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # never download anything
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "coverage.md"
 TOOLS = ("ours", "tp")
 # the code the numbers depend on: a clean benchmark run has no uncommitted changes there
-CODE_PATHS = ["lightning_prune/graph", "lightning_prune/surgery.py", "lightning_prune/utils",
+CODE_PATHS = ["lightning_prune/graph", "lightning_prune/utils",
               "lightning_prune/profiling/flops.py", "lightning_prune/importance.py", "benchmarks/coverage.py"]
 MODELS: dict[str, str] = {
     "resnet50": "torchvision",

@@ -18,8 +18,8 @@ from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.groups import Group, build_groups
 from lightning_prune.graph.records import OpCall, Role
 from lightning_prune.graph.replay import SelectionReplay
+from lightning_prune.graph.surgery import ParamChange, Surgery
 from lightning_prune.graph.tracer import TraceResult, flatten_output, trace_channels
-from lightning_prune.surgery import ParamChange, Surgery
 from lightning_prune.utils.model import call_model, eval_mode
 
 __all__ = ["DependencyGraph", "PruneResult", "Plan"]

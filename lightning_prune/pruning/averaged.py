@@ -2,9 +2,9 @@
 
 A copy (Lightning's ``AveragedModel.module``, ultralytics' ``ModelEMA.ema``, ...) is a structural twin of the model
 or of one of its submodules. After ``graph.prune`` changed the model, :func:`mirror_prune` slices the copy's tensors
-with the very indices the model's tensors kept (:class:`~lightning_prune.surgery.ParamChange`) and copies over every
-integer module attribute the surgery changed (``out_channels``, ``num_features``, ultralytics ``C2f.c``, ...), so the
-copy keeps its own averaged values for the surviving channels. It checks everything before changing anything.
+with the very indices the model's tensors kept (:class:`~lightning_prune.graph.surgery.ParamChange`) and copies over
+every integer module attribute the surgery changed (``out_channels``, ``num_features``, ultralytics ``C2f.c``, ...),
+so the copy keeps its own averaged values for the surviving channels. It checks everything before changing anything.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from lightning_prune.surgery import ParamChange
+from lightning_prune.graph.surgery import ParamChange
 
 __all__ = ["slice_optimizer_state"]
 
