@@ -143,7 +143,7 @@ def outputs(model, x) -> list:  # noqa: ANN001
     import torch
 
     from lightning_prune.graph.conventions import default_output_filter
-    from lightning_prune.graph.tracer import iter_tensors
+    from lightning_prune.utils.tree import iter_tensors
 
     model.eval()
     with torch.no_grad():

@@ -128,7 +128,7 @@ def test_the_walk_sees_the_package() -> None:
     assert {"lightning_prune.graph.tracer", "lightning_prune.profiling.timing", "lightning_prune.utils.tree"} <= set(
         MODULES)
     edges = _graph()
-    assert "lightning_prune.graph.ops" in edges["lightning_prune.graph.tracer"]
+    assert "lightning_prune.graph.ops" in edges["lightning_prune.graph.trace"]
     assert "lightning_prune.utils.tree" in edges["lightning_prune.graph.ops"]
 
 

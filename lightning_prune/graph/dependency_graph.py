@@ -16,10 +16,10 @@ from torch import nn
 from lightning_prune.graph.attachments import Attachments, check_attachments, run_attachments
 from lightning_prune.graph.conventions import default_output_filter
 from lightning_prune.graph.groups import Group, build_groups
-from lightning_prune.graph.records import OpCall, Role
+from lightning_prune.graph.records import OpCall, Role, TraceResult
 from lightning_prune.graph.replay import SelectionReplay
 from lightning_prune.graph.surgery import ParamChange, Surgery
-from lightning_prune.graph.tracer import TraceResult, flatten_output, trace_channels
+from lightning_prune.graph.trace import flatten_output, trace_channels
 from lightning_prune.utils.model import call_model, eval_mode
 
 __all__ = ["DependencyGraph", "PruneResult", "Plan"]

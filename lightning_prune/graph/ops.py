@@ -1,9 +1,10 @@
 """How each torch operation moves channel labels from its inputs to its outputs.
 
-Every handler receives the :class:`~lightning_prune.graph.tracer.ChannelTracer`, the already-computed output, and
-the call's arguments. It either (a) gives the outputs the labels they carry, binding parameter dimensions on the way,
-or (b) pins the channels it cannot account for, with a reason naming the op and the module. It never guesses: an
-operation not listed here pins the channels of every labelled input.
+Every handler receives the tracer (typed as :class:`~lightning_prune.graph.protocol.Tracer`: this module never
+imports the tracer, nor the tracer this one), the already-computed output, and the call's arguments. It either (a)
+gives the outputs the labels they carry, binding parameter dimensions on the way, or (b) pins the channels it cannot
+account for, with a reason naming the op and the module. It never guesses: an operation not listed here pins the
+channels of every labelled input.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from lightning_prune.graph.protocol import Handler, Tracer
 from lightning_prune.graph.records import (
     ChannelInfo,
     LayerCall,
@@ -28,13 +30,8 @@ from lightning_prune.graph.records import (
 from lightning_prune.profiling.flops import conv_flops, linear_flops
 from lightning_prune.utils.tree import iter_tensors, map_tensors
 
-if TYPE_CHECKING:  # the tracer calls into this module, never the other way round
-    from lightning_prune.graph.tracer import ChannelTracer
-
 __all__ = ["RESHAPES", "handle", "is_pointwise", "op_name"]
 
-#: ``handler(tracer, name, func, args, kwargs, out)``
-Handler = Callable[..., None]
 _HANDLERS: dict[str, Handler] = {}
 
 # Pass-through ops whose aten twin has no ``pointwise`` tag but which act channel by channel.
@@ -100,7 +97,7 @@ def is_pointwise(name: str) -> bool:
     return name in _EXTRA_POINTWISE or _aten_pointwise(name)
 
 
-def handle(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def handle(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     """Propagate labels for one operation (the tracer has already run it and holds ``out``)."""
     handler = _HANDLERS.get(name)
     if handler is not None:
@@ -134,7 +131,7 @@ def _arg(args: tuple, kwargs: dict, index: int, key: str, default: Any = None) -
     return args[index] if len(args) > index else default
 
 
-def _unsupported(tracer: ChannelTracer, name: str, args: tuple, kwargs: dict, out: Any, why: str = "") -> None:
+def _unsupported(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any, why: str = "") -> None:
     reason = f"unsupported op '{name}' in {tracer.where}" + (f": {why}" if why else "")
     tracer.pin((args, list(kwargs.values())), reason)
     for tensor in iter_tensors(out):
@@ -149,7 +146,7 @@ def _label(out: torch.Tensor, dim: int, labels: np.ndarray, taint: str | None) -
     set_channel_info(out, ChannelInfo(dim, labels, taint))
 
 
-def _same_channels(tracer: ChannelTracer, source: Any, out: Any) -> None:
+def _same_channels(tracer: Tracer, source: Any, out: Any) -> None:
     info = channel_info(source)
     if info is None or not isinstance(out, torch.Tensor):
         return
@@ -159,7 +156,7 @@ def _same_channels(tracer: ChannelTracer, source: Any, out: Any) -> None:
         tracer.pin(source, f"op in {tracer.where} changed the channel layout")
 
 
-def _record_op(tracer: ChannelTracer, kind: str, inputs: list[torch.Tensor], labels: np.ndarray, **params: Any) -> None:
+def _record_op(tracer: Tracer, kind: str, inputs: list[torch.Tensor], labels: np.ndarray, **params: Any) -> None:
     """Remember a weightless op that moves channels ``labels`` (for the latency cost model; 4-d tensors, channels on
     dim 1, the layout the cost model re-runs ops in)."""
     if all(isinstance(t, torch.Tensor) and t.ndim == 4 for t in inputs) and len(labels):
@@ -173,7 +170,7 @@ def _as_pair(value: Any) -> list[int]:
     return [int(value)] * 2
 
 
-def _record_spatial(tracer: ChannelTracer, name: str, args: tuple, kwargs: dict, x: torch.Tensor,
+def _record_spatial(tracer: Tracer, name: str, args: tuple, kwargs: dict, x: torch.Tensor,
                     out: torch.Tensor, info: ChannelInfo) -> None:
     if info.dim != 1 or x.ndim != 4:
         return
@@ -199,20 +196,20 @@ def _record_spatial(tracer: ChannelTracer, name: str, args: tuple, kwargs: dict,
 
 # -- layers with weights ------------------------------------------------------------------------------------------
 @_register("conv1d", "conv2d", "conv3d")
-def _conv(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _conv(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x, weight, bias = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     groups = int(_arg(args, kwargs, 6, "groups", 1))
     _weighted_layer(tracer, name, x, weight, bias, groups, out, in_dim=1, out_dim=0)
 
 
 @_register("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-def _conv_transpose(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _conv_transpose(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x, weight, bias = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     groups = int(_arg(args, kwargs, 6, "groups", 1))
     _weighted_layer(tracer, name, x, weight, bias, groups, out, in_dim=0, out_dim=1)
 
 
-def _weighted_layer(tracer: ChannelTracer, name: str, x: torch.Tensor, weight: torch.Tensor,
+def _weighted_layer(tracer: Tracer, name: str, x: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor | None, groups: int, out: torch.Tensor, in_dim: int, out_dim: int) -> None:
     info = channel_info(x)
     channel_dim = out.ndim - (weight.ndim - 2) - 1  # batched or not, channels precede the spatial dims
@@ -284,7 +281,7 @@ def _weighted_layer(tracer: ChannelTracer, name: str, x: torch.Tensor, weight: t
     _label(out, channel_dim, labels, None)
 
 
-def _lock_step(tracer: ChannelTracer, labels: np.ndarray, groups: int) -> None:
+def _lock_step(tracer: Tracer, labels: np.ndarray, groups: int) -> None:
     """Unite channel ``i`` of the first of ``groups`` equal blocks of ``labels`` with channel ``i`` of every block."""
     size = len(labels) // groups
     for g in range(1, groups):
@@ -292,7 +289,7 @@ def _lock_step(tracer: ChannelTracer, labels: np.ndarray, groups: int) -> None:
 
 
 @_register("linear")
-def _linear(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _linear(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x, weight, bias = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     if tracer.owner(weight) is None:
         _unsupported(tracer, name, (x,), {}, out, "its weight is computed, not a parameter")
@@ -313,7 +310,7 @@ def _linear(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: di
     _label(out, out.ndim - 1, labels, None)
 
 
-def _per_channel_norm(tracer: ChannelTracer, x: torch.Tensor, out: torch.Tensor, params: list[Any],
+def _per_channel_norm(tracer: Tracer, x: torch.Tensor, out: torch.Tensor, params: list[Any],
                       stats: list[Any], clears_taint: bool) -> None:
     info = channel_info(x)
     if info is None:
@@ -334,14 +331,14 @@ def _per_channel_norm(tracer: ChannelTracer, x: torch.Tensor, out: torch.Tensor,
 
 
 @_register("batch_norm")
-def _batch_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _batch_norm(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     params = [_arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")]
     stats = [_arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")]
     _per_channel_norm(tracer, args[0], out, params, stats, clears_taint=True)
 
 
 @_register("instance_norm")
-def _instance_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _instance_norm(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     params = [_arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")]
     stats = [_arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")]
     info = channel_info(args[0])
@@ -351,7 +348,7 @@ def _instance_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwa
 
 
 @_register("group_norm")
-def _group_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _group_norm(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x, num_groups = args[0], int(_arg(args, kwargs, 1, "num_groups"))
     params = [_arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")]
     info = channel_info(x)
@@ -363,7 +360,7 @@ def _group_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs
 
 
 @_register("layer_norm", "rms_norm")
-def _layer_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _layer_norm(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     info = channel_info(x)
     shape = _arg(args, kwargs, 1, "normalized_shape")
@@ -380,7 +377,7 @@ def _layer_norm(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs
 
 
 @_register("prelu")
-def _prelu(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _prelu(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x, weight = args[0], _arg(args, kwargs, 1, "weight")
     info = channel_info(x)
     if info is None:
@@ -415,7 +412,7 @@ def _probe_zero(func: Any, args: tuple, kwargs: dict, in_place: bool, masked: fr
     return False
 
 
-def _pointwise(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _pointwise(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     outputs = [t for t in iter_tensors(out)]
     if not outputs:
         return
@@ -467,7 +464,7 @@ def _pointwise(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs:
         _record_op(tracer, "mul" if name == "mul" else "add", full, labels)
 
 
-def _spatial(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _spatial(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     info = channel_info(x)
     if info is None:
@@ -484,7 +481,7 @@ def _spatial(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
 
 
 @_register("pad")
-def _pad(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _pad(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     info = channel_info(x)
     if info is None:
@@ -502,7 +499,7 @@ def _pad(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict,
     _label(out, info.dim, info.labels, taint)
 
 
-def _reduction(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _reduction(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     info = channel_info(x)
     if info is None:
@@ -528,7 +525,7 @@ def _reduction(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs:
 
 
 @_register("softmax", "log_softmax", "softmin", "cumsum", "cumprod", "logcumsumexp", "cummax", "cummin")
-def _along_dim(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _along_dim(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     info = channel_info(x)
     if info is None:
@@ -586,7 +583,7 @@ RESHAPES = ("view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", 
 
 
 @_register("shape", "size")
-def _shape_read(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _shape_read(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     info = channel_info(x)
     dim = _arg(args, kwargs, 1, "dim") if name == "size" else None
@@ -596,7 +593,7 @@ def _shape_read(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs
 
 
 @_register(*RESHAPES)
-def _reshape(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _reshape(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     info = channel_info(x)
     if info is None or not isinstance(out, torch.Tensor):
@@ -635,7 +632,7 @@ def _reshape(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
     _label(out, new_dim, labels, info.taint)
 
 
-def _permuted(tracer: ChannelTracer, x: torch.Tensor, out: Any, order: list[int]) -> None:
+def _permuted(tracer: Tracer, x: torch.Tensor, out: Any, order: list[int]) -> None:
     info = channel_info(x)
     if info is None or not isinstance(out, torch.Tensor):
         return
@@ -643,7 +640,7 @@ def _permuted(tracer: ChannelTracer, x: torch.Tensor, out: Any, order: list[int]
 
 
 @_register("permute")
-def _permute(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _permute(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     dims = args[1:] if len(args) > 2 or not isinstance(_arg(args, kwargs, 1, "dims"), (list, tuple, torch.Size)) \
         else _arg(args, kwargs, 1, "dims")
     x = args[0]
@@ -651,7 +648,7 @@ def _permute(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
 
 
 @_register("transpose", "swapaxes", "swapdims")
-def _transpose(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _transpose(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     a, b = int(_arg(args, kwargs, 1, "dim0")) % x.ndim, int(_arg(args, kwargs, 2, "dim1")) % x.ndim
     order = list(range(x.ndim))
@@ -660,7 +657,7 @@ def _transpose(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs:
 
 
 @_register("T", "mT", "t")
-def _matrix_transpose(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _matrix_transpose(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     order = list(range(x.ndim))
     if name == "mT":
@@ -671,7 +668,7 @@ def _matrix_transpose(tracer: ChannelTracer, name: str, func: Any, args: tuple, 
 
 
 @_register("movedim", "moveaxis")
-def _movedim(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _movedim(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     source, destination = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
     source = [source] if isinstance(source, int) else list(source)
@@ -687,7 +684,7 @@ def _movedim(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
 
 
 @_register("cat", "concat", "concatenate", "stack")
-def _cat(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _cat(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     tensors = list(_arg(args, kwargs, 0, "tensors"))
     dim = int(_arg(args, kwargs, 1, "dim", 0))
     infos = [channel_info(t) for t in tensors]
@@ -714,7 +711,7 @@ def _cat(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict,
     _pointwise_like_union(tracer, name, tensors, infos, ref_info, out, new_dim)
 
 
-def _pointwise_like_union(tracer: ChannelTracer, name: str, tensors: list, infos: list, ref_info: ChannelInfo,
+def _pointwise_like_union(tracer: Tracer, name: str, tensors: list, infos: list, ref_info: ChannelInfo,
                           out: torch.Tensor, new_dim: int) -> None:
     labels = ref_info.labels
     taint = None
@@ -729,7 +726,7 @@ def _pointwise_like_union(tracer: ChannelTracer, name: str, tensors: list, infos
     _label(out, new_dim, labels, taint)
 
 
-def _pieces_along(tracer: ChannelTracer, name: str, x: torch.Tensor, pieces: list[torch.Tensor], dim: int) -> None:
+def _pieces_along(tracer: Tracer, name: str, x: torch.Tensor, pieces: list[torch.Tensor], dim: int) -> None:
     """Label the outputs of chunk/split/unbind along ``dim``."""
     info = channel_info(x)
     if dim != info.dim:
@@ -757,7 +754,7 @@ def _pieces_along(tracer: ChannelTracer, name: str, x: torch.Tensor, pieces: lis
         _label(piece, dim, part, info.taint)
 
 
-def _independent_pieces(tracer: ChannelTracer, x: torch.Tensor, pieces: list[torch.Tensor], dim: int, module: Any,
+def _independent_pieces(tracer: Tracer, x: torch.Tensor, pieces: list[torch.Tensor], dim: int, module: Any,
                         attrs: list[str], sizes: list[int]) -> None:
     """Pieces whose sizes come from a list attribute (``self.splits``): each piece shrinks on its own, and the list
     follows."""
@@ -857,7 +854,7 @@ def slice_bound_attributes(cls: type) -> frozenset[str]:
 
 
 @_register("chunk", "split", "split_with_sizes", "tensor_split", "unbind", "unsafe_split", "unsafe_chunk")
-def _split(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _split(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     if channel_info(x) is None:
         return
@@ -890,7 +887,7 @@ def _split(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dic
     _record_split(tracer, x, pieces, dim, info)
 
 
-def _record_split(tracer: ChannelTracer, x: torch.Tensor, pieces: list, dim: int, info: ChannelInfo) -> None:
+def _record_split(tracer: Tracer, x: torch.Tensor, pieces: list, dim: int, info: ChannelInfo) -> None:
     if dim == info.dim == 1 and all(channel_info(piece) is not None for piece in pieces):
         _record_op(tracer, "split", [x], info.labels, sizes=[int(piece.shape[1]) for piece in pieces])
 
@@ -911,7 +908,7 @@ def _index_entries(index: Any, ndim: int) -> list[Any] | None:
 
 
 @_register("getitem")
-def _getitem(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _getitem(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x, index = args[0], args[1]
     info = channel_info(x)
     if info is None or not isinstance(out, torch.Tensor):
@@ -962,7 +959,7 @@ def _getitem(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: d
 
 
 @_register("narrow")
-def _narrow(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _narrow(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     dim = int(_arg(args, kwargs, 1, "dim")) % x.ndim
     start, length = int(_arg(args, kwargs, 2, "start")), int(_arg(args, kwargs, 3, "length"))
@@ -971,7 +968,7 @@ def _narrow(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: di
 
 
 @_register("select")
-def _select(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _select(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     dim = int(_arg(args, kwargs, 1, "dim")) % x.ndim
     index = tuple([slice(None)] * dim + [int(_arg(args, kwargs, 2, "index"))])
@@ -979,6 +976,6 @@ def _select(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: di
 
 
 @_register("setitem")
-def _setitem(tracer: ChannelTracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+def _setitem(tracer: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     target, value = args[0], args[2] if len(args) > 2 else None
     tracer.pin((target, value), f"in-place indexed assignment in {tracer.where}")

@@ -60,7 +60,7 @@ class Surgery:
 
     Example:
         >>> import numpy as np, torch
-        >>> from lightning_prune.graph.tracer import trace_channels
+        >>> from lightning_prune.graph.trace import trace_channels
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1))
         >>> result = trace_channels(net, torch.randn(1, 3, 8, 8))
         >>> removed = np.zeros(len(result.forest), dtype=bool)
