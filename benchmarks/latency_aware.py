@@ -81,8 +81,8 @@ from _common import cpu_name, dist_version, yolo_at_width  # noqa: E402
 from _harness import command_line, git_rev  # noqa: E402
 
 from lightning_prune import DependencyGraph, count_flops  # noqa: E402
-from lightning_prune.profiling import build_cost_table, compare_latency, deployed_copy  # noqa: E402
-from lightning_prune.pruning import IterativePruner  # noqa: E402
+from lightning_prune.profiling import compare_latency, deployed_copy  # noqa: E402
+from lightning_prune.pruning import IterativePruner, build_cost_table  # noqa: E402
 from lightning_prune.pruning.strategies import (  # noqa: E402
     candidate_groups,
     capped_options,

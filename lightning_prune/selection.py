@@ -3,8 +3,8 @@ cost budget (FLOPs, parameters or predicted latency to remove in this step).
 
 Budgets are measured by a *cost function* ``plan -> removed cost``: ``"flops"`` and ``"params"`` name the
 dependency graph's estimate (:meth:`~lightning_prune.graph.DependencyGraph.estimate_removal`), and any callable
-works too, e.g. a measured latency table's :meth:`~lightning_prune.profiling.CostTable.removed_ms`. ``options``
-(allowed removal counts per group, e.g. :meth:`~lightning_prune.profiling.CostTable.removal_options`: the widths
+works too, e.g. a measured latency table's :meth:`~lightning_prune.pruning.CostTable.removed_ms`. ``options``
+(allowed removal counts per group, e.g. :meth:`~lightning_prune.pruning.CostTable.removal_options`: the widths
 where the backend is fast) replace the one global ``round_to`` with per-group rounding.
 
 All strategies produce *counts* (channels to remove per group); a ranking (:func:`~lightning_prune.sensitivity.

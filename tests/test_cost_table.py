@@ -14,15 +14,10 @@ from torch import nn
 from toy_modules import IMAGE_SIZE, ToyNet
 
 from lightning_prune import DependencyGraph
-from lightning_prune.profiling import (
-    CostTable,
-    LayerSpec,
-    build_cost_table,
-    deployed_copy,
-    require_backend,
-    time_layers,
-)
-from lightning_prune.profiling.cost_table import discover_layers, monotone, sample_widths
+from lightning_prune.profiling import deployed_copy, require_backend
+from lightning_prune.profiling.curves import discover_layers, monotone, sample_widths
+from lightning_prune.profiling.isolated import LayerSpec, time_layers
+from lightning_prune.pruning import CostTable, build_cost_table
 
 EXAMPLE = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 

@@ -12,8 +12,8 @@ from torch import nn
 
 import lightning_prune.pruning.measured_choice as measured_choice
 from lightning_prune import DependencyGraph
-from lightning_prune.profiling import LatencyResult, build_cost_table
-from lightning_prune.pruning import IterativePruner, PruningConfig, fastest_plan
+from lightning_prune.profiling import LatencyResult
+from lightning_prune.pruning import IterativePruner, PruningConfig, build_cost_table, fastest_plan
 from lightning_prune.pruning.strategies import (
     allocation_candidates,
     candidate_groups,

@@ -29,7 +29,7 @@ from torch import nn  # noqa: E402
 
 from lightning_prune import DependencyGraph  # noqa: E402
 from lightning_prune.checkpoint import CHECKPOINT_KEY, load_pruned  # noqa: E402
-from lightning_prune.profiling.cost_table import CostTable, build_cost_table  # noqa: E402
+from lightning_prune.pruning.cost_table import CostTable, build_cost_table  # noqa: E402
 from lightning_prune.utils import files  # noqa: E402
 from lightning_prune.utils.files import InsecureDirectoryError, atomic_write, private_dir, user_cache_dir  # noqa: E402
 

@@ -75,7 +75,7 @@ class OpCall:
     """One weightless op that moves every element of its channels (a concatenation or split along channels, a
     pooling, a resize, a residual add): its kind, the shapes it reads, what it needs to be re-run on its own, and the
     labels of the channels it moves (its cost scales with how many of them stay). What the latency cost model
-    (:mod:`~lightning_prune.profiling.cost_table`) times beside the convolutions."""
+    (:mod:`~lightning_prune.pruning.cost_table`) times beside the convolutions."""
 
     kind: str
     module_name: str

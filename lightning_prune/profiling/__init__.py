@@ -1,7 +1,8 @@
 """Cost measurement: FLOPs and parameters, measured latency (eager PyTorch, ONNX Runtime, OpenVINO; CPU or CUDA), the
-deployed (BatchNorm-folded) form latency targets are measured on, and the measured per-group latency cost model
-latency-aware selection uses (:mod:`~lightning_prune.profiling.cost_table`, timed with
-:mod:`~lightning_prune.profiling.isolated`; backends in :mod:`~lightning_prune.profiling.backends`).
+deployed (BatchNorm-folded) form latency targets are measured on, and layers timed alone at sampled widths
+(:mod:`~lightning_prune.profiling.curves`, with :mod:`~lightning_prune.profiling.isolated`; backends in
+:mod:`~lightning_prune.profiling.backends`). This package only times models: it knows nothing of dependency graphs
+(the per-group latency model latency-aware selection uses is :mod:`lightning_prune.pruning.cost_table`).
 
 Modules by concern: :mod:`~lightning_prune.profiling.flops` (the cost model), :mod:`~lightning_prune.profiling.timing`
 (whole-forward latency), :mod:`~lightning_prune.profiling.onnx_runtime` (export and ONNX Runtime),
@@ -13,7 +14,7 @@ speed tables), :mod:`~lightning_prune.profiling.results` (records) and :mod:`~li
 
 from lightning_prune.profiling.backends import OPENVINO_EXTRA_HINT, require_backend
 from lightning_prune.profiling.channels import ChannelSpeed, channel_speed_table, suggest_round_to
-from lightning_prune.profiling.cost_table import CostTable, LayerCurve, OpCost, build_cost_table
+from lightning_prune.profiling.curves import LayerCurve, OpCost
 from lightning_prune.profiling.deploy import deployed_copy, fuse_batchnorms
 from lightning_prune.profiling.flops import conv_flops, count_flops, count_params, linear_flops
 from lightning_prune.profiling.isolated import LayerSpec, OpSpec, time_layers
@@ -28,18 +29,17 @@ from lightning_prune.profiling.onnx_runtime import (
 from lightning_prune.profiling.results import LatencyResult, LayerTime
 from lightning_prune.profiling.timing import BACKENDS, batched_input, check_backend, compare_latency, measure_latency
 from lightning_prune.profiling.tracker import LatencyTracker
+from lightning_prune.utils.deprecation import moved_names, moving
 
 __all__ = [
     "BACKENDS",
     "ONNX_EXTRA_HINT",
     "OPENVINO_EXTRA_HINT",
     "ChannelSpeed",
-    "CostTable",
     "LayerCurve",
     "LayerSpec",
     "OpCost",
     "OpSpec",
-    "build_cost_table",
     "deployed_copy",
     "fuse_batchnorms",
     "require_backend",
@@ -63,3 +63,6 @@ __all__ = [
     "require_onnx",
     "suggest_round_to",
 ]
+
+#: moved out of this package: the per-group latency model reads the dependency graph (old paths work for one release)
+__getattr__ = moved_names(__name__, moving(["CostTable", "build_cost_table"], "lightning_prune.pruning.cost_table"))

@@ -1,5 +1,5 @@
 """Timing isolated layers on a backend, many at once: what the measured cost model
-(:mod:`~lightning_prune.profiling.cost_table`) is built from.
+(:mod:`~lightning_prune.pruning.cost_table`) is built from.
 
 A :class:`LayerSpec` describes one conv (+ its activation) at its input size, an :class:`OpSpec` one weightless op
 that moves channels (a concatenation, a split, a pooling, a resize, a residual add). :func:`time_layers` times a list

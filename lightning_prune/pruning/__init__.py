@@ -9,6 +9,7 @@ trainer, Lightning).
 from lightning_prune.pruning.averaged import declared_copies, mirror_all, mirror_prune
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator, TorchDistributedCommunicator
 from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
+from lightning_prune.pruning.cost_table import CostTable, build_cost_table
 from lightning_prune.pruning.distill import (
     DistillationConfig,
     Distiller,
@@ -26,6 +27,7 @@ from lightning_prune.pruning.schedule import parse_schedule, pending_epochs, ste
 
 __all__ = [
     "Communicator",
+    "CostTable",
     "CriterionName",
     "DistillationConfig",
     "Distiller",
@@ -40,6 +42,7 @@ __all__ = [
     "Strategy",
     "TargetMetric",
     "TorchDistributedCommunicator",
+    "build_cost_table",
     "compose_plans",
     "declared_copies",
     "declared_attachments",

@@ -19,8 +19,6 @@ from torch import nn
 from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.importance import channel_scores
 from lightning_prune.profiling import (
-    CostTable,
-    build_cost_table,
     compare_latency,
     count_flops,
     count_params,
@@ -31,6 +29,7 @@ from lightning_prune.profiling import (
 from lightning_prune.pruning.averaged import mirror_all
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator
 from lightning_prune.pruning.config import PruningConfig
+from lightning_prune.pruning.cost_table import CostTable, build_cost_table
 from lightning_prune.pruning.distill import Distiller
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.latency_control import LatencyController
@@ -92,7 +91,7 @@ class IterativePruner:
             (the latency is the baseline times the measured ratio), so a machine that slows down or speeds up
             between steps does not move the controller's readings; after a resume, when that reference is gone,
             readings are single runs again.
-        cost_table: for ``cost="latency"``, a measured :class:`~lightning_prune.profiling.CostTable` of the model
+        cost_table: for ``cost="latency"``, a measured :class:`~lightning_prune.pruning.CostTable` of the model
             (or anything with its ``removed_ms``, ``removal_options``, ``total_ms`` and ``updated(graph)``); default:
             built on first use on ``config.latency_backend`` (cached in ``config.cost_table_dir``) and rebuilt
             incrementally after every prune.

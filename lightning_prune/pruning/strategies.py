@@ -137,7 +137,7 @@ def _capped_removal(group: Group, max_rate: float, steps: int, round_to: int, mi
 def latency_options(table: Any, groups: Sequence[Group], min_channels: int = 1,
                     round_to: int = 1) -> dict[str, list[int]]:
     """Per group, the removal counts that land on a width where the backend is fast (from a measured
-    :class:`~lightning_prune.profiling.CostTable`): what latency-aware selection rounds to. With ``round_to > 1``
+    :class:`~lightning_prune.pruning.CostTable`): what latency-aware selection rounds to. With ``round_to > 1``
     only fast widths that are multiples of it (or the group's whole width)."""
     if round_to > 1:
         return {group.name: table.removal_options(group.name, min_channels, multiple=round_to) for group in groups}
@@ -167,7 +167,7 @@ def capped_options(groups: Sequence[Group], max_rate: float, round_to: int = 1, 
 def latency_per_channel(table: Any, groups: Sequence[Group], options: Mapping[str, Sequence[int]],
                         per: Callable[[dict[str, list[int]]], float] | None = None) -> dict[str, float]:
     """Per group, the predicted milliseconds one of its channels saves on average up to its largest allowed removal
-    count in ``options`` (from a measured :class:`~lightning_prune.profiling.CostTable`): the cost that global
+    count in ``options`` (from a measured :class:`~lightning_prune.pruning.CostTable`): the cost that global
     latency-aware selection weighs each channel's importance against.
 
     With ``per`` (a cost function ``plan -> removed cost``, e.g. the FLOPs a plan removes), the milliseconds saved
@@ -177,7 +177,7 @@ def latency_per_channel(table: Any, groups: Sequence[Group], options: Mapping[st
     Example:
         >>> import torch
         >>> from lightning_prune import DependencyGraph
-        >>> from lightning_prune.profiling import build_cost_table
+        >>> from lightning_prune.pruning import build_cost_table
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 8, 3, padding=1))
         >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
         >>> table = build_cost_table(graph, "eager", repeats=1)
@@ -210,7 +210,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     picks used (sensitivity).
 
     ``cost`` is ``"flops"``, ``"params"``, ``"latency"`` (needs ``cost_table``, a measured
-    :class:`~lightning_prune.profiling.CostTable`: the paper's value becomes ``Δlatency × metric^k``, and every
+    :class:`~lightning_prune.pruning.CostTable`: the paper's value becomes ``Δlatency × metric^k``, and every
     strategy rounds each group to its fast widths instead of ``round_to``) or a cost function ``plan -> removed
     cost``. ``budget_cost`` measures the budget when it differs (e.g. a FLOPs budget met at latency-fast widths);
     ``"latency"`` there means the table's predicted milliseconds. ``scored`` runs (only when needed) the
@@ -238,7 +238,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         >>> select_counts("uniform", graph, groups, {}, ranking, 1.0, cost="latency")
         Traceback (most recent call last):
         ...
-        ValueError: cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)
+        ValueError: cost 'latency' needs a measured cost table (lightning_prune.pruning.build_cost_table)
     """
     if allocation not in choices(Allocation):
         raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(choices(Allocation))}")
@@ -252,7 +252,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     value = cost if isinstance(cost, str) else "flops"
     if cost == "latency":
         if cost_table is None:
-            raise ValueError("cost 'latency' needs a measured cost table (lightning_prune.profiling.build_cost_table)")
+            raise ValueError("cost 'latency' needs a measured cost table (lightning_prune.pruning.build_cost_table)")
         options = latency_options(cost_table, groups, min_channels, round_to)
     if not 0.0 < max_rate <= 1.0:
         raise ValueError(f"max_rate must be a fraction in (0, 1], got {max_rate!r}")
@@ -324,7 +324,7 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
 
     Example:
         >>> import torch
-        >>> from lightning_prune.profiling import build_cost_table
+        >>> from lightning_prune.pruning import build_cost_table
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
         >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
         >>> table = build_cost_table(graph, "eager", repeats=1)

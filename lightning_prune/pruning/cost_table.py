@@ -1,25 +1,21 @@
-"""A measured latency cost model for pruning: per prunable group, how the latency of the layers it touches changes
-with its width, on the target backend at the model's input size (in the spirit of NVIDIA's HALP latency tables).
+"""The measured per-group latency model of a model's dependency graph: per prunable group, how the latency of the
+layers it touches changes with its width, on the target backend at the model's input size (in the spirit of NVIDIA's
+HALP latency tables). The layers are timed by :mod:`~lightning_prune.profiling.curves`; this module reads the graph.
 
 How it is built (:func:`build_cost_table`):
 
-1. One forward with hooks finds every ``nn.Conv2d``, its input size and the activation right after it (an
-   ultralytics ``Conv``'s ``act``, or the next activation of an ``nn.Sequential``): a :class:`~lightning_prune.
-   profiling.isolated.LayerSpec`.
+1. One forward with hooks finds every ``nn.Conv2d``, its input size and the activation right after it
+   (:func:`~lightning_prune.profiling.curves.discover_layers`).
 2. The dependency graph's groups say which layers a group touches: its producers' output channels (weight dim 0) and
    its consumers' input channels (weight dim 1, e.g. the slice of a concatenation's consumer).
-3. Each layer is timed *in isolation* at sampled widths along each axis a prunable group can change (up to
-   ``points`` widths, from an eighth of the width to all of it, multiples of 1/2/4/8/16 by size), the other axis at
-   its current width, with a tiny repeat count (the fastest of ``repeats`` runs after a warm-up: on a shared machine
-   a preempted call only adds time), and each curve made non-decreasing (:func:`monotone`). A layer's latency at
-   ``(c_in, c_out)`` is then the separable interpolation ``T0 · r_in(c_in) · r_out(c_out)`` (``r`` the measured
-   curves relative to the current width ``T0``, linear in between samples), which keeps ``1 - a·b`` for a layer
-   losing fractions of both sides, as FLOPs do.
+3. Each layer is timed *in isolation* at sampled widths along each axis a prunable group can change
+   (:func:`~lightning_prune.profiling.curves.measure_curve`, a
+   :class:`~lightning_prune.profiling.curves.LayerCurve`).
 4. The weightless ops that move a group's channels — concatenations and splits along channels, poolings, resizes,
    residual adds, as the graph's trace recorded them (:attr:`~lightning_prune.graph.DependencyGraph.op_calls`) —
-   are timed too, once each at their current size (:class:`OpCost`), and taken to scale with the share of their
-   channels that stays: on some backends they are a large part of the time a conv table does not see (eager
-   PyTorch's max pooling in an SPPF block costs more than the convs around it).
+   are timed too, once each at their current size (:class:`~lightning_prune.profiling.curves.OpCost`), and taken to
+   scale with the share of their channels that stays: on some backends they are a large part of the time a conv
+   table does not see (eager PyTorch's max pooling in an SPPF block costs more than the convs around it).
 5. A plan's cost is the sum over layers and ops of the predicted time saved (:meth:`CostTable.removed_ms`); a group's
    *fast widths* (:meth:`CostTable.fast_widths`) are the sampled widths that beat every larger one — the widths where
    the backend is fast, what latency-aware selection rounds to instead of one global ``round_to``.
@@ -48,187 +44,35 @@ Example:
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import math
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 
-from lightning_prune.profiling.backends import is_cuda, require_backend
-from lightning_prune.profiling.isolated import LayerSpec, OpSpec, activation_name, time_layers
+from lightning_prune.graph import DependencyGraph
+from lightning_prune.profiling.backends import require_backend
+from lightning_prune.profiling.curves import (
+    LayerCurve,
+    OpCost,
+    checked_count,
+    device_name,
+    discover_layers,
+    measure_curve,
+    sample_widths,
+)
+from lightning_prune.profiling.isolated import LayerSpec, OpSpec, time_layers
 from lightning_prune.utils.files import atomic_write, private_dir
-from lightning_prune.utils.model import call_model, eval_mode
 
-if TYPE_CHECKING:
-    from lightning_prune.graph import DependencyGraph
-
-__all__ = ["CostTable", "LayerCurve", "OpCost", "build_cost_table", "discover_layers", "discover_ops",
-           "sample_widths"]
+__all__ = ["CostTable", "Relation", "build_cost_table", "discover_ops"]
 
 VERSION = 2
-
-
-def sample_widths(size: int, points: int = 16) -> list[int]:
-    """The widths a layer axis (or group) of ``size`` channels is measured at: multiples of the smallest power of
-    two that keeps at most ``points`` samples, from about an eighth of ``size`` up, and ``size`` itself.
-
-    Example:
-        >>> sample_widths(16)
-        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
-        >>> sample_widths(100)
-        [16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 100]
-        >>> sample_widths(1)
-        [1]
-    """
-    if size < 1:
-        raise ValueError(f"a width must be >= 1, got {size}")
-    low = max(1, size // 8)
-    step = 1
-    while len(range(math.ceil(low / step) * step, size + 1, step)) > max(points - 1, 1):
-        step *= 2
-    widths = set(range(max(step, math.ceil(low / step) * step), size + 1, step))
-    return sorted(widths | {size})
-
-
-def monotone(values: Sequence[float]) -> list[float]:
-    """The closest non-decreasing sequence (least squares; pool-adjacent-violators).
-
-    A wider layer is never really faster than a narrower one *for the choice*: where a measurement says so (noise,
-    or a backend that is slow at an odd width), the narrower width is never worth keeping, and pooling the two says
-    exactly that, while a plateau's widest width stays the one to keep.
-
-    Example:
-        >>> monotone([1.0, 3.0, 2.0, 4.0])
-        [1.0, 2.5, 2.5, 4.0]
-    """
-    blocks: list[list[float]] = []  # [sum, count]
-    for value in values:
-        blocks.append([float(value), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    return [total / count for total, count in blocks for _ in range(int(count))]
-
-
-def _interp(xs: Sequence[int], ys: Sequence[float], x: float) -> float:
-    """Piecewise-linear interpolation; below the first sample, proportional to ``x`` towards zero."""
-    if x >= xs[-1]:
-        return ys[-1]
-    if x <= xs[0]:
-        return ys[0] * max(x, 0.0) / xs[0]
-    i = bisect.bisect_right(xs, x)
-    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-
-
-def _count(value: Any, what: str, minimum: int = 0) -> int:
-    """``value`` as an int of at least ``minimum`` (JSON integers only: no floats, no booleans)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _time(value: Any, what: str) -> float:
-    """``value`` as a finite, non-negative time in ms."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite time >= 0 ms, got {value!r}")
-    return float(value)
-
-
-def _curve(widths: Any, times: Any, what: str) -> tuple[list[int], list[float]]:
-    """A sampled curve: ascending widths >= 1 and as many finite, non-negative times."""
-    if not isinstance(widths, list) or not isinstance(times, list):
-        raise ValueError(f"{what}: widths and times must be lists")
-    if len(widths) != len(times):
-        raise ValueError(f"{what}: {len(widths)} widths but {len(times)} times")
-    out_widths = [_count(w, f"{what} width", 1) for w in widths]
-    if any(a >= b for a, b in zip(out_widths, out_widths[1:])):
-        raise ValueError(f"{what}: widths must ascend, got {out_widths}")
-    return out_widths, [_time(t, f"{what} time") for t in times]
-
-
-@dataclass
-class LayerCurve:
-    """One conv layer's measured latency along the axes pruning can change.
-
-    Attributes:
-        spec: the layer as it is now.
-        full_ms: its time at the current widths.
-        out_widths, out_ms: sampled output widths (input at its current width) and their times (empty: fixed).
-        in_widths, in_ms: the same along the input width (empty for fixed inputs and depthwise convs).
-    """
-
-    spec: LayerSpec
-    full_ms: float
-    out_widths: list[int] = field(default_factory=list)
-    out_ms: list[float] = field(default_factory=list)
-    in_widths: list[int] = field(default_factory=list)
-    in_ms: list[float] = field(default_factory=list)
-
-    def ms(self, in_channels: float, out_channels: float) -> float:
-        """Predicted time at the given widths (separable, interpolated).
-
-        Example:
-            >>> spec = LayerSpec(8, 8, (1, 1), (1, 1), (0, 0), (1, 1), 1, False, (4, 4))
-            >>> LayerCurve(spec, 2.0, [4, 8], [1.0, 2.0], [4, 8], [1.5, 2.0]).ms(4, 4)
-            0.75
-        """
-        if self.full_ms <= 0:
-            return 0.0
-        if self.spec.depthwise:
-            width = min(in_channels, out_channels)
-            return _interp(self.out_widths, self.out_ms, width) if self.out_widths else self.full_ms
-        r_out = _interp(self.out_widths, self.out_ms, out_channels) / self.full_ms if self.out_widths else 1.0
-        r_in = _interp(self.in_widths, self.in_ms, in_channels) / self.full_ms if self.in_widths else 1.0
-        return self.full_ms * r_out * r_in
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_dict(), "full_ms": self.full_ms, "out_widths": self.out_widths,
-                "out_ms": self.out_ms, "in_widths": self.in_widths, "in_ms": self.in_ms}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LayerCurve:
-        """The curve :meth:`to_dict` described; ``ValueError`` for lists of different lengths, widths that do not
-        ascend, times that are not finite and non-negative."""
-        spec = LayerSpec.from_dict(data["spec"])
-        out_widths, out_ms = _curve(data["out_widths"], data["out_ms"], "out curve")
-        in_widths, in_ms = _curve(data["in_widths"], data["in_ms"], "in curve")
-        return cls(spec, _time(data["full_ms"], "full_ms"), out_widths, out_ms, in_widths, in_ms)
-
-
-@dataclass
-class OpCost:
-    """One weightless op's measured time at its current size; it scales with the share of its channels that stays.
-
-    Example:
-        >>> OpCost(OpSpec("add", ((1, 8, 4, 4), (1, 8, 4, 4))), 0.5).ms(4)
-        0.25
-    """
-
-    spec: OpSpec
-    full_ms: float
-
-    def ms(self, channels: float) -> float:
-        """Predicted time when ``channels`` of its channels stay."""
-        total = self.spec.channels
-        return self.full_ms * max(min(channels / total, 1.0), 0.0) if total else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_dict(), "full_ms": self.full_ms}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OpCost:
-        return cls(OpSpec.from_dict(data["spec"]), _time(data["full_ms"], "full_ms"))
 
 
 #: one group's hold on a layer: (layer name, "in" or "out", channels of the group the layer holds on that axis)
@@ -406,14 +250,15 @@ class CostTable:
                         raise ValueError(f"group {name!r} touches {layer!r}, which the table does not hold")
                     if axis not in ("in", "out"):
                         raise ValueError(f"group {name!r}: axis must be 'in' or 'out', got {axis!r}")
-                    relations[str(name)].append((layer, axis, _count(held, f"group {name!r} channels")))
-            sizes = {str(name): _count(size, f"size of group {name!r}", 1) for name, size in data["sizes"].items()}
+                    relations[str(name)].append((layer, axis, checked_count(held, f"group {name!r} channels")))
+            sizes = {str(name): checked_count(size, f"size of group {name!r}", 1)
+                     for name, size in data["sizes"].items()}
             if set(sizes) != set(relations):
                 raise ValueError("sizes and relations name different groups")
-            return cls(data["backend"], [_count(s, "input_shape entry") for s in data["input_shape"]],
-                       data["device"], data["arch"], layers, relations, sizes, _count(data["points"], "points", 2),
-                       _count(data["repeats"], "repeats", 1), _count(data["num_threads"], "num_threads", 1),
-                       ops=ops)
+            return cls(data["backend"], [checked_count(s, "input_shape entry") for s in data["input_shape"]],
+                       data["device"], data["arch"], layers, relations, sizes,
+                       checked_count(data["points"], "points", 2), checked_count(data["repeats"], "repeats", 1),
+                       checked_count(data["num_threads"], "num_threads", 1), ops=ops)
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a cost table: {err}") from None
 
@@ -429,63 +274,6 @@ class CostTable:
 
 
 # -- discovery ----------------------------------------------------------------------------------------------------
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _activation_after(model: nn.Module, name: str, module: nn.Module) -> str | None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if getattr(parent, "conv", None) is module:
-        return activation_name(getattr(parent, "act", None))
-    if isinstance(parent, nn.Sequential):
-        names = [n for n, _ in parent.named_children()]
-        for follower in list(parent.children())[names.index(child) + 1:]:
-            if isinstance(follower, nn.modules.batchnorm._BatchNorm):
-                continue
-            return activation_name(follower)
-    return None
-
-
-def discover_layers(model: nn.Module, example_inputs: Any) -> dict[str, LayerSpec]:
-    """Every ``nn.Conv2d`` the forward on ``example_inputs`` calls, as a :class:`LayerSpec` (first call).
-
-    Example:
-        >>> import torch
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.SiLU())
-        >>> spec = discover_layers(net, torch.randn(1, 3, 9, 9))["0"]
-        >>> spec.in_channels, spec.out_channels, spec.input_hw, spec.act
-        (3, 4, (9, 9), 'silu')
-    """
-    specs: dict[str, LayerSpec] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros":
-            continue
-
-        def hook(m: nn.Conv2d, args: Any, name: str = name) -> None:
-            if name in specs or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 4:
-                return
-            x = args[0]
-            kernel, dilation = _pair(m.kernel_size), _pair(m.dilation)
-            if isinstance(m.padding, str):
-                padding = (0, 0) if m.padding == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
-            else:
-                padding = _pair(m.padding)
-            specs[name] = LayerSpec(m.in_channels, m.out_channels, kernel, _pair(m.stride), padding,  # type: ignore
-                                    dilation, m.groups, m.bias is not None, (int(x.shape[2]), int(x.shape[3])),
-                                    _activation_after(model, name, m), int(x.shape[0]))
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with eval_mode(model), torch.no_grad():
-            call_model(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return specs
-
-
 def discover_ops(graph: DependencyGraph) -> dict[str, tuple[OpSpec, dict[str, int]]]:
     """The weightless ops of ``graph``'s trace that move prunable channels: name (``<module>:<kind>``, ``#k`` for
     repeats) -> (the op as an :class:`~lightning_prune.profiling.isolated.OpSpec`, how many of its channels each
@@ -543,19 +331,6 @@ def _relations(graph: DependencyGraph, specs: Mapping[str, LayerSpec],
     return relations, sizes
 
 
-def _device_name(backend: str) -> str:
-    if is_cuda(backend) and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _arch_hash(specs: Mapping[str, LayerSpec], relations: Mapping[str, list[Relation]],
                ops: Mapping[str, tuple[OpSpec, dict[str, int]]] | None = None) -> str:
     text = json.dumps([[name, spec.key()] for name, spec in sorted(specs.items())]
@@ -606,7 +381,7 @@ def build_cost_table(graph: DependencyGraph, backend: str = "eager", *, cache_di
     ops = discover_ops(graph)
     relations, sizes = _relations(graph, specs, ops)
     axes = {layer: wanted for layer, wanted in _axes(relations).items() if layer not in ops}
-    table = CostTable(backend, input_shape, _device_name(backend), _arch_hash(specs, relations, ops), {}, relations,
+    table = CostTable(backend, input_shape, device_name(backend), _arch_hash(specs, relations, ops), {}, relations,
                       sizes, points, repeats, num_threads, os.fspath(cache_dir) if cache_dir is not None else None)
     if not measure:
         return table
@@ -647,7 +422,7 @@ def build_cost_table(graph: DependencyGraph, backend: str = "eager", *, cache_di
             table.layers[layer] = reuse
             table.reused += 1
             continue
-        table.layers[layer] = _measure_layer(spec, wanted, backend, repeats, num_threads, points)
+        table.layers[layer] = measure_curve(spec, wanted, backend, repeats, num_threads, points)
         table.measured += 1
         if progress is not None:
             progress(f"{layer}: {spec.key()} {table.layers[layer].full_ms:.3f} ms")
@@ -688,22 +463,3 @@ def _curve_axes(curve: LayerCurve) -> set[str]:
     return ({"out"} if curve.out_widths else set()) | ({"in"} if curve.in_widths else set())
 
 
-def _measure_layer(spec: LayerSpec, axes: set[str], backend: str, repeats: int, num_threads: int,
-                   points: int) -> LayerCurve:
-    out_widths = sample_widths(spec.out_channels, points) if "out" in axes else []
-    in_widths = sample_widths(spec.in_channels, points) if "in" in axes and not spec.depthwise else []
-    batch = [spec] + [spec.with_channels(spec.in_channels, w) for w in out_widths if w != spec.out_channels]
-    batch += [spec.with_channels(w, spec.out_channels) for w in in_widths if w != spec.in_channels]
-    # a backend that reports no kernel for a layer (fused into another) spends nothing on it: never NaN in a table
-    times = [float(t) if math.isfinite(t) and t >= 0 else 0.0
-             for t in time_layers(batch, backend, repeats=repeats, num_threads=num_threads)]
-    full = times[0]
-    rest = iter(times[1:])
-    out_ms = monotone([full if w == spec.out_channels else next(rest) for w in out_widths])
-    in_ms = monotone([full if w == spec.in_channels else next(rest) for w in in_widths])
-    # the current width's time, as the fitted curves see it (both end there)
-    ends = [curve[-1] for curve in (out_ms, in_ms) if curve]
-    full = sum(ends) / len(ends) if ends else full
-    out_ms = [min(v, full) for v in out_ms[:-1]] + [full] if out_ms else []
-    in_ms = [min(v, full) for v in in_ms[:-1]] + [full] if in_ms else []
-    return LayerCurve(spec, full, out_widths, out_ms, in_widths, in_ms)
