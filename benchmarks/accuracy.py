@@ -274,8 +274,9 @@ def _uniform_plan(model: nn.Module, example: torch.Tensor, target: float,
     """``ours-uniform`` in one step: the graph, the channel count per prunable group and the plan (lowest L1 first,
     ranked as the callback ranks) that remove ``target`` of the traced FLOPs."""
     from lightning_prune import DependencyGraph
-    from lightning_prune.selection import plan_from_counts, uniform_counts
-    from lightning_prune.sensitivity import rank_channels
+    from lightning_prune.pruning.allocation import uniform_counts
+    from lightning_prune.pruning.counts import plan_from_counts
+    from lightning_prune.pruning.sensitivity import rank_channels
 
     graph = DependencyGraph(model, example)
     groups = graph.prunable_groups

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from lightning_prune.callbacks import IterativePruningCallback  # noqa: E402
 from lightning_prune.callbacks.evaluation import ValidationProbe  # noqa: E402
 from lightning_prune.graph import DependencyGraph  # noqa: E402
-from lightning_prune.sensitivity import analyze_sensitivity, rank_channels  # noqa: E402
+from lightning_prune.pruning.sensitivity import analyze_sensitivity, rank_channels  # noqa: E402
 
 
 class YoloScore(pl.LightningModule):

@@ -44,7 +44,7 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "coverage.md"
 TOOLS = ("ours", "tp")
 # the code the numbers depend on: a clean benchmark run has no uncommitted changes there
 CODE_PATHS = ["lightning_prune/graph", "lightning_prune/utils",
-              "lightning_prune/profiling/flops.py", "lightning_prune/importance.py", "benchmarks/coverage.py"]
+              "lightning_prune/profiling/flops.py", "lightning_prune/pruning/importance.py", "benchmarks/coverage.py"]
 MODELS: dict[str, str] = {
     "resnet50": "torchvision",
     "resnext50_32x4d": "torchvision",
@@ -120,7 +120,7 @@ def worker(tool: str, name: str, result_file: str, args: argparse.Namespace) -> 
         rec.set(flops_before=flops0)
         if tool == "ours":
             from lightning_prune import DependencyGraph
-            from lightning_prune.importance import lowest_channels
+            from lightning_prune.pruning.importance import lowest_channels
 
             with torch.no_grad():
                 model(x)

@@ -10,9 +10,9 @@ For every model (ultralytics, built from its YAML with random weights, nothing d
 
 * **original**: the model as built;
 * **pruned**: uniform L1 pruning: every prunable group of ``lightning_prune.DependencyGraph`` loses the same fraction
-  of its channels (the lowest-L1 ones, ``lightning_prune.importance.lowest_channels``), the fraction found by bisection
-  on ``count_flops`` until the FLOPs ratio is ``--target`` ± ``--tol`` (bisection runs at 160 px: conv FLOPs scale
-  with H·W, so the ratio is the same at 640 px; the table shows the ratio counted at ``--imgsz``);
+  of its channels (the lowest-L1 ones, ``lightning_prune.pruning.importance.lowest_channels``), the fraction found
+  by bisection on ``count_flops`` until the FLOPs ratio is ``--target`` ± ``--tol`` (bisection runs at 160 px: conv
+  FLOPs scale with H·W, so the ratio is the same at 640 px; the table shows the ratio counted at ``--imgsz``);
 * **pruned_r8**: the same, but every group keeps a multiple of 8 channels (its kept count rounded to the nearest
   multiple, fraction found by bisection again): does channel-count granularity explain a loss of efficiency?
 * **sibling**: ultralytics' own narrower model: the same YAML with the scale's ``width_multiple`` lowered (bisection
@@ -66,7 +66,6 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lightning_prune import DependencyGraph, count_flops  # noqa: E402
-from lightning_prune.importance import lowest_channels  # noqa: E402
 from lightning_prune.profiling.latency import (  # noqa: E402
     BACKENDS,
     ChannelSpeed,
@@ -75,6 +74,7 @@ from lightning_prune.profiling.latency import (  # noqa: E402
     compare_latency,
     suggest_round_to,
 )
+from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latency.md"

@@ -13,7 +13,7 @@ medians), on their deployed form (BatchNorm folded, eval):
   backend is fast and at least half of it kept;
 * ``latency-aware knapsack -50% FLOPs``: the same budget with ``allocation="knapsack"`` (``max_rate=0.75``,
   importance weight 1): the FLOPs budget is spent step by step along each group's measured curve, where a step saves
-  the most predicted milliseconds per FLOP (:func:`~lightning_prune.selection.knapsack_counts`);
+  the most predicted milliseconds per FLOP (:func:`~lightning_prune.pruning.allocation.knapsack_counts`);
 * ``latency-aware measured -50% FLOPs``: the same budget with ``allocation="measured"`` (``max_rate=1.0``): the
   threshold and knapsack allocations, each at the table's fast widths and at those that are multiples of 8 and of
   16 channels, each with per-group caps 1.0, 0.75 and 0.5 and the knapsack also on cost alone (importance weight
@@ -83,7 +83,11 @@ from _harness import command_line, git_rev  # noqa: E402
 from lightning_prune import DependencyGraph, count_flops  # noqa: E402
 from lightning_prune.profiling import compare_latency, deployed_copy  # noqa: E402
 from lightning_prune.pruning import IterativePruner, build_cost_table  # noqa: E402
+from lightning_prune.pruning.allocation import global_counts  # noqa: E402
+from lightning_prune.pruning.counts import plan_from_counts  # noqa: E402
 from lightning_prune.pruning.strategies import (  # noqa: E402
+    Candidates,
+    SelectionRules,
     candidate_groups,
     capped_options,
     latency_options,
@@ -91,7 +95,6 @@ from lightning_prune.pruning.strategies import (  # noqa: E402
     score_channels,
     select_counts,
 )
-from lightning_prune.selection import global_counts, plan_from_counts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON = RESULTS / "latency_aware.json"
@@ -130,8 +133,10 @@ def pruned(base: nn.Module, x: torch.Tensor, fraction: float, cost: str = "flops
     """A copy of ``base`` with ``fraction`` of its FLOPs removed by ``strategy`` (L1 ranking); with
     ``cost="latency"`` latency-aware (fast widths; for ``global`` importance per predicted millisecond)."""
     graph, groups, scores, ranking, budget = _l1_setup(base, x, fraction)
-    counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, cost, cost_table=table,
-                              budget_cost="flops", max_rate=max_rate, allocation=allocation)
+    candidates = Candidates(graph, groups, scores, ranking)
+    counts, _ = select_counts(candidates,
+                              SelectionRules(strategy, cost, "flops", allocation, max_rate=max_rate), budget,
+                              cost_table=table)
     graph.prune(plan_from_counts(ranking, counts))
     return graph.model
 
@@ -155,8 +160,9 @@ def predicted_savings(base: nn.Module, x: torch.Tensor, fraction: float, table: 
     graph, groups, scores, ranking, budget = _l1_setup(base, x, fraction)
     saved = {}
     for cap in caps:
-        counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", cost_table=table,
-                                  budget_cost="flops", max_rate=cap)
+        candidates = Candidates(graph, groups, scores, ranking)
+        counts, _ = select_counts(candidates, SelectionRules("global", "latency", "flops", max_rate=cap),
+                                  budget, cost_table=table)
         saved[f"{cap:g}"] = table.removed_ms(counts)
     return saved
 

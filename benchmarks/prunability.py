@@ -214,8 +214,9 @@ def run_ours(model, x, rec: Recorder, target: float, flops_before: int, strategy
     import numpy as np
 
     from lightning_prune import DependencyGraph
-    from lightning_prune.importance import channel_scores
-    from lightning_prune.selection import global_counts, plan_from_counts, uniform_counts
+    from lightning_prune.pruning.allocation import global_counts, uniform_counts
+    from lightning_prune.pruning.counts import plan_from_counts
+    from lightning_prune.pruning.importance import channel_scores
 
     meter = Meter()
     with meter.segment():

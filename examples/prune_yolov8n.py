@@ -14,7 +14,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import torch  # noqa: E402
 
 from lightning_prune import DependencyGraph, count_flops, count_params  # noqa: E402
-from lightning_prune.importance import lowest_channels  # noqa: E402
+from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from toy_modules import IMAGE_SIZE, NUM_CLASSES, ToyData, ToyModule, check_modul
 from lightning_prune import DependencyGraph, count_flops, count_params  # noqa: E402
 from lightning_prune.callbacks import IterativePruningCallback, PruningStep  # noqa: E402
 from lightning_prune.checkpoint import CHECKPOINT_KEY, load_pruned  # noqa: E402
-from lightning_prune.importance import CRITERIA, channel_scores  # noqa: E402
+from lightning_prune.pruning.importance import CRITERIA, channel_scores  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers",

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lightning_prune import DependencyGraph  # noqa: E402
-from lightning_prune.importance import lowest_channels  # noqa: E402
+from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
 SIZE = 64
 RATIO = 0.3

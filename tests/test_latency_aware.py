@@ -16,18 +16,24 @@ from toy_modules import IMAGE_SIZE, ToyData, ToyModule, ToyNet
 from lightning_prune import DependencyGraph
 from lightning_prune.callbacks import IterativePruningCallback
 from lightning_prune.pruning import IterativePruner, PruningConfig
-from lightning_prune.pruning.strategies import candidate_groups, latency_options, score_channels, select_counts
-from lightning_prune.selection import (
+from lightning_prune.pruning.allocation import (
     cost_function,
     global_counts,
     knapsack_counts,
-    paper_selection,
-    plan_from_counts,
-    score_probes,
     sensitivity_counts,
     uniform_counts,
 )
-from lightning_prune.sensitivity import Probe
+from lightning_prune.pruning.counts import plan_from_counts
+from lightning_prune.pruning.scoring import paper_selection, score_probes
+from lightning_prune.pruning.sensitivity import Probe
+from lightning_prune.pruning.strategies import (
+    Candidates,
+    SelectionRules,
+    candidate_groups,
+    latency_options,
+    score_channels,
+    select_counts,
+)
 
 X = torch.randn(32, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()
@@ -124,15 +130,16 @@ def test_latency_cost_rounds_every_strategy_to_fast_widths(strategy: str) -> Non
         return score_probes(probes, 1.0, latency=lambda p: table.removed_ms({p.group: p.removed}))
 
     budget = 0.4 * table.total_ms()
-    counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, "latency", scored=scored,
-                              cost_table=table)
+    candidates = Candidates(graph, groups, scores, ranking)
+    counts, _ = select_counts(candidates, SelectionRules(strategy, "latency"), budget,
+                              scored=scored, cost_table=table)
     assert counts and all(count in options[name] for name, count in counts.items())
     removed = table.removed_ms(counts)
     assert abs(removed - budget) <= max(table.rates.values()) * STEP * 2  # as close as the coarse widths allow
     # a FLOPs budget met at latency-fast widths
     flops_budget = 0.4 * graph.traced_flops
-    counts, _ = select_counts(strategy, graph, groups, scores, ranking, flops_budget, "latency", scored=scored,
-                              cost_table=table, budget_cost="flops")
+    counts, _ = select_counts(candidates, SelectionRules(strategy, "latency", "flops"), flops_budget,
+                              scored=scored, cost_table=table)
     assert all(count in options[name] for name, count in counts.items())
     assert graph.estimate_removal({n: list(range(c)) for n, c in counts.items() if c})[0] > 0.2 * graph.traced_flops
 
@@ -161,7 +168,7 @@ def test_sensitivity_counts_rounds_probes_down_to_allowed_counts() -> None:
 def test_latency_cost_without_a_table_fails_in_one_line() -> None:
     graph = DependencyGraph(make_net(), EXAMPLE)
     with pytest.raises(ValueError, match="needs a measured cost table"):
-        select_counts("uniform", graph, candidate_groups(graph), {}, {}, 1.0, "latency")
+        select_counts(Candidates(graph, candidate_groups(graph), {}, {}), SelectionRules("uniform", "latency"), 1.0)
     with pytest.raises(ValueError, match="unknown cost 'speed'"):
         PruningConfig(cost="speed")
 
@@ -253,8 +260,9 @@ def test_global_latency_prunes_where_channels_cost_most() -> None:
     scores = {g.name: np.linspace(1.0, 2.0, g.size) for g in groups}  # the same importance profile everywhere
     ranking = {g.name: np.arange(g.size) for g in groups}
     budget = 0.3 * table.total_ms()
-    by_latency, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", cost_table=table)
-    by_flops, _ = select_counts("global", graph, groups, scores, ranking, 0.3 * graph.traced_flops, "flops")
+    candidates = Candidates(graph, groups, scores, ranking)
+    by_latency, _ = select_counts(candidates, SelectionRules("global", "latency"), budget, cost_table=table)
+    by_flops, _ = select_counts(candidates, SelectionRules("global", "flops"), 0.3 * graph.traced_flops)
     share = {name: by_latency.get(name, 0) / next(g.size for g in groups if g.name == name) for name in (costly, cheap)}
     assert share[costly] > share[cheap]
     assert table.removed_ms(by_latency) >= budget * 0.9
@@ -276,13 +284,13 @@ def test_global_latency_under_a_flops_budget_spends_it_where_flops_run_slowest()
     scores = {g.name: np.linspace(1.0, 2.0, g.size) for g in groups}
     ranking = {g.name: np.arange(g.size) for g in groups}
     budget = 0.3 * graph.traced_flops
-    counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", cost_table=table,
-                              budget_cost="flops")
+    candidates = Candidates(graph, groups, scores, ranking)
+    counts, _ = select_counts(candidates, SelectionRules("global", "latency", "flops"), budget, cost_table=table)
     share = {name: counts.get(name, 0) / next(g.size for g in groups if g.name == name) for name in (slow, fast)}
     assert share[slow] > share[fast]
     assert flops(plan_from_counts(ranking, counts)) >= 0.9 * budget
-    by_ms, _ = select_counts("global", graph, groups, scores, ranking, 0.3 * table.total_ms(), "latency",
-                             cost_table=table, budget_cost="latency")
+    by_ms, _ = select_counts(candidates, SelectionRules("global", "latency", "latency"), 0.3 * table.total_ms(),
+                             cost_table=table)
     assert by_ms != counts  # under a latency budget the weight is milliseconds alone
 
 
@@ -297,10 +305,10 @@ def test_knapsack_meets_a_flops_budget_at_fast_widths_and_saves_at_least_the_thr
     table = ScriptedTable(graph)
     scores, ranking = score_channels(groups, net, "l1")
     budget = 0.4 * graph.traced_flops
-    common = dict(cost_table=table, budget_cost="flops", max_rate=0.75)
-    knap, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", allocation="knapsack",
-                            **common)
-    thresh, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", **common)
+    common = dict(strategy="global", cost="latency", budget_cost="flops", max_rate=0.75)
+    candidates = Candidates(graph, groups, scores, ranking)
+    knap, _ = select_counts(candidates, SelectionRules(allocation="knapsack", **common), budget, cost_table=table)
+    thresh, _ = select_counts(candidates, SelectionRules(**common), budget, cost_table=table)
     removed = flops(plan_from_counts(ranking, knap))
     assert 0.85 * budget <= removed <= 1.15 * budget
     for group in groups:
@@ -363,7 +371,8 @@ def test_knapsack_importance_weight_spares_important_channels() -> None:
     counts = knapsack_counts(graph, groups, ranking, 4.0, count, count, options, scores=scores, importance_weight=1)
     assert counts == {"0": 0, "1": 4}
     with pytest.raises(ValueError, match="unknown allocation"):
-        select_counts("global", graph, groups, scores, ranking, 4.0, allocation="greedy")
+        candidates = Candidates(graph, groups, scores, ranking)
+        select_counts(candidates, SelectionRules("global", allocation="greedy"), 4.0)
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "global"])
@@ -375,8 +384,8 @@ def test_max_rate_caps_every_group_in_a_step(strategy: str, cost: str) -> None:
     groups = candidate_groups(graph)
     scores, ranking = score_channels(groups, net, "l1")
     budget = 0.35 * (table.total_ms() if cost == "latency" else graph.traced_flops)
-    counts, _ = select_counts(strategy, graph, groups, scores, ranking, budget, cost, cost_table=table,
-                              max_rate=0.5)
+    candidates = Candidates(graph, groups, scores, ranking)
+    counts, _ = select_counts(candidates, SelectionRules(strategy, cost, max_rate=0.5), budget, cost_table=table)
     assert any(counts.values())
     for group in groups:
         assert counts.get(group.name, 0) <= 0.5 * group.size

@@ -14,14 +14,17 @@ import lightning_prune.pruning.measured_choice as measured_choice
 from lightning_prune import DependencyGraph
 from lightning_prune.profiling import LatencyResult
 from lightning_prune.pruning import IterativePruner, PruningConfig, build_cost_table, fastest_plan
+from lightning_prune.pruning.allocation import cost_function
+from lightning_prune.pruning.counts import plan_from_counts
 from lightning_prune.pruning.strategies import (
+    Candidates,
+    SelectionRules,
     allocation_candidates,
     candidate_groups,
     latency_options,
     score_channels,
     select_counts,
 )
-from lightning_prune.selection import cost_function, plan_from_counts
 
 
 def scripted_timing(monkeypatch: pytest.MonkeyPatch, ms: Any) -> list[dict[str, nn.Module]]:
@@ -107,10 +110,11 @@ def test_allocation_candidates_are_distinct_meet_the_budget_and_keep_their_multi
     groups = candidate_groups(graph)
     scores, ranking = score_channels(groups, net, "l1")
     budget = 0.4 * graph.traced_flops
-    found = allocation_candidates(graph, groups, scores, ranking, budget, table, "flops", max_rate=0.75)
+    candidates = Candidates(graph, groups, scores, ranking)
+    found = allocation_candidates(candidates, SelectionRules(budget_cost="flops", max_rate=0.75), budget, table)
     assert "threshold/1" in found and set(found) <= {f"{a}/{m}" for a in ("threshold", "knapsack") for m in (1, 8, 16)}
     # lower caps (a rate above max_rate is never tried) and the knapsack's cost-only weight widen the set
-    wider = allocation_candidates(graph, groups, scores, ranking, budget, table, "flops", max_rate=0.75,
+    wider = allocation_candidates(candidates, SelectionRules(budget_cost="flops", max_rate=0.75), budget, table,
                                   rates=(1.0, 0.5), weights=(1.0, 0.0))
     assert set(found) <= set(wider) and not any("@1" in name for name in wider)
     assert all("@0.5" in name or "~w0" in name for name in set(wider) - set(found))
@@ -126,8 +130,8 @@ def test_allocation_candidates_are_distinct_meet_the_budget_and_keep_their_multi
             assert width == group.size or (width % STEP == 0 and width % multiple == 0), (name, group.name)
             assert counts.get(group.name, 0) <= cap * group.size
     # round_to=8: only multiples of 8 and 16 are tried
-    assert {n.split("/")[1] for n in allocation_candidates(graph, groups, scores, ranking, budget, table, "flops",
-                                                           round_to=8)} <= {"8", "16"}
+    assert {n.split("/")[1] for n in allocation_candidates(candidates, SelectionRules(budget_cost="flops", round_to=8),
+                                                           budget, table)} <= {"8", "16"}
 
 
 def test_round_to_keeps_latency_widths_to_its_multiples() -> None:
@@ -173,7 +177,8 @@ def test_the_pruner_prunes_what_the_backend_measured_fastest(monkeypatch: pytest
     assert uniform.step(0).allocation is None and len(seen) == 4
     groups = candidate_groups(graph)
     with pytest.raises(ValueError, match="allocation 'measured' times candidate plans"):
-        select_counts("global", graph, groups, {}, {}, 1.0, "latency", allocation="measured")
+        select_counts(Candidates(graph, groups, {}, {}), SelectionRules("global", "latency", allocation="measured"),
+                      1.0)
     assert PruningConfig(allocation="measured").allocation == "measured"
 
 
@@ -335,8 +340,9 @@ def test_allocation_candidates_can_keep_one_family() -> None:
     scores, ranking = score_channels(groups, graph.model, "l1")
     table = ScriptedTable(graph)
     budget = 0.4 * graph.traced_flops
-    knapsack = allocation_candidates(graph, groups, scores, ranking, budget, table, "flops",
+    candidates = Candidates(graph, groups, scores, ranking)
+    knapsack = allocation_candidates(candidates, SelectionRules(budget_cost="flops"), budget, table,
                                      allocations=("knapsack",))
     assert knapsack and all(name.startswith("knapsack/") for name in knapsack)
     with pytest.raises(ValueError, match="allocations must be some of"):
-        allocation_candidates(graph, groups, scores, ranking, budget, table, "flops", allocations=("greedy",))
+        allocation_candidates(candidates, SelectionRules(budget_cost="flops"), budget, table, allocations=("greedy",))

@@ -26,7 +26,6 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from lightning_prune import DependencyGraph  # noqa: E402
 from lightning_prune.data.synthetic import CLASS_NAMES, main, make_synthetic_dataset  # noqa: E402
-from lightning_prune.importance import lowest_channels  # noqa: E402
 from lightning_prune.integrations.ultralytics import (  # noqa: E402
     YOLODataModule,
     YOLOModule,
@@ -34,6 +33,7 @@ from lightning_prune.integrations.ultralytics import (  # noqa: E402
     save_yolo,
     ultralytics_val_metrics,
 )
+from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
 IMGSZ = 64
 REPO = Path(__file__).resolve().parents[1]

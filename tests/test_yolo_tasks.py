@@ -19,7 +19,6 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from lightning_prune import DependencyGraph  # noqa: E402
 from lightning_prune.data.synthetic import CLASS_NAMES, make_synthetic_dataset  # noqa: E402
-from lightning_prune.importance import lowest_channels  # noqa: E402
 from lightning_prune.integrations.ultralytics import (  # noqa: E402
     ModelEMA,
     YOLODataModule,
@@ -27,6 +26,7 @@ from lightning_prune.integrations.ultralytics import (  # noqa: E402
     model_task,
     save_yolo,
 )
+from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
 IMGSZ = 64
 

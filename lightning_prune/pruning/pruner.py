@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
-from lightning_prune.importance import channel_scores
 from lightning_prune.profiling import (
     compare_latency,
     count_flops,
@@ -30,16 +29,22 @@ from lightning_prune.pruning.averaged import mirror_all
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator
 from lightning_prune.pruning.config import PruningConfig
 from lightning_prune.pruning.cost_table import CostTable, build_cost_table
+from lightning_prune.pruning.counts import plan_from_counts
 from lightning_prune.pruning.distill import Distiller
 from lightning_prune.pruning.grad_state import release_grad_accumulators
+from lightning_prune.pruning.importance import channel_scores
 from lightning_prune.pruning.latency_control import LatencyController
 from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan, time_plans
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
 from lightning_prune.pruning.schedule import pending_epochs, step_budget
+from lightning_prune.pruning.scoring import boundary_probes, score_probes
+from lightning_prune.pruning.sensitivity import Probe, analyze_sensitivity, remeasure
 from lightning_prune.pruning.strategies import (
     MEASURED_RATES,
     MEASURED_WEIGHTS,
+    Candidates,
+    SelectionRules,
     allocation_applies,
     allocation_candidates,
     candidate_groups,
@@ -49,8 +54,6 @@ from lightning_prune.pruning.strategies import (
     score_channels,
     select_counts,
 )
-from lightning_prune.selection import boundary_probes, plan_from_counts, score_probes
-from lightning_prune.sensitivity import Probe, analyze_sensitivity, remeasure
 
 __all__ = ["CORRECTION_SCALES", "IterativePruner", "conv_widths"]
 
@@ -520,17 +523,17 @@ class IterativePruner:
                 result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             return result
 
-        most = self._max_removal(groups)
+        candidates = Candidates(self.graph, groups, scores, ranking)
         allocation = allocation or config.allocation
+        rules = SelectionRules(strategy, cost, budget_cost, allocation, config.round_to, config.min_channels,
+                               config.max_rate, self._max_removal(groups), params_layers=config.params_layers,
+                               flops_layers=config.flops_layers)
         if allocation == "measured":
             if allocation_applies(strategy, cost, budget_cost):
-                choice = self._measured_choice(groups, scores, ranking, budget, table, budget_cost, most)
+                choice = self._measured_choice(candidates, rules, budget, table)
                 return choice.plan, probes, [], choice
-            allocation = "threshold"
-        counts, used = select_counts(strategy, self.graph, groups, scores, ranking, budget, cost,
-                                     config.round_to, config.min_channels, scored, config.params_layers,
-                                     config.flops_layers, cost_table=table, budget_cost=budget_cost,
-                                     max_rate=config.max_rate, allocation=allocation, max_removal=most)
+            rules = dataclasses.replace(rules, allocation="threshold")
+        counts, used = select_counts(candidates, rules, budget, scored=scored, cost_table=table)
         plan = self.communicator.broadcast(plan_from_counts(ranking, counts))
         return plan, probes, [item.probe.group for item in used], None
 
@@ -542,25 +545,23 @@ class IterativePruner:
         return {g.name: max(0, g.size - math.ceil((1.0 - rate) * self.original_sizes.get(g.name, g.size) - 1e-9))
                 for g in groups}
 
-    def _measured_choice(self, groups: list[Group], scores: dict[str, np.ndarray], ranking: dict[str, np.ndarray],
-                         budget: float, table: Any, budget_cost: str, most: dict[str, int] | None) -> MeasuredChoice:
+    def _measured_choice(self, candidates: Candidates, rules: SelectionRules, budget: float,
+                         table: Any) -> MeasuredChoice:
         """``allocation="measured"``: rank 0 times the candidate allocations' pruned copies on the backend and
         keeps the fastest; every rank prunes what it chose."""
         config, comm = self.config, self.communicator
         choice = None
         if comm.rank == 0:
-            found = allocation_candidates(self.graph, groups, scores, ranking, budget, table, budget_cost,
-                                          config.round_to, config.min_channels, config.max_rate,
-                                          max_removal=most, rates=MEASURED_RATES, weights=MEASURED_WEIGHTS)
+            found = allocation_candidates(candidates, rules, budget, table, rates=MEASURED_RATES,
+                                          weights=MEASURED_WEIGHTS)
             blocked = 8 if 8 % config.round_to == 0 else config.round_to
             for proxy, proxy_table in self._proxies().items():
-                extra = allocation_candidates(self.graph, groups, scores, ranking, budget, proxy_table, budget_cost,
-                                              blocked, config.min_channels, config.max_rate, max_removal=most,
-                                              rates=MEASURED_RATES, allocations=("knapsack",))
+                extra = allocation_candidates(candidates, dataclasses.replace(rules, round_to=blocked), budget,
+                                              proxy_table, rates=MEASURED_RATES, allocations=("knapsack",))
                 for name, counts in extra.items():
                     if counts not in found.values():
                         found[f"{proxy}:{name}"] = counts
-            plans = {name: plan_from_counts(ranking, counts) for name, counts in found.items()}
+            plans = {name: plan_from_counts(candidates.ranking, counts) for name, counts in found.items()}
             measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
                                     rounds=max(2, min(10, config.latency_repeats // 2)))
             choice = dataclasses.asdict(measured)

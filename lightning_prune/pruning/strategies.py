@@ -1,9 +1,12 @@
-"""Which channels one step removes: candidates, channel ranking, and the three strategies held to a budget."""
+"""Which channels one step removes: the candidate groups and their channel ranking (:class:`Candidates`), what is
+asked of the step (:class:`SelectionRules`), and :func:`select_counts`, which holds the strategy to the budget with
+an allocation (:mod:`~lightning_prune.pruning.allocation`); latency-aware rounding and caps on the way."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -11,23 +14,23 @@ import numpy as np
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
-from lightning_prune.importance import Criterion, channel_scores
-from lightning_prune.pruning.config import Allocation, choices
-from lightning_prune.selection import (
+from lightning_prune.pruning.allocation import (
     Cost,
-    Scored,
     cost_function,
     global_counts,
     knapsack_counts,
     sensitivity_counts,
     uniform_counts,
-    valid_counts,
 )
-from lightning_prune.sensitivity import removal_count
+from lightning_prune.pruning.config import Allocation, choices
+from lightning_prune.pruning.counts import removal_count, valid_counts
+from lightning_prune.pruning.importance import Criterion, channel_scores
+from lightning_prune.pruning.scoring import Scored
 
-__all__ = ["MEASURED_MULTIPLES", "MEASURED_RATES", "MEASURED_WEIGHTS", "PROXY_BACKENDS", "allocation_applies",
-           "allocation_candidates", "candidate_groups", "capped_options", "default_proxies", "is_ignored",
-           "latency_options", "latency_per_channel", "max_counts", "max_removable", "score_channels", "select_counts"]
+__all__ = ["MEASURED_MULTIPLES", "MEASURED_RATES", "MEASURED_WEIGHTS", "PROXY_BACKENDS", "Candidates",
+           "SelectionRules", "allocation_applies", "allocation_candidates", "candidate_groups", "capped_options",
+           "default_proxies", "is_ignored", "latency_options", "latency_per_channel", "max_counts", "max_removable",
+           "score_channels", "select_counts"]
 
 MEASURED_MULTIPLES = (8, 16)  # besides round_to: the channel blocks backends lay convolutions out in
 MEASURED_RATES = (0.75, 0.5)  # below max_rate: per-group caps that spread the budget over more groups
@@ -37,6 +40,48 @@ MEASURED_WEIGHTS = (1.0, 0.0)  # the knapsack's importance weights: importance a
 #: ONNX Runtime's do (both run oneDNN-style blocked convolutions too): on YOLO11n at 640 px their knapsack allocations
 #: ran 2-3 % faster on OpenVINO than those of OpenVINO's own table, at the same FLOPs.
 PROXY_BACKENDS = {"openvino": ("eager", "onnxruntime")}
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What one step may remove: the candidate ``groups`` of ``graph``, per group its channel ``scores`` and its
+    channels in pruning order (``ranking``, lowest score first: :func:`score_channels`)."""
+
+    graph: DependencyGraph
+    groups: Sequence[Group]
+    scores: Mapping[str, np.ndarray]
+    ranking: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """What :func:`select_counts` is asked (the fields of :class:`~lightning_prune.pruning.PruningConfig` it reads).
+
+    Attributes:
+        strategy: ``"uniform"``, ``"global"`` or ``"sensitivity"``.
+        cost: what the paper's value and latency-aware rounding read: ``"flops"``, ``"params"``, ``"latency"`` (needs
+            a measured cost table) or a cost function ``plan -> removed cost``.
+        budget_cost: what measures the budget when it differs from ``cost`` (``"latency"``: the table's predicted
+            milliseconds); ``None``: ``cost``.
+        allocation: ``"threshold"`` or ``"knapsack"`` (``"measured"`` is :func:`allocation_candidates`' and
+            :func:`~lightning_prune.pruning.measured_choice.fastest_plan`'s).
+        round_to, min_channels: as in :func:`~lightning_prune.pruning.counts.removal_count`.
+        max_rate: the share of any one group a step removes at most; ``max_removal``: group -> channels at most.
+        importance_weight: the knapsack's ``β`` (importance against cost).
+        params_layers, flops_layers: the paper's picks by parameter and by FLOPs (latency) value.
+    """
+
+    strategy: str = "global"
+    cost: Cost = "flops"
+    budget_cost: Cost | None = None
+    allocation: Allocation = "threshold"
+    round_to: int = 1
+    min_channels: int = 1
+    max_rate: float = 1.0
+    max_removal: Mapping[str, int] | None = None
+    importance_weight: float = 1.0
+    params_layers: int = 6
+    flops_layers: int = 5
 
 
 def default_proxies(backend: str) -> tuple[str, ...]:
@@ -197,19 +242,13 @@ def latency_per_channel(table: Any, groups: Sequence[Group], options: Mapping[st
     return costs
 
 
-def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group],
-                  scores: Mapping[str, np.ndarray], ranking: Mapping[str, np.ndarray], budget: float,
-                  cost: Cost = "flops", round_to: int = 1, min_channels: int = 1,
-                  scored: Callable[[], Sequence[Scored]] | None = None, params_layers: int = 6,
-                  flops_layers: int = 5, cost_table: Any = None,
-                  budget_cost: Cost | None = None, max_rate: float = 1.0,
-                  allocation: Allocation = "threshold",
-                  importance_weight: float = 1.0,
-                  max_removal: Mapping[str, int] | None = None) -> tuple[dict[str, int], list[Scored]]:
-    """Channels to remove per group so that ``budget`` of ``budget_cost`` (default: ``cost``) goes, and the paper's
-    picks used (sensitivity).
+def select_counts(candidates: Candidates, rules: SelectionRules, budget: float, *,
+                  scored: Callable[[], Sequence[Scored]] | None = None,
+                  cost_table: Any = None) -> tuple[dict[str, int], list[Scored]]:
+    """Channels to remove per group of ``candidates`` so that ``budget`` of ``rules.budget_cost`` (default:
+    ``rules.cost``) goes, and the paper's picks used (sensitivity).
 
-    ``cost`` is ``"flops"``, ``"params"``, ``"latency"`` (needs ``cost_table``, a measured
+    ``rules.cost`` is ``"flops"``, ``"params"``, ``"latency"`` (needs ``cost_table``, a measured
     :class:`~lightning_prune.pruning.CostTable`: the paper's value becomes ``Δlatency × metric^k``, and every
     strategy rounds each group to its fast widths instead of ``round_to``) or a cost function ``plan -> removed
     cost``. ``budget_cost`` measures the budget when it differs (e.g. a FLOPs budget met at latency-fast widths);
@@ -222,7 +261,7 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     channels are unimportant. Under a FLOPs or params budget (``budget_cost``) the weight is the milliseconds a
     channel saves *per FLOP (parameter) it removes*: the budget is spent where the backend runs its FLOPs slowest,
     which buys the most latency for the FLOPs removed (measured in ``benchmarks/latency_aware.py``).
-    ``allocation="knapsack"`` spends such a FLOPs or params budget with :func:`~lightning_prune.selection.
+    ``allocation="knapsack"`` spends such a FLOPs or params budget with :func:`~lightning_prune.pruning.allocation.
     knapsack_counts` instead: step by step along each group's measured curve, the step that saves the most
     predicted milliseconds per FLOP (parameter), divided by its channels' importance to the power
     ``importance_weight``.
@@ -231,20 +270,23 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
         >>> import torch
         >>> graph = DependencyGraph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1)),
         ...                         torch.randn(1, 3, 4, 4))
-        >>> groups = candidate_groups(graph)
-        >>> ranking = {"0": np.arange(8)}
-        >>> select_counts("uniform", graph, groups, {}, ranking, 320.0)
+        >>> candidates = Candidates(graph, candidate_groups(graph), {}, {"0": np.arange(8)})
+        >>> select_counts(candidates, SelectionRules("uniform"), 320.0)
         ({'0': 2}, [])
-        >>> select_counts("uniform", graph, groups, {}, ranking, 1.0, cost="latency")
+        >>> select_counts(candidates, SelectionRules("uniform", cost="latency"), 1.0)
         Traceback (most recent call last):
         ...
         ValueError: cost 'latency' needs a measured cost table (lightning_prune.pruning.build_cost_table)
     """
+    graph, groups, scores, ranking = candidates.graph, candidates.groups, candidates.scores, candidates.ranking
+    strategy, cost, budget_cost, allocation = rules.strategy, rules.cost, rules.budget_cost, rules.allocation
+    round_to, min_channels, max_rate, max_removal = rules.round_to, rules.min_channels, rules.max_rate, \
+        rules.max_removal
     if allocation not in choices(Allocation):
         raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(choices(Allocation))}")
     if allocation == "measured":
         raise ValueError("allocation 'measured' times candidate plans on the backend: use allocation_candidates "
-                         "and lightning_prune.pruning.fastest_plan (IterativePruner does both)")
+                         "and lightning_prune.pruning.measured_choice.fastest_plan (IterativePruner does both)")
     if budget <= 0 or not groups:
         return {}, []
     options = None
@@ -269,22 +311,22 @@ def select_counts(strategy: str, graph: DependencyGraph, groups: Sequence[Group]
     measure = cost if budget_cost is None else budget_cost
     if measure == "latency":
         if cost_table is None:
-            raise ValueError("a latency budget needs a measured cost table (lightning_prune.profiling."
+            raise ValueError("a latency budget needs a measured cost table (lightning_prune.pruning."
                              "build_cost_table)")
         measure = cost_table.removed_ms
     if strategy == "uniform":
         return uniform_counts(graph, groups, ranking, budget, measure, round_to, min_channels, options=options), []
     if knapsack:
         return knapsack_counts(graph, groups, ranking, budget, measure, cost, options, round_to, min_channels,
-                               scores=scores, importance_weight=importance_weight), []
+                               scores=scores, importance_weight=rules.importance_weight), []
     if strategy == "global":
         return global_counts(graph, groups, scores, ranking, budget, measure, round_to, min_channels,
                              options=options, channel_cost=channel_cost), []
     if strategy == "sensitivity":
         if scored is None:
             raise ValueError("strategy 'sensitivity' needs scored probes")
-        return sensitivity_counts(graph, groups, ranking, scored(), budget, measure, params_layers, flops_layers,
-                                  round_to, min_channels, options=options, value=value)
+        return sensitivity_counts(graph, groups, ranking, scored(), budget, measure, rules.params_layers,
+                                  rules.flops_layers, round_to, min_channels, options=options, value=value)
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
@@ -302,23 +344,19 @@ def allocation_applies(strategy: str, cost: Any, budget_cost: Cost | None) -> bo
     return strategy == "global" and cost == "latency" and budget_cost not in (None, "latency")
 
 
-def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], scores: Mapping[str, np.ndarray],
-                          ranking: Mapping[str, np.ndarray], budget: float, cost_table: Any, budget_cost: Cost,
-                          round_to: int = 1, min_channels: int = 1, max_rate: float = 1.0,
-                          multiples: Sequence[int] = MEASURED_MULTIPLES,
-                          importance_weight: float = 1.0,
-                          max_removal: Mapping[str, int] | None = None,
-                          rates: Sequence[float] = (),
+def allocation_candidates(candidates: Candidates, rules: SelectionRules, budget: float, cost_table: Any, *,
+                          multiples: Sequence[int] = MEASURED_MULTIPLES, rates: Sequence[float] = (),
                           weights: Sequence[float] = (),
                           allocations: Sequence[str] = ("threshold", "knapsack")) -> dict[str, dict[str, int]]:
-    """The latency-aware ``global`` allocations of one FLOPs (params) ``budget`` that ``allocation="measured"``
-    times on the backend: ``threshold`` and ``knapsack`` (see :func:`select_counts`), each at the table's fast widths
-    that are multiples of ``round_to`` and of every larger one of ``multiples`` that ``round_to`` divides, named
-    ``"<allocation>/<multiple>"``; a candidate with the same counts as an earlier one is left out.
+    """The latency-aware ``global`` allocations of one FLOPs (params) ``budget`` (``rules.budget_cost``) that
+    ``allocation="measured"`` times on the backend: ``threshold`` and ``knapsack`` (see :func:`select_counts`), each
+    at the table's fast widths that are multiples of ``rules.round_to`` and of every larger one of ``multiples`` that
+    ``round_to`` divides, named ``"<allocation>/<multiple>"``; a candidate with the same counts as an earlier one is
+    left out. ``rules``' strategy, cost and allocation are not read.
 
-    Each is also tried with every per-group cap of ``rates`` below ``max_rate`` (named ``...@<rate>``; a lower cap
-    spreads the budget over more groups) and, for the knapsack, every importance weight of ``weights`` besides
-    ``importance_weight`` (named ``...~w<weight>``; ``0``: cost alone). Which of these the backend runs fastest
+    Each is also tried with every per-group cap of ``rates`` below ``rules.max_rate`` (named ``...@<rate>``; a lower
+    cap spreads the budget over more groups) and, for the knapsack, every importance weight of ``weights`` besides
+    ``rules.importance_weight`` (named ``...~w<weight>``; ``0``: cost alone). Which of these the backend runs fastest
     differs by model and backend by a few per cent, more than the table can tell apart. ``allocations`` keeps only
     some of the two families.
 
@@ -329,14 +367,16 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
         >>> graph = DependencyGraph(net, torch.randn(1, 3, 32, 32))
         >>> table = build_cost_table(graph, "eager", repeats=1)
         >>> groups = candidate_groups(graph)
-        >>> scores, ranking = score_channels(groups, net, "l1")
-        >>> found = allocation_candidates(graph, groups, scores, ranking, 0.3 * graph.traced_flops, table, "flops")
+        >>> candidates = Candidates(graph, groups, *score_channels(groups, net, "l1"))
+        >>> found = allocation_candidates(candidates, SelectionRules(budget_cost="flops"), 0.3 * graph.traced_flops,
+        ...                               table)
         >>> all(name.split("/")[0] in ("threshold", "knapsack") for name in found), "threshold/1" in found
         (True, True)
     """
     unknown = sorted(set(allocations) - {"threshold", "knapsack"})
     if unknown or not allocations:
         raise ValueError(f"allocations must be some of 'threshold', 'knapsack', got {list(allocations)}")
+    round_to, max_rate, importance_weight = rules.round_to, rules.max_rate, rules.importance_weight
     steps = sorted({int(round_to), *(int(m) for m in multiples if m > round_to and m % round_to == 0)})
     caps = [float(max_rate), *sorted({float(r) for r in rates if 0.0 < r < max_rate}, reverse=True)]
     knapsack_weights = [float(importance_weight), *(float(w) for w in dict.fromkeys(weights)
@@ -346,10 +386,9 @@ def allocation_candidates(graph: DependencyGraph, groups: Sequence[Group], score
         for multiple in steps:
             families = [("threshold", importance_weight), *(("knapsack", w) for w in knapsack_weights)]
             for allocation, weight in [(a, w) for a, w in families if a in allocations]:
-                counts, _ = select_counts("global", graph, groups, scores, ranking, budget, "latency", multiple,
-                                          min_channels, cost_table=cost_table, budget_cost=budget_cost,
-                                          max_rate=cap, allocation=allocation, importance_weight=weight,
-                                          max_removal=max_removal)
+                asked = dataclasses.replace(rules, strategy="global", cost="latency", round_to=multiple,
+                                            max_rate=cap, allocation=allocation, importance_weight=weight)
+                counts, _ = select_counts(candidates, asked, budget, cost_table=cost_table)
                 counts = {name: count for name, count in counts.items() if count}
                 if counts not in found.values():
                     name = f"{allocation}/{multiple}" + (f"@{cap:g}" if cap != max_rate else "")
