@@ -66,7 +66,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lightning_prune import DependencyGraph, count_flops  # noqa: E402
-from lightning_prune.profiling.latency import (  # noqa: E402
+from lightning_prune.profiling import (  # noqa: E402
     BACKENDS,
     ChannelSpeed,
     LatencyResult,

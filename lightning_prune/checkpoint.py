@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph
-from lightning_prune.pruning import declared_attachments, declared_copies, mirror_all
+from lightning_prune.pruning.averaged import declared_copies, mirror_all
+from lightning_prune.pruning.distill import declared_attachments
 
 __all__ = ["CHECKPOINT_KEY", "PrunedCheckpointMixin", "example_input_for", "load_pruned", "read_checkpoint",
            "replay_history", "restore_pruned"]

@@ -226,7 +226,7 @@ def test_weightless_ops_compute_the_same_in_onnx_and_time_on_the_graph_backends(
         pytest.importorskip("openvino")
     from onnx import TensorProto, helper
 
-    from lightning_prune.profiling import OpSpec
+    from lightning_prune.profiling.isolated import OpSpec
 
     specs = [OpSpec("cat", ((1, 4, 6, 6), (1, 2, 6, 6))), OpSpec("split", ((1, 6, 6, 6),), {"sizes": [2, 4]}),
              OpSpec("max_pool2d", ((1, 4, 7, 7),), {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1],
@@ -258,7 +258,7 @@ def test_weightless_ops_compute_the_same_in_onnx_and_time_on_the_graph_backends(
 
 
 def test_an_op_spec_of_an_unknown_kind_fails_in_one_line() -> None:
-    from lightning_prune.profiling import OpSpec
+    from lightning_prune.profiling.isolated import OpSpec
 
     with pytest.raises(ValueError, match="unknown op kind 'gather'"):
         OpSpec("gather", ((1, 2, 3, 3),))

@@ -26,16 +26,15 @@ from torch import nn  # noqa: E402
 from lightning_prune import DependencyGraph, count_flops, count_params  # noqa: E402
 from lightning_prune.callbacks.events import PruningStep, notify_pruning_step  # noqa: E402
 from lightning_prune.callbacks.latency_profiler import LatencyProfiler  # noqa: E402
-from lightning_prune.profiling.latency import (  # noqa: E402
+from lightning_prune.profiling import (  # noqa: E402
     ChannelSpeed,
     channel_speed_table,
     compare_latency,
     measure_latency,
-    onnx_outputs,
-    ort_max_abs_diff,
     ort_outputs_match,
     suggest_round_to,
 )
+from lightning_prune.profiling.onnx_runtime import onnx_outputs, ort_max_abs_diff  # noqa: E402
 from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
 HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))

@@ -13,9 +13,10 @@ from torch import nn
 import lightning_prune.pruning.measured_choice as measured_choice
 from lightning_prune import DependencyGraph
 from lightning_prune.profiling import LatencyResult
-from lightning_prune.pruning import IterativePruner, PruningConfig, build_cost_table, fastest_plan
+from lightning_prune.pruning import IterativePruner, PruningConfig, build_cost_table
 from lightning_prune.pruning.allocation import cost_function
 from lightning_prune.pruning.counts import plan_from_counts
+from lightning_prune.pruning.measured_choice import fastest_plan
 from lightning_prune.pruning.strategies import (
     Candidates,
     SelectionRules,

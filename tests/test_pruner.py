@@ -14,7 +14,8 @@ from toy_modules import IMAGE_SIZE, ToyNet
 
 from lightning_prune import DependencyGraph, count_flops
 from lightning_prune.checkpoint import replay_history
-from lightning_prune.pruning import IterativePruner, PruningConfig, compose_plans
+from lightning_prune.pruning import IterativePruner, PruningConfig
+from lightning_prune.pruning.result import compose_plans
 
 X = torch.randn(32, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()

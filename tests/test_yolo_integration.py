@@ -29,10 +29,10 @@ from lightning_prune.data.synthetic import CLASS_NAMES, main, make_synthetic_dat
 from lightning_prune.integrations.ultralytics import (  # noqa: E402
     YOLODataModule,
     YOLOModule,
-    coco_map,
     save_yolo,
     ultralytics_val_metrics,
 )
+from lightning_prune.integrations.ultralytics.module import coco_map  # noqa: E402
 from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
 IMGSZ = 64

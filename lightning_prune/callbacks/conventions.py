@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lightning_prune.pruning import declared_copies
+from lightning_prune.pruning.averaged import declared_copies
 
 __all__ = ["averaged_copies", "cancel_early_stop", "forget_best_checkpoints", "hold_off_early_stopping",
            "restart_early_stopping"]

@@ -15,7 +15,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.callbacks.evaluation import precision_context
 from lightning_prune.callbacks.events import PruningStep
-from lightning_prune.profiling import LatencyTracker, LayerTime, batched_input
+from lightning_prune.profiling import LatencyTracker, LayerTime
+from lightning_prune.profiling.timing import batched_input
 
 __all__ = ["LatencyProfiler"]
 

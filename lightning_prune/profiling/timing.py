@@ -234,6 +234,16 @@ def measure_latency(model: nn.Module, example_input: Any, backend: str = "eager"
         >>> result = measure_latency(torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 16, 16), repeats=3, batch_size=2)
         >>> result.batch_size, len(result.times_ms)
         (2, 3)
+
+        Per layer (each conv, by module name):
+
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        >>> result = measure_latency(net, torch.randn(1, 3, 32, 32), repeats=5, per_layer=True)
+        >>> result.backend, len(result.times_ms), result.median_ms > 0
+        ('eager', 5, True)
+        >>> sorted(layer.name for layer in result.layers)
+        ['0', '2']
     """
     return compare_latency({"model": model}, example_input, backend, rounds=1, warmup=warmup, repeats=repeats,
                            num_threads=num_threads, batch_size=batch_size, per_layer=per_layer)["model"]

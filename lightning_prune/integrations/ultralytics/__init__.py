@@ -31,23 +31,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lightning_prune.utils.deprecation import moved_names, moving
+
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
     "TASKS": "data",
     "DataConfig": "data",
     "DataSetError": "data",
-    "EpochSampler": "data",
     "YOLODataModule": "data",
     "load_data_yaml": "data",
-    "yolo_collate": "data",
     "build_detection_model": "build",
     "build_yolo_model": "build",
     "model_task": "build",
     "resolve_model_yaml": "build",
     "ModelEMA": "ema",
-    "WarmupDecay": "module",
     "YOLOModule": "module",
-    "coco_map": "module",
     "save_yolo": "export",
     "ultralytics_val_map": "validation",
     "ultralytics_val_metrics": "validation",
@@ -59,13 +57,17 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
+#: internals this package exported in 0.1.0: importable from their modules; from here for one more release
+_moved = moved_names(__name__, {**moving(["EpochSampler", "yolo_collate"], f"{__name__}.data"),
+                                **moving(["WarmupDecay", "coco_map"], f"{__name__}.module")})
+
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _moved(name)
 
 
 def __dir__() -> list[str]:
