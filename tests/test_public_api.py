@@ -25,6 +25,7 @@ MOVED = [
     ("lightning_prune.selection", "knapsack_counts", "lightning_prune.pruning.allocation"),
     ("lightning_prune.selection", "plan_from_counts", "lightning_prune.pruning.counts"),
     ("lightning_prune.surgery", "Surgery", "lightning_prune.graph.surgery"),
+    ("lightning_prune.graph.tracer", "trace_channels", "lightning_prune.graph.trace"),
     ("lightning_prune.profiling.cost_table", "build_cost_table", "lightning_prune.pruning.cost_table"),
     ("lightning_prune.profiling.cost_table", "sample_widths", "lightning_prune.profiling.curves"),
     # names the subpackages no longer export

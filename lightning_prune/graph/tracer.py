@@ -20,9 +20,17 @@ from torch.overrides import TorchFunctionMode
 from lightning_prune.graph.attachments import Attachments, attached_modules
 from lightning_prune.graph.protocol import OpTable
 from lightning_prune.graph.records import Binding, ChannelInfo, Role, TraceResult, channel_info, set_channel_info
+from lightning_prune.utils.deprecation import moved_names, moving
 from lightning_prune.utils.tree import iter_tensors
 
 __all__ = ["ChannelTracer"]
+
+#: what this module held or re-exported before the tracer and the op handlers were parted (issue 36): one more release
+__getattr__ = moved_names(__name__, {
+    **moving(["GraphTraceError", "flatten_output", "trace_channels"], "lightning_prune.graph.trace"),
+    **moving(["call_model", "eval_mode"], "lightning_prune.utils.model"),
+    **moving(["OUTPUT_REASON"], "lightning_prune.graph.records"),
+})
 
 #: besides the op table's reshapes: the ops whose output is a view of a per-channel parameter (``gamma[:, None]``)
 _VIEW_OPS = frozenset({"getitem", "permute", "transpose", "contiguous", "to", "float", "half", "type_as", "clone",
