@@ -142,7 +142,7 @@ def test_the_deployed_form_folds_batchnorm_into_a_copy() -> None:
 
 
 def test_only_rank_zero_measures_the_table_the_others_get_its_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lightning_prune.pruning.pruner as pruner_module
+    import lightning_prune.pruning.cost_table as cost_table_module
     from lightning_prune.pruning import IterativePruner
 
     measured = build_cost_table(make_graph(), "eager", repeats=1, points=4)
@@ -160,7 +160,7 @@ def test_only_rank_zero_measures_the_table_the_others_get_its_copy(monkeypatch: 
     def no_measuring(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("rank 1 measured a cost table")
 
-    monkeypatch.setattr(pruner_module, "build_cost_table", no_measuring)
+    monkeypatch.setattr(cost_table_module, "build_cost_table", no_measuring)
     torch.manual_seed(0)
     pruner = IterativePruner(ToyNet(), EXAMPLE, strategy="uniform", cost="latency", communicator=RankOne())
     assert pruner.last_cost_table is None  # reading what was measured measures nothing

@@ -192,7 +192,7 @@ def test_a_latency_budget_is_met_at_fast_widths(strategy: str) -> None:
     assert result.latency_after <= baseline * 0.6 * 1.03
     assert result.latency_after >= baseline * 0.6 * 0.75  # not gutted either
     assert on_fast_widths(pruner.graph, original)
-    assert pruner._cost_table.updates >= 2  # rebuilt after the prunes
+    assert pruner.last_cost_table.updates >= 2  # rebuilt after the prunes
 
 
 def test_a_latency_target_with_a_real_measured_table(tmp_path: Any) -> None:
@@ -401,7 +401,7 @@ def test_max_rate_is_validated_in_one_line() -> None:
 def test_latency_readings_after_the_baseline_are_interleaved_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """The machine gets twice as slow between the baseline and the step: single readings would see no speedup,
     readings interleaved with the kept baseline model see the real ratio."""
-    import lightning_prune.pruning.pruner as pruner_module
+    import lightning_prune.pruning.latency_reading as reading_module
 
     slow = {"factor": 1.0}
     calls: list[list[str]] = []
@@ -414,8 +414,8 @@ def test_latency_readings_after_the_baseline_are_interleaved_with_it(monkeypatch
         calls.append(sorted(models))
         return {name: fake_measure(model) for name, model in models.items()}
 
-    monkeypatch.setattr(pruner_module, "measure_latency", fake_measure)
-    monkeypatch.setattr(pruner_module, "compare_latency", fake_compare)
+    monkeypatch.setattr(reading_module, "measure_latency", fake_measure)
+    monkeypatch.setattr(reading_module, "compare_latency", fake_compare)
     net = make_net()
     pruner = IterativePruner(net, EXAMPLE, schedule=[0], target=0.3, target_metric="latency", strategy="uniform",
                              latency_corrections=0)

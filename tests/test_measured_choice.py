@@ -228,7 +228,7 @@ def scripted_backend(monkeypatch: pytest.MonkeyPatch, net: nn.Module,
     """Every latency the pruner reads by itself, scripted from a model's FLOPs share of ``net``'s:
     ``ms(share) -> float`` for the baseline, its interleaved readings and a correction's ladder. Returns the model
     dicts the ladder timed and the scripted ``latency(model)``."""
-    import lightning_prune.pruning.pruner as pruner_module
+    import lightning_prune.pruning.latency_reading as reading_module
     from lightning_prune import count_flops
 
     base = count_flops(net, EXAMPLE)
@@ -240,9 +240,9 @@ def scripted_backend(monkeypatch: pytest.MonkeyPatch, net: nn.Module,
         return LatencyResult(backend, latency(model), 0.0, [latency(model)], 1, 1)
 
     seen = scripted_timing(monkeypatch, lambda name, model: latency(model))
-    monkeypatch.setattr(pruner_module, "compare_latency",
+    monkeypatch.setattr(reading_module, "compare_latency",
                         lambda models, *args, **kwargs: {name: result(m) for name, m in models.items()})
-    monkeypatch.setattr(pruner_module, "measure_latency", lambda model, *args, **kwargs: result(model))
+    monkeypatch.setattr(reading_module, "measure_latency", lambda model, *args, **kwargs: result(model))
     return seen, latency
 
 
@@ -252,7 +252,7 @@ def test_a_latency_correction_prunes_the_least_its_measured_ladder_finds_enough(
     asks for, against the unpruned model, and prunes the least of them that meets the goal: here latency drops by a
     further 1 ms below 45 % of the FLOPs (a layout change the FLOPs cannot foresee), so the learned budget would
     overshoot and the ladder's smallest rung lands nearest the goal."""
-    from lightning_prune.pruning.pruner import CORRECTION_SCALES
+    from lightning_prune.pruning.latency_reading import CORRECTION_SCALES
 
     net = make_net()
 
@@ -297,8 +297,6 @@ def test_proxy_tables_propose_knapsack_candidates_the_backend_then_times(monkeyp
     multiples of 8 and 16 channels) beside the target's own; all are timed on the target backend and the fastest is
     pruned, whichever table proposed it. A proxy that is the target itself is dropped; by default only OpenVINO has
     proxies."""
-    import lightning_prune.pruning.pruner as pruner_module
-
     proxy_graph = DependencyGraph(make_net(), EXAMPLE)
     built: list[str] = []
 
@@ -307,7 +305,7 @@ def test_proxy_tables_propose_knapsack_candidates_the_backend_then_times(monkeyp
         names = sorted(g.name for g in proxy_graph.prunable_groups)  # the target's costs in reverse
         return ScriptedTable(proxy_graph, {name: float(len(names) - i) for i, name in enumerate(names)})
 
-    monkeypatch.setattr(pruner_module, "build_cost_table", fake_build)
+    monkeypatch.setattr(measured_choice, "build_cost_table", fake_build)
     # the proxy's candidates are the narrowest here: make them the fastest, so the pick comes from the proxy
     seen = scripted_timing(monkeypatch, lambda name, model: float(width_sum(model)))
     net = make_net()

@@ -68,9 +68,10 @@ from lightning_prune.profiling.curves import (
     sample_widths,
 )
 from lightning_prune.profiling.isolated import LayerSpec, OpSpec, time_layers
+from lightning_prune.pruning.communication import Communicator
 from lightning_prune.utils.files import atomic_write, private_dir
 
-__all__ = ["CostTable", "Relation", "build_cost_table", "discover_ops"]
+__all__ = ["CostTable", "Relation", "SharedCostTable", "build_cost_table", "discover_ops"]
 
 VERSION = 2
 
@@ -271,6 +272,44 @@ class CostTable:
             return self
         return build_cost_table(graph, self.backend, cache_dir=self.cache_dir, previous=self, repeats=self.repeats,
                                 num_threads=self.num_threads, points=self.points)
+
+
+class SharedCostTable:
+    """The cost table of ``graph``'s current architecture on ``backend``, the same on every rank of
+    ``communicator``: built on first use (cached in ``cache_dir``; under several processes rank 0 measures and the
+    others get its table), rebuilt incrementally (only the changed layers) after a prune. A given ``table``
+    (anything with ``removed_ms``, ``removal_options``, ``total_ms`` and ``updated(graph)``) is used instead of a
+    built one; under several processes only a :class:`CostTable` is handed from rank 0."""
+
+    def __init__(self, graph: DependencyGraph, backend: str, cache_dir: str | os.PathLike | None,
+                 communicator: Communicator, table: Any = None) -> None:
+        self.graph = graph
+        self.backend = backend
+        self.cache_dir = cache_dir
+        self.communicator = communicator
+        self._table = table
+
+    @property
+    def last(self) -> Any:
+        """The table as last built or updated (``None`` before the first use), read without measuring anything."""
+        return self._table
+
+    def current(self) -> Any:
+        """The table of the current architecture (built or updated now when it is not)."""
+        comm = self.communicator
+        if comm.world_size > 1 and (self._table is None or isinstance(self._table, CostTable)):
+            table = self._measured() if comm.rank == 0 else None
+            data = comm.broadcast(table.to_dict() if table is not None else None)
+            self._table = table if table is not None else CostTable.from_dict(data)
+            return self._table
+        return self._measured()
+
+    def _measured(self) -> Any:
+        if self._table is None:
+            self._table = build_cost_table(self.graph, self.backend, cache_dir=self.cache_dir)
+        else:
+            self._table = self._table.updated(self.graph)
+        return self._table
 
 
 # -- discovery ----------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,21 @@ from typing import Any
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph
-from lightning_prune.profiling import compare_latency, deployed_copy
+from lightning_prune.profiling import compare_latency, deployed_copy, require_backend
+from lightning_prune.pruning.communication import Communicator
+from lightning_prune.pruning.config import PruningConfig
+from lightning_prune.pruning.cost_table import CostTable, build_cost_table
+from lightning_prune.pruning.counts import plan_from_counts
+from lightning_prune.pruning.strategies import (
+    MEASURED_RATES,
+    MEASURED_WEIGHTS,
+    Candidates,
+    SelectionRules,
+    allocation_candidates,
+    default_proxies,
+)
 
-__all__ = ["MeasuredChoice", "fastest_plan", "time_plans"]
+__all__ = ["MeasuredAllocator", "MeasuredChoice", "fastest_plan", "time_plans"]
 
 
 @dataclass
@@ -128,3 +141,59 @@ def _deployed(graph: DependencyGraph, plans: Mapping[str, Mapping[str, list[int]
 def _timed(models: Mapping[str, nn.Module], example_input: Any, backend: str, **timing: Any) -> dict[str, list[float]]:
     results = compare_latency(dict(models), example_input, backend, **timing)
     return {name: list(result.times_ms) or [float(result.median_ms)] for name, result in results.items()}
+
+
+class MeasuredAllocator:
+    """``allocation="measured"`` for a pruner: rank 0 times the candidate allocations' pruned copies on the backend
+    (:func:`fastest_plan`) and keeps the fastest; every rank of ``communicator`` prunes what it chose. Besides the
+    target's own table, the tables of ``config.latency_proxies`` (default:
+    :func:`~lightning_prune.pruning.strategies.default_proxies`) propose knapsack candidates; they are built on first
+    use and updated after a prune, and a proxy whose packages are missing is left out."""
+
+    def __init__(self, graph: DependencyGraph, example_input: Any, config: PruningConfig,
+                 communicator: Communicator) -> None:
+        self.graph = graph
+        self.example_input = example_input
+        self.config = config
+        self.communicator = communicator
+        self.proxy_tables: dict[str, CostTable] = {}
+
+    def choose(self, candidates: Candidates, rules: SelectionRules, budget: float, table: Any) -> MeasuredChoice:
+        """The fastest of the candidate allocations of ``budget`` (see :func:`~lightning_prune.pruning.strategies.
+        allocation_candidates`), measured on rank 0 and the same on every rank."""
+        config, comm = self.config, self.communicator
+        choice = None
+        if comm.rank == 0:
+            found = allocation_candidates(candidates, rules, budget, table, rates=MEASURED_RATES,
+                                          weights=MEASURED_WEIGHTS)
+            blocked = 8 if 8 % rules.round_to == 0 else rules.round_to
+            for proxy, proxy_table in self.proxies().items():
+                extra = allocation_candidates(candidates, dataclasses.replace(rules, round_to=blocked), budget,
+                                              proxy_table, rates=MEASURED_RATES, allocations=("knapsack",))
+                for name, counts in extra.items():
+                    if counts not in found.values():
+                        found[f"{proxy}:{name}"] = counts
+            plans = {name: plan_from_counts(candidates.ranking, counts) for name, counts in found.items()}
+            measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
+                                    rounds=max(2, min(10, config.latency_repeats // 2)))
+            choice = dataclasses.asdict(measured)
+        return MeasuredChoice(**comm.broadcast(choice))
+
+    def proxies(self) -> dict[str, CostTable]:
+        """The proxy backends' tables for the current architecture."""
+        config = self.config
+        names = config.latency_proxies if config.latency_proxies is not None \
+            else default_proxies(config.latency_backend)
+        tables = {}
+        for proxy in names:
+            previous = self.proxy_tables.get(proxy)
+            if previous is None:
+                try:
+                    require_backend(proxy)
+                except (ImportError, RuntimeError, ValueError):
+                    continue
+                tables[proxy] = build_cost_table(self.graph, proxy, cache_dir=config.cost_table_dir)
+            else:
+                tables[proxy] = previous.updated(self.graph)
+        self.proxy_tables.update(tables)
+        return tables

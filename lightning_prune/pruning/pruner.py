@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import statistics
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -17,52 +16,37 @@ import torch
 from torch import nn
 
 from lightning_prune.graph import DependencyGraph, Group
-from lightning_prune.profiling import (
-    compare_latency,
-    count_flops,
-    count_params,
-    deployed_copy,
-    measure_latency,
-    require_backend,
-)
+from lightning_prune.profiling import count_flops, count_params, require_backend
 from lightning_prune.pruning.averaged import mirror_all
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator
 from lightning_prune.pruning.config import PruningConfig
-from lightning_prune.pruning.cost_table import CostTable, build_cost_table
+from lightning_prune.pruning.cost_table import CostTable, SharedCostTable
 from lightning_prune.pruning.counts import plan_from_counts
 from lightning_prune.pruning.distill import Distiller
 from lightning_prune.pruning.grad_state import release_grad_accumulators
 from lightning_prune.pruning.importance import channel_scores
 from lightning_prune.pruning.latency_control import LatencyController
-from lightning_prune.pruning.measured_choice import MeasuredChoice, fastest_plan, time_plans
+from lightning_prune.pruning.latency_reading import CorrectionLadder, LatencyReader
+from lightning_prune.pruning.measured_choice import MeasuredAllocator, MeasuredChoice
 from lightning_prune.pruning.optimizer_state import slice_optimizer_state
 from lightning_prune.pruning.result import StepResult, compose_plans
 from lightning_prune.pruning.schedule import pending_epochs, step_budget
 from lightning_prune.pruning.scoring import boundary_probes, score_probes
-from lightning_prune.pruning.sensitivity import Probe, analyze_sensitivity, remeasure
+from lightning_prune.pruning.sensitivity import Probe, ShardedProbes
 from lightning_prune.pruning.strategies import (
-    MEASURED_RATES,
-    MEASURED_WEIGHTS,
     Candidates,
     SelectionRules,
     allocation_applies,
-    allocation_candidates,
     candidate_groups,
-    default_proxies,
     max_counts,
     max_removable,
     score_channels,
     select_counts,
 )
 
-__all__ = ["CORRECTION_SCALES", "IterativePruner", "conv_widths"]
+__all__ = ["IterativePruner", "conv_widths"]
 
 Copies = Iterable[tuple[nn.Module, str]]
-
-# A latency correction's candidate budgets, as multiples of what the learned efficiency asks for: the pruner times
-# them all against the unpruned model and keeps the smallest that meets the goal, so a misjudged efficiency costs a
-# step of the ladder, not an overshoot that pruning cannot take back.
-CORRECTION_SCALES = (0.5, 0.75, 1.0, 1.5)
 
 #: a step whose candidate groups cannot give its whole budget (caps, pinned or ignored groups, ``min_channels``) warns
 #: when it ends more than this share of the budget short. One that can is not judged: selection lands on whole
@@ -176,15 +160,19 @@ class IterativePruner:
         self.communicator = communicator or LocalCommunicator()
         self.surgery_guard = surgery_guard or contextlib.nullcontext
         self.progress = progress
-        self._measure_latency = measure_latency
-        self._cost_table = cost_table
-        self._proxy_tables: dict[str, CostTable] = {}
-        self._reference: nn.Module | None = None  # the deployed baseline model later latency readings compare to
         if distiller is not None and distiller.student[0] is not model:
             raise ValueError("the distiller was built for another model: Distiller(model, ...) with the model pruned")
         self.distiller = distiller
         self.graph = DependencyGraph(model, example_input,
                                      attachments=distiller.attachments() if distiller is not None else None)
+        # the collaborators: latency readings and the correction ladder, the cost table, the measured choice, probes
+        self.latency_reader = LatencyReader(model, example_input, config, self.communicator, measure_latency)
+        self.correction_ladder = CorrectionLadder(self.latency_reader, self.graph, config, self.communicator)
+        self.cost_tables = SharedCostTable(self.graph, config.latency_backend, config.cost_table_dir,
+                                           self.communicator, cost_table)
+        self.measured_choice = MeasuredAllocator(self.graph, example_input, config, self.communicator)
+        self.probes = ShardedProbes(self.graph, self.communicator, config.sensitivity_rates, config.round_to,
+                                    config.min_channels)
         self.original_sizes = {group.name: group.size for group in self.graph.groups}  # for max_total_rate
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, float] = {"flops": float(count_flops(model, example_input)),
@@ -265,23 +253,17 @@ class IterativePruner:
         if callable(config.criterion):
             for group in groups:
                 channel_scores(group, self.model, config.criterion)
-        if config.selection_cost == "latency" and self._cost_table is None:
+        if config.selection_cost == "latency" and self.cost_tables.last is None:
             require_backend(config.latency_backend)
         if config.target_metric == "latency" and "latency" not in self.baseline:
-            self.baseline["latency"] = self._latency(baseline=True)
+            self.baseline["latency"] = self.latency_reader.read(None, baseline=True)
 
     @property
     def cost_table(self) -> Any:
         """The measured latency table of the current architecture (``cost="latency"``): built on first use,
         rebuilt incrementally (only the changed layers) after a prune. With several processes only rank 0 measures;
         the others get its table."""
-        comm = self.communicator
-        if comm.world_size > 1 and (self._cost_table is None or isinstance(self._cost_table, CostTable)):
-            table = self._measured_cost_table() if comm.rank == 0 else None
-            data = comm.broadcast(table.to_dict() if table is not None else None)
-            self._cost_table = table if table is not None else CostTable.from_dict(data)
-            return self._cost_table
-        return self._measured_cost_table()
+        return self.cost_tables.current()
 
     @property
     def last_cost_table(self) -> CostTable | None:
@@ -295,15 +277,7 @@ class IterativePruner:
             >>> IterativePruner(net, torch.randn(1, 3, 16, 16), cost="latency").last_cost_table is None
             True
         """
-        return self._cost_table
-
-    def _measured_cost_table(self) -> Any:
-        if self._cost_table is None:
-            self._cost_table = build_cost_table(self.graph, self.config.latency_backend,
-                                                cache_dir=self.config.cost_table_dir)
-        else:
-            self._cost_table = self._cost_table.updated(self.graph)
-        return self._cost_table
+        return self.cost_tables.last
 
     def _controlled(self) -> float:
         """The cost the latency controller converts a latency goal into: predicted ms or FLOPs."""
@@ -325,7 +299,7 @@ class IterativePruner:
         optimizers, copies = list(optimizers), list(copies)
         self.graph.check_finite()
         if config.target_metric == "latency" and "latency" not in self.baseline:
-            self.baseline["latency"] = self._latency(baseline=True)
+            self.baseline["latency"] = self.latency_reader.read(None, baseline=True)
         pending = self.pending(epoch)
         if epoch is None and pending:
             epoch = pending[0]
@@ -421,7 +395,8 @@ class IterativePruner:
         counts = max_counts(groups, config.round_to, config.min_channels, self._max_removal(groups), config.max_rate)
         plan = {name: list(range(count)) for name, count in counts.items() if count}
         if config.latency_budget:
-            return float(self._cost_table.removed_ms(plan)) if self._cost_table is not None else math.inf
+            table = self.cost_tables.last
+            return float(table.removed_ms(plan)) if table is not None else math.inf
         return self.graph.estimate_removal(plan)[1 if config.cost_key == "params" else 0]
 
     def _warn_short(self, step: int, budget: float, capacity: float, removed: float, scale: float,
@@ -453,29 +428,10 @@ class IterativePruner:
         with torch.no_grad():
             return float(self.evaluate())
 
-    def _latency(self, baseline: bool = False) -> float:
-        """Measured on rank 0, the same number everywhere (see ``measure_latency`` in the class docstring)."""
-        comm = self.communicator
-        value = None
-        if comm.rank == 0:
-            if self._measure_latency is not None:
-                value = float(self._measure_latency())
-            else:
-                value = self._measured_latency(baseline)
-        return float(comm.broadcast(value))
-
-    def _measured_latency(self, baseline: bool) -> float:
-        config, current = self.config, deployed_copy(self.model)
-        if baseline or self._reference is None or "latency" not in self.baseline:
-            if baseline:
-                self._reference = current
-            return measure_latency(current, self.example_input, config.latency_backend,
-                                   repeats=config.latency_repeats, num_threads=1).median_ms
-        rounds = min(5, config.latency_repeats)
-        timed = compare_latency({"reference": self._reference, "current": current}, self.example_input,
-                                config.latency_backend, rounds=rounds, warmup=2,
-                                repeats=max(1, -(-config.latency_repeats // rounds)), num_threads=1)
-        return self.baseline["latency"] * timed["current"].median_ms / timed["reference"].median_ms
+    def _latency(self) -> float:
+        """A latency reading after the baseline, the same on every rank (:class:`~lightning_prune.pruning.
+        latency_reading.LatencyReader`)."""
+        return self.latency_reader.read(self.baseline.get("latency"))
 
     def _select(self, budget: float, strategy: str, step: int, local_before: float | None,
                 metric_before: float | None, allocation: str | None = None, reuse: list[Probe] | None = None
@@ -512,13 +468,14 @@ class IterativePruner:
                 names = {group.name for group in groups}
                 probes.extend(probe for probe in reuse if probe.group in names)
             else:
-                probes.extend(self._probe(groups, ranking, scale))
+                probes.extend(self.probes.probe(groups, ranking, self._evaluate, scale, self.progress))
             result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             count = int(config.remeasure_fraction * len(probes))
             if self.remeasure is not None and count > 0:
                 chosen = boundary_probes(result, config.params_layers, config.flops_layers, count,
                                          config.selection_cost)
-                refined = {(p.group, p.rate): p for p in self._remeasure(chosen, ranking, metric_before)}
+                remeasured = self.probes.remeasure(chosen, ranking, self.remeasure, metric_before)
+                refined = {(p.group, p.rate): p for p in remeasured}
                 probes[:] = [refined.get((p.group, p.rate), p) for p in probes]
                 result = score_probes(probes, metric_before, config.mode, config.exponent, latency)
             return result
@@ -530,7 +487,7 @@ class IterativePruner:
                                flops_layers=config.flops_layers)
         if allocation == "measured":
             if allocation_applies(strategy, cost, budget_cost):
-                choice = self._measured_choice(candidates, rules, budget, table)
+                choice = self.measured_choice.choose(candidates, rules, budget, table)
                 return choice.plan, probes, [], choice
             rules = dataclasses.replace(rules, allocation="threshold")
         counts, used = select_counts(candidates, rules, budget, scored=scored, cost_table=table)
@@ -544,80 +501,6 @@ class IterativePruner:
             return None
         return {g.name: max(0, g.size - math.ceil((1.0 - rate) * self.original_sizes.get(g.name, g.size) - 1e-9))
                 for g in groups}
-
-    def _measured_choice(self, candidates: Candidates, rules: SelectionRules, budget: float,
-                         table: Any) -> MeasuredChoice:
-        """``allocation="measured"``: rank 0 times the candidate allocations' pruned copies on the backend and
-        keeps the fastest; every rank prunes what it chose."""
-        config, comm = self.config, self.communicator
-        choice = None
-        if comm.rank == 0:
-            found = allocation_candidates(candidates, rules, budget, table, rates=MEASURED_RATES,
-                                          weights=MEASURED_WEIGHTS)
-            blocked = 8 if 8 % config.round_to == 0 else config.round_to
-            for proxy, proxy_table in self._proxies().items():
-                extra = allocation_candidates(candidates, dataclasses.replace(rules, round_to=blocked), budget,
-                                              proxy_table, rates=MEASURED_RATES, allocations=("knapsack",))
-                for name, counts in extra.items():
-                    if counts not in found.values():
-                        found[f"{proxy}:{name}"] = counts
-            plans = {name: plan_from_counts(candidates.ranking, counts) for name, counts in found.items()}
-            measured = fastest_plan(self.graph, plans, self.example_input, config.latency_backend,
-                                    rounds=max(2, min(10, config.latency_repeats // 2)))
-            choice = dataclasses.asdict(measured)
-        return MeasuredChoice(**comm.broadcast(choice))
-
-    def _proxies(self) -> dict[str, CostTable]:
-        """The cost tables of ``config.latency_proxies`` (default :func:`~lightning_prune.pruning.strategies.
-        default_proxies`) for the current architecture, built on first use and updated after a prune; a proxy
-        whose packages are missing is left out."""
-        config = self.config
-        names = config.latency_proxies if config.latency_proxies is not None \
-            else default_proxies(config.latency_backend)
-        tables = {}
-        for proxy in names:
-            previous = self._proxy_tables.get(proxy)
-            if previous is None:
-                try:
-                    require_backend(proxy)
-                except (ImportError, RuntimeError, ValueError):
-                    continue
-                tables[proxy] = build_cost_table(self.graph, proxy, cache_dir=config.cost_table_dir)
-            else:
-                tables[proxy] = previous.updated(self.graph)
-        self._proxy_tables.update(tables)
-        return tables
-
-    def _probe(self, groups: list[Group], ranking: dict[str, np.ndarray], scale: float) -> list[Probe]:
-        """This rank's share of (group, rate) probes, gathered from every rank. Each rank evaluates its own data
-        shard, so its metrics are rescaled by rank 0's unpruned metric over its own (``scale``)."""
-        config, comm = self.config, self.communicator
-        mine = analyze_sensitivity(self.graph, self._evaluate, groups, ranking, config.sensitivity_rates,
-                                   config.round_to, config.min_channels, shard=(comm.rank, comm.world_size),
-                                   progress=self.progress)
-        if comm.world_size <= 1:
-            return mine
-        gathered = comm.all_gather([{**p.to_dict(), "metric": p.metric * scale} for p in mine])
-        probes = [Probe(**item) for part in gathered for item in part]
-        order = {(g.name, r): i for i, g in enumerate(groups) for r in config.sensitivity_rates}
-        return sorted(probes, key=lambda p: order.get((p.group, p.rate), 0))
-
-    def _remeasure(self, chosen: list[Probe], ranking: dict[str, np.ndarray], metric_before: float) -> list[Probe]:
-        """Measure ``chosen`` again with ``remeasure``; its readings are put on the scale of ``evaluate``'s by the
-        unpruned model's ratio of the two (and of rank 0's, under several processes)."""
-        comm = self.communicator
-        with torch.no_grad():
-            base = float(self.remeasure())
-        factor = metric_before / base if base else 1.0
-
-        def scaled() -> float:
-            return float(self.remeasure()) * factor
-
-        with torch.no_grad():
-            mine = remeasure(self.graph, scaled, chosen, ranking, shard=(comm.rank, comm.world_size))
-        if comm.world_size <= 1:
-            return mine
-        return [Probe(**item) for part in comm.all_gather([p.to_dict() for p in mine]) for item in part]
 
     def _apply(self, plan: dict[str, list[int]], optimizers: list[torch.optim.Optimizer], copies: list) -> None:
         if not plan:
@@ -654,31 +537,8 @@ class IterativePruner:
         return latency_now, flops_now
 
     def _correction(self, budget: float, goal: float, strategy: str, step: int) -> dict[str, list[int]]:
-        """One correction's plan. With the pruner's own latency measurement, the plans for every
-        :data:`CORRECTION_SCALES` multiple of ``budget`` are timed against the unpruned model (interleaved, on rank
-        0) and the least pruning whose latency meets the goal within half the tolerance wins (the fastest, when none
-        does);
-        with a user's ``measure_latency``, which reads only the model itself, the plan for ``budget``."""
-        config, comm = self.config, self.communicator
-        allocation = "threshold" if config.allocation == "measured" else None
-        if self._measure_latency is not None or self._reference is None:
-            return self._select(budget, strategy, step, None, None)[0]
-        candidates: dict[str, dict[str, list[int]]] = {}
-        for scale in CORRECTION_SCALES:
-            plan = self._select(budget * scale, strategy, step, None, None, allocation)[0]
-            if plan and plan not in candidates.values():
-                candidates[f"x{scale:g}"] = plan
-        if len(candidates) < 2:
-            return next(iter(candidates.values()), {})
-        name = None
-        if comm.rank == 0:
-            rounds = min(5, config.latency_repeats)
-            times = time_plans(self.graph, candidates, self.example_input, config.latency_backend,
-                               others={"reference": self._reference}, rounds=rounds, warmup=2,
-                               repeats=max(1, -(-config.latency_repeats // rounds)), num_threads=1)
-            reference = statistics.median(times["reference"])
-            ms = {key: self.baseline["latency"] * statistics.median(times[key]) / reference for key in candidates}
-            bound = goal * (1.0 + config.latency_tolerance / 2)  # half the tolerance: a margin for the noise
-            meeting = [key for key in candidates if ms[key] <= bound]
-            name = meeting[0] if meeting else min(candidates, key=lambda key: ms[key])
-        return candidates[comm.broadcast(name)]
+        """One correction's plan, from the ladder (:class:`~lightning_prune.pruning.latency_reading.
+        CorrectionLadder`)."""
+        return self.correction_ladder.plan(
+            budget, goal, self.baseline["latency"],
+            lambda amount, allocation: self._select(amount, strategy, step, None, None, allocation)[0])

@@ -2,21 +2,24 @@
 
 Probes *mask in place* (:meth:`DependencyGraph.masked`): the planned channels' producers are zeroed for one
 evaluation and restored exactly, so no model copy is made. For groups with :attr:`Group.exact` this is the same as
-evaluating the pruned model.
+evaluating the pruned model. Under several processes :class:`ShardedProbes` shares the probes out and gathers them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
 from lightning_prune.graph import DependencyGraph, Group
+from lightning_prune.pruning.communication import Communicator
 from lightning_prune.pruning.counts import removal_count
 from lightning_prune.pruning.importance import Criterion, channel_scores
 
-__all__ = ["Probe", "analyze_sensitivity", "rank_channels", "remeasure"]
+__all__ = ["Probe", "ShardedProbes", "analyze_sensitivity", "rank_channels", "remeasure"]
 
 
 @dataclass(frozen=True)
@@ -131,3 +134,55 @@ def remeasure(graph: DependencyGraph, evaluate: Callable[[], float], probes: Seq
     for _ in range(-(-len(probes) // world) - len(mine)):
         evaluate()
     return updated
+
+
+class ShardedProbes:
+    """A pruner's sensitivity probes shared out over the processes of ``communicator``: each rank probes (and
+    re-measures) its share on its own data shard, and every rank gets them all, in task order.
+
+    Args:
+        graph: the model's dependency graph.
+        communicator: the processes (``rank``, ``world_size``, ``all_gather``).
+        rates, round_to, min_channels: as in :func:`analyze_sensitivity`.
+    """
+
+    def __init__(self, graph: DependencyGraph, communicator: Communicator, rates: Sequence[float],
+                 round_to: int = 1, min_channels: int = 1) -> None:
+        self.graph = graph
+        self.communicator = communicator
+        self.rates = tuple(rates)
+        self.round_to = round_to
+        self.min_channels = min_channels
+
+    def probe(self, groups: Sequence[Group], ranking: Mapping[str, np.ndarray], evaluate: Callable[[], float],
+              scale: float = 1.0, progress: Callable[[Sequence[Any]], Iterable[Any]] | None = None) -> list[Probe]:
+        """Every rank's probes of ``groups``. Each rank evaluates its own data shard, so its metrics are rescaled by
+        ``scale`` (rank 0's unpruned metric over its own)."""
+        comm = self.communicator
+        mine = analyze_sensitivity(self.graph, evaluate, groups, ranking, self.rates, self.round_to,
+                                   self.min_channels, shard=(comm.rank, comm.world_size), progress=progress)
+        if comm.world_size <= 1:
+            return mine
+        gathered = comm.all_gather([{**p.to_dict(), "metric": p.metric * scale} for p in mine])
+        probes = [Probe(**item) for part in gathered for item in part]
+        order = {(g.name, r): i for i, g in enumerate(groups) for r in self.rates}
+        return sorted(probes, key=lambda p: order.get((p.group, p.rate), 0))
+
+    def remeasure(self, chosen: Sequence[Probe], ranking: Mapping[str, np.ndarray], measure: Callable[[], float],
+                  metric_before: float) -> list[Probe]:
+        """``chosen`` measured again with ``measure`` (other validation batches); its readings are put on the scale
+        of the probes' by the unpruned model's ratio of the two (``metric_before`` over ``measure``'s, and of rank
+        0's, under several processes)."""
+        comm = self.communicator
+        with torch.no_grad():
+            base = float(measure())
+        factor = metric_before / base if base else 1.0
+
+        def scaled() -> float:
+            return float(measure()) * factor
+
+        with torch.no_grad():
+            mine = remeasure(self.graph, scaled, chosen, ranking, shard=(comm.rank, comm.world_size))
+        if comm.world_size <= 1:
+            return mine
+        return [Probe(**item) for part in comm.all_gather([p.to_dict() for p in mine]) for item in part]
