@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -84,15 +85,15 @@ class LatencyReader:
         return baseline_ms * timed["current"].median_ms / timed["reference"].median_ms
 
 
+@dataclass(eq=False)
 class CorrectionLadder:
-    """One latency correction's plan (see the module docstring), the same on every rank: rank 0 times the rungs."""
+    """One latency correction's plan (see the module docstring), the same on every rank: rank 0 times the rungs
+    against ``reader``'s reference."""
 
-    def __init__(self, reader: LatencyReader, graph: DependencyGraph, config: PruningConfig,
-                 communicator: Communicator) -> None:
-        self.reader = reader
-        self.graph = graph
-        self.config = config
-        self.communicator = communicator
+    reader: LatencyReader
+    graph: DependencyGraph
+    config: PruningConfig
+    communicator: Communicator
 
     def plan(self, budget: float, goal: float, baseline_ms: float,
              select: Callable[[float, str | None], Plan]) -> Plan:

@@ -143,6 +143,7 @@ def _timed(models: Mapping[str, nn.Module], example_input: Any, backend: str, **
     return {name: list(result.times_ms) or [float(result.median_ms)] for name, result in results.items()}
 
 
+@dataclass(eq=False)
 class MeasuredAllocator:
     """``allocation="measured"`` for a pruner: rank 0 times the candidate allocations' pruned copies on the backend
     (:func:`fastest_plan`) and keeps the fastest; every rank of ``communicator`` prunes what it chose. Besides the
@@ -150,13 +151,12 @@ class MeasuredAllocator:
     :func:`~lightning_prune.pruning.strategies.default_proxies`) propose knapsack candidates; they are built on first
     use and updated after a prune, and a proxy whose packages are missing is left out."""
 
-    def __init__(self, graph: DependencyGraph, example_input: Any, config: PruningConfig,
-                 communicator: Communicator) -> None:
-        self.graph = graph
-        self.example_input = example_input
-        self.config = config
-        self.communicator = communicator
-        self.proxy_tables: dict[str, CostTable] = {}
+    graph: DependencyGraph
+    example_input: Any
+    config: PruningConfig
+    communicator: Communicator
+    #: proxy backend -> its table of the current architecture
+    proxy_tables: dict[str, CostTable] = field(default_factory=dict, init=False)
 
     def choose(self, candidates: Candidates, rules: SelectionRules, budget: float, table: Any) -> MeasuredChoice:
         """The fastest of the candidate allocations of ``budget`` (see :func:`~lightning_prune.pruning.strategies.
