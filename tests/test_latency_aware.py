@@ -241,7 +241,7 @@ def test_the_example_config_asks_for_a_latency_budget_with_latency_cost() -> Non
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "yolo" / "latency.yaml").read_text())
     pruning = next(cb["init_args"] for cb in config["trainer"]["callbacks"]
                    if cb["class_path"].endswith("IterativePruningCallback"))
-    assert pruning["target_metric"] == "latency" and pruning["cost"] == "latency"
+    assert pruning["target_metric"] == "latency" and pruning["latency"]["cost"] == "latency"
     PruningConfig(**{k: v for k, v in pruning.items() if k in PruningConfig.__dataclass_fields__})
     IterativePruningCallback(**pruning)  # every key is an init arg, every choice valid
 

@@ -173,14 +173,15 @@ def test_the_pruner_prunes_what_the_backend_measured_fastest(monkeypatch: pytest
     assert result.flops_after <= 0.6 * 1.15 * pruner.baseline["flops"]
     assert net(EXAMPLE).shape[0] == 1
 
-    uniform = IterativePruner(make_net(), EXAMPLE, schedule=[0], target=0.4, cost="latency", strategy="uniform",
-                              cost_table=ScriptedTable(DependencyGraph(make_net(), EXAMPLE)), allocation="measured")
-    assert uniform.step(0).allocation is None and len(seen) == 4
+    with pytest.raises(ValueError, match="allocation 'measured' applies to strategy 'global' only"):
+        IterativePruner(make_net(), EXAMPLE, schedule=[0], target=0.4, cost="latency", strategy="uniform",
+                        cost_table=ScriptedTable(DependencyGraph(make_net(), EXAMPLE)), allocation="measured")
+    assert len(seen) == 4  # refused in one line at construction (it used to fall back silently)
     groups = candidate_groups(graph)
     with pytest.raises(ValueError, match="allocation 'measured' times candidate plans"):
         select_counts(Candidates(graph, groups, {}, {}), SelectionRules("global", "latency", allocation="measured"),
                       1.0)
-    assert PruningConfig(allocation="measured").allocation == "measured"
+    assert PruningConfig(strategy="global", allocation="measured", cost="latency").allocation == "measured"
 
 
 def test_measured_allocation_times_real_copies_on_the_eager_backend() -> None:

@@ -50,8 +50,7 @@ def test_quick_config_trains_a_base_prunes_reports_and_saves(yolo_cli, tmp_path:
     config = yaml.safe_load((EXAMPLE / "quick.yaml").read_text())
     callbacks = config["trainer"]["callbacks"]
     callbacks[0]["init_args"]["schedule"] = [1, 2]  # the same callbacks, a shorter schedule, fewer probes
-    callbacks[0]["init_args"]["sensitivity_rates"] = [0.5]
-    callbacks[0]["init_args"]["sensitivity_batches"] = 1
+    callbacks[0]["init_args"]["sensitivity"] = {"rates": [0.5], "batches": 1}
     callbacks[0]["init_args"]["round_to"] = 1
     callbacks[1]["init_args"]["repeats"] = 2
     (tmp_path / "quick.yaml").write_text(yaml.safe_dump(config))

@@ -86,12 +86,15 @@ def _pruning(strategy: str, distill: bool, latency: bool = False) -> Callable[[A
         goal = targets(PROTOCOL, context["out_root"], context["seed"])
         context.update(goal)
         schedule = [epoch for epoch in PRUNING.schedule if epoch < context["epochs"]] or [0]  # shorter smoke runs
-        options: dict[str, Any] = dict(schedule=schedule, strategy=strategy, criterion="l1",
-                                       distill=distill, sensitivity_batches=4, round_to=8 if latency else 1)
+        from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig
+
+        options: dict[str, Any] = dict(schedule=schedule, strategy=strategy, criterion="l1", distill=distill,
+                                       sensitivity=SensitivityConfig(batches=4), round_to=8 if latency else 1)
         if latency:
-            options.update(target_metric="latency", target=1.0 - goal["latency_keep"], cost="latency",
-                           latency_backend="onnxruntime", max_total_rate=0.75,
-                           cost_table_dir=str(context["workdir"] / "cost_tables"))
+            options.update(target_metric="latency", target=1.0 - goal["latency_keep"],
+                           latency=LatencyConfig(backend="onnxruntime", cost="latency",
+                                                 table_dir=str(context["workdir"] / "cost_tables")),
+                           limits=Limits(max_total_rate=0.75))
         else:
             options.update(target=1.0 - goal["flops_keep"])
         context["pruning"] = add_pruning(model, **options)

@@ -23,17 +23,8 @@ from lightning_prune.callbacks.reporting import report_step
 from lightning_prune.checkpoint import CHECKPOINT_KEY, PrunedCheckpointMixin, example_input_for, restore_pruned
 from lightning_prune.graph import DependencyGraph
 from lightning_prune.profiling import count_flops, count_params
-from lightning_prune.pruning import (
-    CriterionName,
-    IterativePruner,
-    LatencyBackend,
-    Mode,
-    PruningConfig,
-    StepResult,
-    Strategy,
-    TargetMetric,
-)
-from lightning_prune.pruning.config import Allocation, Cost
+from lightning_prune.pruning import CriterionName, IterativePruner, PruningConfig, StepResult, Strategy, TargetMetric
+from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig, front_end_config
 from lightning_prune.pruning.distill import DeclaredAttachments, DistillationConfig, Distiller, declared_attachments
 
 __all__ = ["DISTILL_KEY", "IterativePruningCallback"]
@@ -78,10 +69,10 @@ class IterativePruningCallback(Callback):
         schedule: epochs at whose start a pruning step happens, e.g. ``[1, 3, 5]``; or ``{"start": 1, "stop": 9,
             "every": 2}`` (stop exclusive).
         target: fraction of ``target_metric`` removed by the end of the schedule, ``0 < target < 1``.
-        target_metric: ``"flops"`` (at the example input), ``"params"``, or ``"latency"`` (measured with
-            ``latency_backend`` at fit start and after every step; see :class:`~lightning_prune.pruning.
+        target_metric: ``"flops"`` (at the example input), ``"params"``, or ``"latency"`` (measured on
+            ``latency.backend`` at fit start and after every step; see :class:`~lightning_prune.pruning.
             LatencyController`).
-        strategy: ``"sensitivity"`` (the paper: probe every group at ``sensitivity_rates`` by masking, score
+        strategy: ``"sensitivity"`` (the paper: probe every group at ``sensitivity.rates`` by masking, score
             ``Δcost × metric^exponent``, take the top ``params_layers`` groups by parameters ∪ top ``flops_layers``
             by FLOPs at their best rate, then more if the step's budget needs it); ``"uniform"``; ``"global"``.
         criterion: which channels of a group go first — ``l2``, ``l2_largest``, ``l1``, ``l1_largest``,
@@ -89,31 +80,22 @@ class IterativePruningCallback(Callback):
         monitor: validation metric the probes read (as logged by the module, e.g. ``"val/mAP50-95"``); required by
             the sensitivity strategy; with any strategy it is logged before and after each prune, measured on the
             probe batches (``pruning/probe_metric_before``/``_after``).
-        mode: ``"max"`` if higher ``monitor`` is better, ``"min"`` otherwise.
-        sensitivity_rates: fractions of a group each probe masks.
-        sensitivity_batches: validation batches per probe (and per before/after measurement).
-        exponent: ``k`` in the paper's ``metric^k``.
-        params_layers, flops_layers: the paper's ``N`` and ``M``.
         ignore: module names (or prefixes, or ``fnmatch`` patterns) whose groups are never pruned.
         round_to: keep each group's channel count a multiple of this (where the group is that large).
-        min_channels: never keep fewer channels in a group.
         example_input: input to trace the model with; a tensor, or a shape such as ``[1, 3, 640, 640]``.
-        seed: seeds the ``random`` criterion.
         verbose: print the graph summary and each step's summary (rank 0).
-        latency_backend, latency_repeats, latency_corrections, latency_tolerance: for ``target_metric="latency"``.
-        remeasure_fraction: share of the probes measured again on the next ``sensitivity_batches`` validation
-            batches — those nearest the paper's selection cut — so that one batch's noise does not decide.
-        cost: what selection scores and rounds by — ``"flops"``, ``"params"`` or ``"latency"`` (a measured
-            per-group latency table on ``latency_backend``: ``Δlatency × metric^k``, widths where the backend is
-            fast; with ``target_metric="latency"`` the budget is in predicted milliseconds); default: the target's.
-        cost_table_dir: where measured latency tables are cached (``None``: no disk cache).
-        max_rate: the largest share of any one group a single step removes (``1.0``: no cap; see
-            :class:`~lightning_prune.pruning.PruningConfig`).
-        max_total_rate: the largest share of any group's original width the whole run removes (``1.0``: no cap).
-        allocation: ``"threshold"``, ``"knapsack"`` or ``"measured"``: how latency-aware ``global`` spends a FLOPs
-            budget (see :class:`~lightning_prune.pruning.PruningConfig`).
-        latency_proxies: other backends whose cost tables propose extra ``"measured"`` candidates (``None``: eager
-            and ONNX Runtime for OpenVINO, none elsewhere; see :class:`~lightning_prune.pruning.PruningConfig`).
+        sensitivity: the sensitivity analysis' expert knobs (:class:`~lightning_prune.pruning.SensitivityConfig`:
+            rates, batches per probe, exponent, N and M, remeasuring, ``mode`` of ``monitor``).
+        latency: measured latency (:class:`~lightning_prune.pruning.LatencyConfig`: backend, repeats,
+            corrections, tolerance, the latency ``cost`` model, its cache, allocations, proxies).
+        limits: caps (:class:`~lightning_prune.pruning.Limits`: ``max_rate``, ``max_total_rate``,
+            ``min_channels``).
+        seed: seeds the ``random`` criterion.
+        config: a whole :class:`~lightning_prune.pruning.PruningConfig` instead of the settings above (those set
+            here as well override it).
+        **deprecated: the flat keywords of earlier releases (``sensitivity_batches=2``, ``latency_backend=...``,
+            ``max_rate=...``, ...) still work for this release, with a ``DeprecationWarning`` naming the new
+            spelling.
         distill: distil from the module as it is at fit start (a frozen copy: the teacher, never saved) while it
             is pruned and fine-tuned (:class:`~lightning_prune.pruning.DistillationConfig`: feature names and/or
             ``outputs="kl"``). The callback puts a :class:`~lightning_prune.pruning.Distiller` at
@@ -150,54 +132,35 @@ class IterativePruningCallback(Callback):
         strategy: Strategy = "sensitivity",
         criterion: CriterionName | Callable[..., Any] = "l1",
         monitor: str | None = None,
-        mode: Mode = "max",
-        sensitivity_rates: Sequence[float] = (0.25, 0.5, 0.75),
-        sensitivity_batches: int = 4,
-        exponent: float = 20.0,
-        params_layers: int = 6,
-        flops_layers: int = 5,
+        *,
         ignore: Sequence[str] = (),
         round_to: int = 1,
-        min_channels: int = 1,
         example_input: Any = None,
-        seed: int = 0,
-        verbose: bool = True,
-        latency_backend: LatencyBackend = "eager",
-        latency_repeats: int = 20,
-        latency_corrections: int = 2,
-        latency_tolerance: float = 0.05,
-        remeasure_fraction: float = 0.2,
-        cost: Cost | None = None,
-        cost_table_dir: str | None = None,
-        max_rate: float = 1.0,
-        allocation: Allocation = "threshold",
-        max_total_rate: float = 1.0,
-        latency_proxies: list[LatencyBackend] | None = None,
         distill: DistillationConfig | None = None,
+        verbose: bool = True,
+        sensitivity: SensitivityConfig | None = None,
+        latency: LatencyConfig | None = None,
+        limits: Limits | None = None,
+        seed: int = 0,
+        config: PruningConfig | None = None,
+        **deprecated: Any,
     ) -> None:
         super().__init__()
-        self.config = PruningConfig(
-            schedule=schedule, target=target, target_metric=target_metric, strategy=strategy, criterion=criterion,
-            mode=mode, sensitivity_rates=sensitivity_rates, exponent=exponent, params_layers=params_layers,
-            flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
-            latency_backend=latency_backend, latency_repeats=latency_repeats,
-            latency_corrections=latency_corrections, latency_tolerance=latency_tolerance,
-            remeasure_fraction=remeasure_fraction, cost=cost, cost_table_dir=cost_table_dir,
-            max_rate=max_rate, allocation=allocation, max_total_rate=max_total_rate,
-            latency_proxies=latency_proxies)
-        if strategy == "sensitivity" and not monitor:
+        settings = dict(schedule=schedule, target=target, target_metric=target_metric, strategy=strategy,
+                        criterion=criterion, ignore=ignore, round_to=round_to, seed=seed, sensitivity=sensitivity,
+                        latency=latency, limits=limits)
+        self.config = front_end_config(config, settings, IterativePruningCallback.__init__, deprecated,
+                                       "IterativePruningCallback")
+        if self.config.strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
-        if int(sensitivity_batches) < 1:
-            raise ValueError(f"sensitivity_batches must be at least 1, got {sensitivity_batches!r}")
-        if target_metric == "latency" or cost == "latency":
+        if self.config.target_metric == "latency" or self.config.cost == "latency":
             from lightning_prune.profiling import require_backend
 
-            require_backend(latency_backend)
+            require_backend(self.config.latency_backend)
         if distill is not None and not isinstance(distill, DistillationConfig):
             raise ValueError(f"distill must be a DistillationConfig, got {type(distill).__name__}")
         self.distill = distill
         self.monitor = monitor
-        self.sensitivity_batches = int(sensitivity_batches)
         self.example_input = example_input
         self.verbose = verbose
         self.pruner: IterativePruner | None = None
@@ -373,10 +336,10 @@ class IterativePruningCallback(Callback):
         pending = [e for e in self.schedule if e not in {h.get("epoch") for h in self._state["history"]}
                    and e >= trainer.current_epoch]
         if self.monitor and pending:
-            self._probe = ValidationProbe.from_trainer(trainer, pl_module, self.sensitivity_batches)
+            self._probe = ValidationProbe.from_trainer(trainer, pl_module, self.config.sensitivity.batches)
             # the next batches re-measure the probes nearest the selection cut (None if the loader has no more)
-            self._second = ValidationProbe.from_trainer(trainer, pl_module, self.sensitivity_batches,
-                                                        skip=self.sensitivity_batches, allow_empty=True)
+            self._second = ValidationProbe.from_trainer(trainer, pl_module, self.config.sensitivity.batches,
+                                                        skip=self.config.sensitivity.batches, allow_empty=True)
             values = self._probe.run()
             if self.monitor not in values:
                 logged = ", ".join(sorted(values)) or "nothing"
@@ -388,7 +351,7 @@ class IterativePruningCallback(Callback):
                 evaluate=self._evaluate if self.monitor else None,
                 remeasure=self._remeasure if self.monitor and self._second is not None else None,
                 accumulate_gradients=lambda: accumulate_training_gradients(trainer, pl_module,
-                                                                           self.sensitivity_batches),
+                                                                           self.config.sensitivity.batches),
                 communicator=StrategyCommunicator(trainer), surgery_guard=ddp_surgery_guard(trainer),
                 progress=self._progress(trainer),
                 distiller=DeclaredAttachments(pl_module) if declared_attachments(pl_module) else None)

@@ -12,7 +12,17 @@ release with a ``DeprecationWarning`` naming their module.
 """
 
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator, TorchDistributedCommunicator
-from lightning_prune.pruning.config import CriterionName, LatencyBackend, Mode, PruningConfig, Strategy, TargetMetric
+from lightning_prune.pruning.config import (
+    CriterionName,
+    LatencyBackend,
+    LatencyConfig,
+    Limits,
+    Mode,
+    PruningConfig,
+    SensitivityConfig,
+    Strategy,
+    TargetMetric,
+)
 from lightning_prune.pruning.cost_table import CostTable, build_cost_table
 from lightning_prune.pruning.distill import DistillationConfig, Distiller, distill_step, distillation_loss
 from lightning_prune.pruning.importance import channel_scores, lowest_channels
@@ -28,9 +38,12 @@ __all__ = [
     "Distiller",
     "IterativePruner",
     "LatencyBackend",
+    "LatencyConfig",
+    "Limits",
     "LocalCommunicator",
     "Mode",
     "PruningConfig",
+    "SensitivityConfig",
     "StepResult",
     "Strategy",
     "TargetMetric",

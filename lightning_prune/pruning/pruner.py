@@ -19,7 +19,7 @@ from lightning_prune.graph import DependencyGraph, Group
 from lightning_prune.profiling import count_flops, count_params, require_backend
 from lightning_prune.pruning.averaged import mirror_all
 from lightning_prune.pruning.communication import Communicator, LocalCommunicator
-from lightning_prune.pruning.config import PruningConfig
+from lightning_prune.pruning.config import PruningConfig, configure
 from lightning_prune.pruning.cost_table import CostTable, SharedCostTable
 from lightning_prune.pruning.counts import plan_from_counts
 from lightning_prune.pruning.distill import Distiller
@@ -65,7 +65,8 @@ class IterativePruner:
     Args:
         model: the model to prune in place (filters are physically removed).
         example_input: what ``model`` is called with to trace it and count FLOPs.
-        config: a :class:`PruningConfig`; keyword arguments override its fields (or build one).
+        config: a :class:`PruningConfig`; keyword arguments override its fields or groups (``schedule=[1, 3]``,
+            ``limits=Limits(max_rate=0.5)``; see :func:`~lightning_prune.pruning.config.configure`), or build one.
         evaluate: returns the validation metric the sensitivity probes read (``config.mode`` says which way is
             better); required by ``strategy="sensitivity"``, optional otherwise (then ``metric_before/after``).
         remeasure: the same metric on other validation batches; the probes nearest the selection cut
@@ -147,10 +148,7 @@ class IterativePruner:
                  cost_table: Any = None,
                  distiller: Distiller | None = None,
                  **overrides: Any) -> None:
-        if config is None:
-            config = PruningConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
+        config = configure(config, where="IterativePruner", **overrides)
         self.config = config
         self.model = model
         self.example_input = example_input

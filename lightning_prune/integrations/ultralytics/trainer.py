@@ -70,17 +70,8 @@ from lightning_prune.integrations.ultralytics.distill import (
     student_of,
     teacher_problem,
 )
-from lightning_prune.pruning import (
-    CriterionName,
-    IterativePruner,
-    LatencyBackend,
-    Mode,
-    PruningConfig,
-    StepResult,
-    Strategy,
-    TargetMetric,
-)
-from lightning_prune.pruning.config import Allocation, Cost
+from lightning_prune.pruning import CriterionName, IterativePruner, PruningConfig, StepResult, Strategy, TargetMetric
+from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig, front_end_config
 
 __all__ = ["TASK_MONITORS", "UltralyticsPruning", "add_pruning", "keep_pruned"]
 
@@ -201,9 +192,11 @@ class UltralyticsPruning:
     architecture and keeps the record in the checkpoints.
     """
 
-    def __init__(self, config: PruningConfig | None, monitor: str | None = None, sensitivity_batches: int = 2,
+    def __init__(self, config: PruningConfig | None, monitor: str | None = None, sensitivity_batches: int | None = None,
                  verbose: bool = True, distill: bool | str | os.PathLike = False,
                  distill_weight: float | None = None) -> None:
+        if sensitivity_batches is None:
+            sensitivity_batches = config.sensitivity.batches if config is not None else SensitivityConfig().batches
         if int(sensitivity_batches) < 1:
             raise ValueError(f"sensitivity_batches must be at least 1, got {sensitivity_batches!r}")
         if not isinstance(distill, (bool, str, os.PathLike)):
@@ -652,30 +645,17 @@ def add_pruning(
     monitor: str | None = None,
     *,
     target_metric: TargetMetric = "flops",
-    mode: Mode = "max",
-    sensitivity_rates: Sequence[float] = (0.25, 0.5, 0.75),
-    sensitivity_batches: int = 2,
-    exponent: float = 20.0,
-    params_layers: int = 6,
-    flops_layers: int = 5,
     ignore: Sequence[str] = (),
     round_to: int = 1,
-    min_channels: int = 1,
-    seed: int = 0,
-    latency_backend: LatencyBackend = "eager",
-    latency_repeats: int = 20,
-    latency_corrections: int = 2,
-    latency_tolerance: float = 0.05,
-    remeasure_fraction: float = 0.2,
-    cost: Cost | None = None,
-    cost_table_dir: str | None = None,
-    max_rate: float = 1.0,
-    allocation: Allocation = "threshold",
-    max_total_rate: float = 1.0,
-    latency_proxies: list[LatencyBackend] | None = None,
     distill: bool | str = False,
     distill_weight: float | None = None,
     verbose: bool = True,
+    sensitivity: SensitivityConfig | None = None,
+    latency: LatencyConfig | None = None,
+    limits: Limits | None = None,
+    seed: int = 0,
+    config: PruningConfig | None = None,
+    **deprecated: Any,
 ) -> UltralyticsPruning:
     """Prune an ultralytics ``YOLO`` model iteratively while ``model.train(...)`` fine-tunes it.
 
@@ -693,17 +673,18 @@ def add_pruning(
             ``"global"``.
         criterion: which channels of a group go first (``l1``, ``l2``, ``bn_scale``, ``taylor``, ... or a callable).
         monitor: the validator result the probes read; default the task's mAP50-95 (:data:`TASK_MONITORS`).
-        sensitivity_batches: validation batches (of the trainer's validation batch size) each probe validates.
+        target_metric: ``"flops"``, ``"params"`` or ``"latency"`` (measured on ``latency.backend``).
+        ignore: module names, prefixes or patterns whose groups are never pruned.
+        round_to: keep each group's channel count a multiple of this.
         distill: distil while fine-tuning, with ultralytics' own ``distill_model`` machinery (score-weighted L2
             on the projected neck features): ``True`` — the teacher is the model as the run starts (before the
             first prune), ``"big.pt"`` — that model. The projectors follow every prune; checkpoints hold the
             student alone, and ``train(resume=True)`` rebuilds the teacher from the recorded ``distill_model``.
         distill_weight: ultralytics' ``dis`` (the distillation loss weight); default: its own (6.0).
         verbose: log the graph summary and each step's summary through ultralytics' logger.
-        target_metric, mode, sensitivity_rates, exponent, params_layers, flops_layers, ignore, round_to,
-            min_channels, seed, latency_*, remeasure_fraction, cost, cost_table_dir, max_rate, allocation,
-            max_total_rate, latency_proxies: as
-            :class:`~lightning_prune.pruning.PruningConfig`.
+        sensitivity, latency, limits, seed, config: as :class:`~lightning_prune.callbacks.IterativePruningCallback`
+            (``sensitivity.batches``: validation batches of the trainer's validation batch size per probe).
+        **deprecated: the flat keywords of earlier releases, with a ``DeprecationWarning``.
 
     Bad input fails with one line: here (an unknown strategy or criterion, a target outside (0, 1)), or when
     ``train`` starts, before any epoch (a schedule epoch ≥ ``epochs``, a ``monitor`` the validator does not produce,
@@ -720,15 +701,11 @@ def add_pruning(
         YOLO("runs/detect/train/weights/last.pt").train(resume=True)   # after an interruption: same schedule
     """
     require_ultralytics()
-    config = PruningConfig(
-        schedule=schedule, target=target, target_metric=target_metric, strategy=strategy, criterion=criterion,
-        mode=mode, sensitivity_rates=sensitivity_rates, exponent=exponent, params_layers=params_layers,
-        flops_layers=flops_layers, ignore=ignore, round_to=round_to, min_channels=min_channels, seed=seed,
-        latency_backend=latency_backend, latency_repeats=latency_repeats, latency_corrections=latency_corrections,
-        latency_tolerance=latency_tolerance, remeasure_fraction=remeasure_fraction, cost=cost,
-        cost_table_dir=cost_table_dir, max_rate=max_rate, allocation=allocation,
-        max_total_rate=max_total_rate, latency_proxies=latency_proxies)
-    return UltralyticsPruning(config, monitor, sensitivity_batches, verbose, distill=distill,
+    settings = dict(schedule=schedule, target=target, target_metric=target_metric, strategy=strategy,
+                    criterion=criterion, ignore=ignore, round_to=round_to, seed=seed, sensitivity=sensitivity,
+                    latency=latency, limits=limits)
+    config = front_end_config(config, settings, add_pruning, deprecated, "add_pruning")
+    return UltralyticsPruning(config, monitor, verbose=verbose, distill=distill,
                               distill_weight=distill_weight).attach(model)
 
 
