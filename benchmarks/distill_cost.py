@@ -73,7 +73,8 @@ def main() -> None:
                    str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads), "--distill",
                    "true" if mode == "distill" else "false"]
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                                 env={**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)})
+                                 env={**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
+                                      "PYTHONPATH": str(REPO)})
             if out.returncode != 0:
                 raise SystemExit(f"{mode} failed: {out.stderr.strip().splitlines()[-1]}")
             measured[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))

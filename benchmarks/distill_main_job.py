@@ -34,7 +34,8 @@ def run(seed: int, distill: bool, workdir: Path) -> dict[str, float]:
            f"--trainer.default_root_dir={workdir}", f"--trainer.logger.init_args.save_dir={workdir}",
            f"--trainer.logger.init_args.name={name}", f"--save_yolo={workdir / name}.pt",
            "--report_backends=[eager]"]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={"YOLO_OFFLINE": "1", **_env()})
+    env = {**_env(), "YOLO_OFFLINE": "1", "PYTHONPATH": str(REPO)}  # this checkout's library, not an installed one
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     (workdir / f"{name}.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {out.returncode}); see {workdir / name}.log")
