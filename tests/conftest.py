@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never download anything (set before ultralytics can be imported)
@@ -235,6 +235,18 @@ def _graph_tests_single_threaded(request: pytest.FixtureRequest):
         return
     previous = torch.get_num_threads()
     torch.set_num_threads(GRAPH_TEST_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): tiny
+    CPU models run faster on one thread, and much faster than two on a busy machine; restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         yield
     finally:

@@ -19,15 +19,9 @@ from lightning_prune.profiling.curves import discover_layers, monotone, sample_w
 from lightning_prune.profiling.isolated import LayerSpec, time_layers
 from lightning_prune.pruning import CostTable, build_cost_table
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EXAMPLE = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(autouse=True)
-def _single_threaded() -> Any:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_graph(seed: int = 0) -> DependencyGraph:

@@ -35,18 +35,12 @@ from lightning_prune.pruning.strategies import (
     select_counts,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 X = torch.randn(32, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()
 EXAMPLE = X[:1]
 STEP = 4  # the scripted backend is fast at multiples of 4 channels
-
-
-@pytest.fixture(autouse=True)
-def _single_threaded() -> Any:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class ScriptedTable:

@@ -32,16 +32,10 @@ from lightning_prune.callbacks.iterative_pruning import DISTILL_KEY  # noqa: E40
 from lightning_prune.checkpoint import PrunedCheckpointMixin  # noqa: E402
 from lightning_prune.pruning import DistillationConfig, Distiller, distill_step  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WIDTH = 32  # wide enough that a teacher hidden in a checkpoint would show in its size
 TRAINER = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _single_line(err: pytest.ExceptionInfo) -> str:

@@ -17,17 +17,11 @@ from lightning_prune.checkpoint import replay_history
 from lightning_prune.pruning import IterativePruner, PruningConfig
 from lightning_prune.pruning.result import compose_plans
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 X = torch.randn(32, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()
 EXAMPLE = X[:1]
-
-
-@pytest.fixture(autouse=True)
-def _single_threaded() -> Any:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_net(seed: int = 0) -> nn.Module:

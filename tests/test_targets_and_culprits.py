@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
 
 import pytest
 import torch
@@ -17,15 +16,9 @@ from lightning_prune.checkpoint import replay_history
 from lightning_prune.pruning import IterativePruner
 from lightning_prune.pruning.pruner import conv_widths
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EXAMPLE = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(autouse=True)
-def _single_threaded() -> Any:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_net(seed: int = 0) -> nn.Module:

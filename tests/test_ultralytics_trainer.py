@@ -24,6 +24,8 @@ from lightning_prune.data.synthetic import CLASS_NAMES, make_synthetic_dataset  
 from lightning_prune.integrations.ultralytics import TASK_MONITORS, add_pruning, keep_pruned  # noqa: E402
 from lightning_prune.profiling import count_flops  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMGSZ = 64
 TRAIN = dict(imgsz=IMGSZ, batch=8, workers=0, device="cpu", plots=False, val=True, verbose=False, amp=False,
              exist_ok=True)
@@ -33,14 +35,6 @@ MODELS = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "pose": "yolo
 
 class Interrupt(Exception):
     """Raised by a callback to stop a run the way a crash or Ctrl-C would (last.pt stays resumable)."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _task_dataset(root: Path, task: str) -> Path:

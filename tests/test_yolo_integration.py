@@ -35,17 +35,10 @@ from lightning_prune.integrations.ultralytics import (  # noqa: E402
 from lightning_prune.integrations.ultralytics.module import coco_map  # noqa: E402
 from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMGSZ = 64
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny CPU models run faster on one thread, and much faster than two on a busy machine; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -28,15 +28,9 @@ from lightning_prune.integrations.ultralytics import (  # noqa: E402
 )
 from lightning_prune.pruning.importance import lowest_channels  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMGSZ = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
