@@ -278,75 +278,16 @@ class PruningConfig:
         """:attr:`latency`, or the defaults where it is ``None``."""
         return self.latency if self.latency is not None else _DEFAULT_LATENCY
 
-    # -- read-only views the loop reads (one place maps them onto the groups) -----------------------------------
-    @property
-    def sensitivity_rates(self) -> tuple[float, ...]:
-        return tuple(self.sensitivity.rates)
-
-    @property
-    def exponent(self) -> float:
-        return self.sensitivity.exponent
-
-    @property
-    def params_layers(self) -> int:
-        return self.sensitivity.params_layers
-
-    @property
-    def flops_layers(self) -> int:
-        return self.sensitivity.flops_layers
-
-    @property
-    def remeasure_fraction(self) -> float:
-        return self.sensitivity.remeasure_fraction
-
-    @property
-    def mode(self) -> str:
-        return self.sensitivity.mode
-
-    @property
-    def latency_backend(self) -> str:
-        return self.latency_settings.backend
-
-    @property
-    def latency_repeats(self) -> int:
-        return self.latency_settings.repeats
-
-    @property
-    def latency_corrections(self) -> int:
-        return self.latency_settings.corrections
-
-    @property
-    def latency_tolerance(self) -> float:
-        return self.latency_settings.tolerance
-
-    @property
-    def cost(self) -> str | None:
-        return self.latency_settings.cost
-
-    @property
-    def cost_table_dir(self) -> str | None:
-        return self.latency_settings.table_dir
-
-    @property
-    def allocation(self) -> str:
-        return self.latency_settings.allocation
-
-    @property
-    def latency_proxies(self) -> tuple[str, ...] | None:
-        proxies = self.latency_settings.proxies
-        return tuple(proxies) if proxies is not None else None
-
-    @property
-    def max_rate(self) -> float:
-        return self.limits.max_rate
-
-    @property
-    def max_total_rate(self) -> float:
-        return self.limits.max_total_rate
-
-    @property
-    def min_channels(self) -> int:
-        return self.limits.min_channels
+    # -- read-only views the loop reads: the old flat names, answered from their groups ---------------------------
+    def __getattr__(self, name: str) -> Any:
+        """``config.max_rate``, ``config.latency_backend``, ... (every name of :data:`FLAT_KEYWORDS`): read-only
+        views of the grouped fields, so the loop reads one name per setting wherever it lives."""
+        spec = FLAT_KEYWORDS.get(name)
+        if spec is None or "sensitivity" not in self.__dict__:  # unknown, or asked before __init__ ran (unpickling)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        group, field_name = spec
+        value = getattr(self.latency_settings if group == "latency" else getattr(self, group), field_name)
+        return tuple(value) if isinstance(value, list) else value
 
     @property
     def selection_cost(self) -> Literal["flops", "params", "latency"]:
