@@ -29,6 +29,7 @@ from torch import nn
 from lightning_prune.graph import DependencyGraph
 from lightning_prune.pruning.averaged import declared_copies, mirror_all
 from lightning_prune.pruning.distill import declared_attachments
+from lightning_prune.utils.model import shapes_fit
 
 __all__ = ["CHECKPOINT_KEY", "PrunedCheckpointMixin", "example_input_for", "load_pruned", "read_checkpoint",
            "replay_history", "restore_pruned"]
@@ -65,12 +66,6 @@ def replay_history(model: nn.Module, history: Sequence[Mapping[str, Any]], examp
         mirror_all(copies, result, model, attachments)
 
 
-def _fits(model: nn.Module, state_dict: Mapping[str, Any]) -> bool:
-    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    return all(tuple(own[name].shape) == tuple(value.shape) for name, value in state_dict.items()
-               if name in own and isinstance(value, torch.Tensor))
-
-
 def restore_pruned(model: nn.Module, checkpoint: Mapping[str, Any], example_input: Any = None,
                    copies: Iterable[tuple[nn.Module, str]] | None = None) -> bool:
     """Give ``model`` the architecture recorded in ``checkpoint`` (weights are not loaded). Does nothing when the
@@ -81,7 +76,7 @@ def restore_pruned(model: nn.Module, checkpoint: Mapping[str, Any], example_inpu
     record = checkpoint.get(CHECKPOINT_KEY) or {}
     history = record.get("history", [])
     state = checkpoint.get("state_dict", checkpoint)
-    if not history or _fits(model, state):
+    if not history or shapes_fit(model, state):
         return False
     example = example_input_for(model, example_input, record.get("example_input_shape"))
     replay_history(model, history, example, declared_copies(model) if copies is None else copies,

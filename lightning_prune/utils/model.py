@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["call_model", "eval_mode", "model_device"]
+__all__ = ["call_model", "eval_mode", "model_device", "shapes_fit"]
 
 
 def call_model(model: torch.nn.Module, example_inputs: Any) -> Any:
@@ -58,3 +58,24 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+def shapes_fit(model: torch.nn.Module, state_dict: Mapping[str, Any], *, same_keys: bool = False) -> bool:
+    """Whether ``model``'s tensors have the shapes of ``state_dict``'s: those of the names both have (entries that
+    are no tensors pass), or with ``same_keys`` every one, and ``model.state_dict()`` has exactly its keys.
+
+    Example:
+        >>> state = torch.nn.Linear(2, 3).state_dict()
+        >>> shapes_fit(torch.nn.Linear(2, 3), state), shapes_fit(torch.nn.Linear(2, 4), state)
+        (True, False)
+        >>> shapes_fit(torch.nn.Linear(2, 3), {"weight": state["weight"]}, same_keys=True)
+        False
+    """
+    if same_keys:
+        own = model.state_dict()
+        if own.keys() != state_dict.keys():
+            return False
+    else:
+        own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return all(tuple(own[name].shape) == tuple(value.shape) for name, value in state_dict.items()
+               if name in own and isinstance(value, torch.Tensor))
