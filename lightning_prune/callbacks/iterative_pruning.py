@@ -23,9 +23,10 @@ from lightning_prune.callbacks.reporting import report_step
 from lightning_prune.checkpoint import CHECKPOINT_KEY, PrunedCheckpointMixin, example_input_for, restore_pruned
 from lightning_prune.graph import DependencyGraph
 from lightning_prune.profiling import count_flops, count_params
-from lightning_prune.pruning import CriterionName, IterativePruner, PruningConfig, StepResult, Strategy, TargetMetric
+from lightning_prune.pruning import CriterionName, PruningConfig, Strategy, TargetMetric
 from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig, front_end_config
 from lightning_prune.pruning.distill import DeclaredAttachments, DistillationConfig, Distiller, declared_attachments
+from lightning_prune.pruning.session import PruningSession, SessionViews, front_end_settings
 
 __all__ = ["DISTILL_KEY", "IterativePruningCallback"]
 
@@ -34,7 +35,7 @@ DISTILL_KEY = "lightning_prune_distiller"
 _DISTILLER = "distiller"  # where the callback puts the Distiller on the module (see distill_step)
 
 
-class IterativePruningCallback(Callback):
+class IterativePruningCallback(SessionViews, Callback):
     r"""Prune filter groups at scheduled epochs; the epochs in between fine-tune.
 
     At fit start the model's concat-aware dependency graph is built from ``example_input`` (default:
@@ -146,33 +147,29 @@ class IterativePruningCallback(Callback):
         **deprecated: Any,
     ) -> None:
         super().__init__()
-        settings = dict(schedule=schedule, target=target, target_metric=target_metric, strategy=strategy,
-                        criterion=criterion, ignore=ignore, round_to=round_to, seed=seed, sensitivity=sensitivity,
-                        latency=latency, limits=limits)
-        self.config = front_end_config(config, settings, IterativePruningCallback.__init__, deprecated,
-                                       "IterativePruningCallback")
-        if self.config.strategy == "sensitivity" and not monitor:
+        config = front_end_config(config, front_end_settings(locals()), IterativePruningCallback.__init__, deprecated,
+                                  "IterativePruningCallback")
+        if config.strategy == "sensitivity" and not monitor:
             raise ValueError("strategy 'sensitivity' needs `monitor`: the validation metric its probes read")
-        if self.config.target_metric == "latency" or self.config.cost == "latency":
+        if config.target_metric == "latency" or config.cost == "latency":
             from lightning_prune.profiling import require_backend
 
-            require_backend(self.config.latency_backend)
+            require_backend(config.latency_backend)
         if distill is not None and not isinstance(distill, DistillationConfig):
             raise ValueError(f"distill must be a DistillationConfig, got {type(distill).__name__}")
         self.distill = distill
-        self.monitor = monitor
+        self.session = PruningSession(config, monitor)  # config, pruner, the state before it exists (resume)
         self.example_input = example_input
         self.verbose = verbose
-        self.pruner: IterativePruner | None = None
-        self._state: dict[str, Any] = {"history": [], "baseline": {}}  # before the pruner exists (resume)
-        self._saved_settings: dict[str, Any] | None = None  # those of the checkpoint resumed from
-        self._recovered: dict[str, Any] | None = None  # from a checkpoint with a pruning record but no state
-        self._example: Any = None
         self._probe: ValidationProbe | None = None
         self._second: ValidationProbe | None = None
         self._warned_mixin = False
 
     # -- plain views of the state ---------------------------------------------------------------------------------
+    @property
+    def monitor(self) -> str | None:
+        return self.session.monitor
+
     @property
     def schedule(self) -> list[int]:
         return list(self.config.schedule)
@@ -188,11 +185,11 @@ class IterativePruningCallback(Callback):
     @property
     def history(self) -> list[dict[str, Any]]:
         """One plain entry per applied plan (epoch, step, plan, costs, probe metrics)."""
-        return self.pruner.history if self.pruner is not None else self._state["history"]
+        return self.session.history
 
     @property
     def baseline(self) -> dict[str, float]:
-        return self.pruner.baseline if self.pruner is not None else self._state["baseline"]
+        return self.session.baseline
 
     @property
     def graph(self) -> DependencyGraph | None:
@@ -205,28 +202,11 @@ class IterativePruningCallback(Callback):
         # the key used to name schedule, target and strategy: such entries are read too (_adopt_legacy_state)
         return type(self).__qualname__
 
-    def _settings(self) -> dict[str, Any]:
-        """The settings a resumed run compares with those its checkpoint was written under (plain data)."""
-        config = self.config
-        criterion = config.criterion if isinstance(config.criterion, str) else \
-            getattr(config.criterion, "__qualname__", type(config.criterion).__name__)
-        return {"schedule": list(config.schedule), "target": config.target, "target_metric": config.target_metric,
-                "strategy": config.strategy, "criterion": criterion, "cost": config.cost,
-                "max_rate": config.max_rate, "max_total_rate": config.max_total_rate,
-                "ignore": list(config.ignore), "round_to": config.round_to, "min_channels": config.min_channels}
-
     def state_dict(self) -> dict[str, Any]:
-        state = self.pruner.state_dict() if self.pruner is not None else dict(self._state)
-        return {**state, "example_input_shape": self._example_shape(), "settings": self._settings()}
+        return self.session.state_dict(self.example_input)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = {"history": list(state_dict.get("history", [])),
-                       "baseline": dict(state_dict.get("baseline", {})),
-                       "latency_efficiency": float(state_dict.get("latency_efficiency", 1.0)),
-                       "original_sizes": dict(state_dict.get("original_sizes", {}))}
-        self._saved_settings = state_dict.get("settings")
-        if self.pruner is not None:
-            self.pruner.load_state_dict(self._state)
+        self.session.load_state_dict(state_dict)
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self._adopt_legacy_state(checkpoint)  # before Lightning looks up `state_key` for `load_state_dict`
@@ -241,7 +221,7 @@ class IterativePruningCallback(Callback):
         if not legacy:
             return
         if len(legacy) > 1:
-            current = {k: v for k, v in self._settings().items() if k in ("schedule", "target", "strategy")}
+            current = {k: v for k, v in self.session.settings().items() if k in ("schedule", "target", "strategy")}
             same = [key for key, settings in legacy.items() if settings == current]
             if len(same) != 1:
                 raise ValueError(f"the checkpoint holds the states of {len(legacy)} pruning callbacks "
@@ -254,7 +234,8 @@ class IterativePruningCallback(Callback):
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # a top-level, plain-typed record, so `load_pruned` needs neither the callback nor weights_only=False
-        checkpoint[CHECKPOINT_KEY] = {"history": list(self.history), "example_input_shape": self._example_shape()}
+        checkpoint[CHECKPOINT_KEY] = {"history": list(self.history),
+                                      "example_input_shape": self.session.example_shape(self.example_input)}
         distiller = getattr(pl_module, _DISTILLER, None)
         if self.distill is not None and isinstance(distiller, Distiller):
             # the (live) projectors this callback added, beside the module's own weights: a state-dict hook keeps
@@ -266,10 +247,6 @@ class IterativePruningCallback(Callback):
             rank_zero_warn(f"{type(pl_module).__name__} does not mix in lightning_prune.checkpoint."
                            "PrunedCheckpointMixin: `load_from_checkpoint` cannot rebuild the pruned architecture "
                            "from this checkpoint (use lightning_prune.checkpoint.load_pruned, or add the mixin)")
-
-    def _example_shape(self) -> list[int] | None:
-        example = self._example if self._example is not None else self.example_input
-        return list(example.shape) if isinstance(example, torch.Tensor) else None
 
     # -- hooks ----------------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -307,7 +284,7 @@ class IterativePruningCallback(Callback):
                 isinstance(callbacks, dict) and self.state_key in callbacks) else None
             if restore_pruned(pl_module, checkpoint, example, conventions.averaged_copies(trainer, pl_module)) \
                     and unpruned is not None:
-                self._recovered = {**unpruned, "history": list(record["history"])}
+                self.session.recovered = {**unpruned, "history": list(record["history"])}
             return original(checkpoint)
 
         pl_module.on_load_checkpoint = restore_architecture
@@ -330,91 +307,49 @@ class IterativePruningCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         _remove_restore_patch(pl_module)  # checkpoint weights are loaded by now; keep the module picklable
-        self._resumed()
+        self.session.begin(type(self).__name__, rank_zero_warn)
         precision = trainer.precision_plugin  # the module is converted by now: inputs and forwards go through it
-        self._example = self._resolve_example(pl_module, precision=precision)
-        pending = [e for e in self.schedule if e not in {h.get("epoch") for h in self._state["history"]}
-                   and e >= trainer.current_epoch]
-        if self.monitor and pending:
+        example = self._resolve_example(pl_module, precision=precision)
+        self.session.example = example
+        if self.monitor and self.session.pending(trainer.current_epoch):
             self._probe = ValidationProbe.from_trainer(trainer, pl_module, self.config.sensitivity.batches)
             # the next batches re-measure the probes nearest the selection cut (None if the loader has no more)
             self._second = ValidationProbe.from_trainer(trainer, pl_module, self.config.sensitivity.batches,
                                                         skip=self.config.sensitivity.batches, allow_empty=True)
-            values = self._probe.run()
-            if self.monitor not in values:
-                logged = ", ".join(sorted(values)) or "nothing"
-                raise ValueError(f"monitor {self.monitor!r} is never logged by the module's validation "
-                                 f"(it logs: {logged})")
+            self.session.check_monitor(self._probe.run(), "never logged by the module's validation", "logs",
+                                       required=True)
         with precision_context(precision, pl_module.device):  # tracing, FLOPs, latency readings (as in a step)
-            self.pruner = IterativePruner(
-                pl_module, self._example, self.config,
+            self.session.start(
+                pl_module, example, trainer.current_epoch, show_progress=self.verbose and trainer.is_global_zero,
+                log=rank_zero_info if self.verbose else None,
                 evaluate=self._evaluate if self.monitor else None,
                 remeasure=self._remeasure if self.monitor and self._second is not None else None,
                 accumulate_gradients=lambda: accumulate_training_gradients(trainer, pl_module,
                                                                            self.config.sensitivity.batches),
                 communicator=StrategyCommunicator(trainer), surgery_guard=ddp_surgery_guard(trainer),
-                progress=self._progress(trainer),
                 distiller=DeclaredAttachments(pl_module) if declared_attachments(pl_module) else None)
-            if self._state["history"] or self._state["baseline"]:
-                self.pruner.load_state_dict(self._state)
-            if self.verbose:
-                rank_zero_info(self.pruner.graph.summary())
-            if self.pruner.pending(trainer.current_epoch):
-                self.pruner.check()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self.pruner is None or not self.pruner.due(epoch):
+        if not self.session.due(epoch):
             return
         with precision_context(trainer.precision_plugin, pl_module.device):
-            result = self.pruner.step(epoch, optimizers=trainer.optimizers,
-                                      copies=conventions.averaged_copies(trainer, pl_module))
+            result = self.session.step(epoch, optimizers=trainer.optimizers,
+                                       copies=conventions.averaged_copies(trainer, pl_module))
         conventions.forget_best_checkpoints(trainer)
         conventions.cancel_early_stop(trainer, epoch)
         conventions.restart_early_stopping(trainer)
-        self._report(trainer, result)
-        notify_pruning_step(trainer, pl_module, PruningStep.from_result(result, self._example), sender=self)
+        report_step(trainer, result, self.pruner.graph, self.monitor)
+        if self.verbose:
+            rank_zero_info(self.session.summary(result))
+        notify_pruning_step(trainer, pl_module, PruningStep.from_result(result, self.session.example), sender=self)
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def _resumed(self) -> None:
-        """What a resumed run continues: the recorded history and the original baseline under the current settings
-        (one warning when they changed), or the checkpoint's pruning record when it holds no state of this
-        callback."""
-        recovered, saved = self._recovered, self._saved_settings
-        self._recovered = self._saved_settings = None
-        name = type(self).__name__
-        if recovered is not None and not self._state["history"]:
-            self._state = {**self._state, **recovered}
-            rank_zero_warn(f"the checkpoint holds no state of {name}: its pruning record's "
-                           f"{_steps(recovered['history'])} are kept, and the baseline is the unpruned module's "
-                           "(measured before the record was replayed)")
-        history = self._state["history"]
-        if not history:
-            return
-        changes = [f"{key} {saved[key]!r} -> {value!r}" for key, value in self._settings().items()
-                   if isinstance(saved, dict) and key in saved and saved[key] != value]
-        if self.config.target_metric == "latency" and "latency" not in self._state["baseline"]:
-            raise ValueError(f"{name} cannot resume with target_metric='latency': the run being resumed never "
-                             "measured the original model's latency (resume with its target_metric)")
-        if changes:
-            rank_zero_warn(f"{name} resumed with changed settings ({'; '.join(changes)}): the {_steps(history)} "
-                           "already taken and the original model's baseline are kept, and the scheduled epochs "
-                           "left prune toward the new settings")
-
     def _evaluate(self) -> float:
         return self._probe.run()[self.monitor]
 
     def _remeasure(self) -> float:
         return self._second.run()[self.monitor]
-
-    def _progress(self, trainer: Trainer) -> Callable[[Sequence[Any]], Any]:
-        def progress(tasks: Sequence[Any]) -> Any:
-            from tqdm.auto import tqdm
-
-            return tqdm(tasks, desc=f"pruning step {self.pruner.steps_done + 1}: sensitivity", leave=False,
-                        disable=not (self.verbose and trainer.is_global_zero))
-
-        return progress
 
     def _resolve_example(self, pl_module: LightningModule, shape: Sequence[int] | None = None,
                          precision: Any = None) -> Any:
@@ -426,11 +361,6 @@ class IterativePruningCallback(Callback):
             example = torch.zeros(*example)
         example = move_data_to_device(example_input_for(pl_module, example, shape), pl_module.device)
         return precision.convert_input(example) if precision is not None else _as_module_dtype(example, pl_module)
-
-    def _report(self, trainer: Trainer, result: StepResult) -> None:
-        report_step(trainer, result, self.pruner.graph, self.monitor)
-        if self.verbose:
-            rank_zero_info(result.summary(self.monitor or "metric"))
 
 
 def _remove_restore_patch(pl_module: LightningModule) -> None:
@@ -490,8 +420,3 @@ def _unpruned_state(pl_module: LightningModule, example: Any) -> dict[str, Any]:
     graph = DependencyGraph(pl_module, example, attachments=declared_attachments(pl_module))
     return {"baseline": {"flops": float(count_flops(pl_module, example)), "params": float(count_params(pl_module))},
             "original_sizes": {group.name: group.size for group in graph.groups}}
-
-
-def _steps(history: Sequence[dict[str, Any]]) -> str:
-    steps = len({entry.get("step") for entry in history})
-    return f"{steps} pruning step{'s' * (steps != 1)}"
