@@ -70,8 +70,10 @@ from lightning_prune.integrations.ultralytics.distill import (
     student_of,
     teacher_problem,
 )
-from lightning_prune.pruning import CriterionName, IterativePruner, PruningConfig, StepResult, Strategy, TargetMetric
+from lightning_prune.pruning import CriterionName, PruningConfig, StepResult, Strategy, TargetMetric
 from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig, front_end_config
+from lightning_prune.pruning.session import PruningSession, SessionViews, front_end_settings
+from lightning_prune.utils.model import shapes_fit
 
 __all__ = ["TASK_MONITORS", "UltralyticsPruning", "add_pruning", "keep_pruned"]
 
@@ -180,12 +182,7 @@ def _record_of(model: nn.Module | None) -> dict[str, Any]:
     return dict(record) if isinstance(record, Mapping) else {}
 
 
-def _fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> bool:
-    own = model.state_dict()
-    return own.keys() == state_dict.keys() and all(own[k].shape == v.shape for k, v in state_dict.items())
-
-
-class UltralyticsPruning:
+class UltralyticsPruning(SessionViews):
     """The callbacks :func:`add_pruning` registers, and what they did (:attr:`results`, :attr:`history`).
 
     ``config=None`` (:func:`keep_pruned`) prunes nothing: it only gives the rebuilt model the recorded pruned
@@ -207,37 +204,49 @@ class UltralyticsPruning:
         self.distill_weight = distill_weight
         self._projectors: DetectionProjectors | None = None
         self._pretrained: Any = _UNSET
-        self.config = config
+        self.session = PruningSession(config)  # config, pruner, state; its monitor: the validator key probes read
         self.monitor = monitor
         self.sensitivity_batches = int(sensitivity_batches)
         self.verbose = verbose
-        self.pruner: IterativePruner | None = None
-        self.results: list[StepResult] = []
         self.prior: list[dict[str, Any]] = []  # plans applied before this run (the checkpoint it started from)
-        self.example_input: torch.Tensor | None = None
         self.save_dir: Path | None = None
-        self._history: list[dict[str, Any]] = []
-        self._baseline: dict[str, float] = {}
         self._flops: float | None = None
         self._source: tuple[nn.Module | None, dict[str, Any]] = (None, {})
         self._resume_ckpt: dict[str, Any] | None = None
         self._validator: Any = None
-        self._monitor_key: str | None = None
         self._loss_items: dict[str, torch.Tensor] | None = None
         self._trainer: Any = None
         self._replayable = True  # False once the architecture was copied from a checkpoint without a record
 
     # -- plain views ----------------------------------------------------------------------------------------------
     @property
+    def results(self) -> list[StepResult]:
+        """One :class:`~lightning_prune.pruning.StepResult` per step of this run."""
+        return self.session.results
+
+    @property
+    def example_input(self) -> torch.Tensor | None:
+        """The input the model is traced with (zeros at the run's image size)."""
+        return self.session.example
+
+    @example_input.setter
+    def example_input(self, value: torch.Tensor | None) -> None:
+        self.session.example = value
+
+    @property
+    def _monitor_key(self) -> str | None:
+        """The validator result the probes read (``monitor``, or the task's default)."""
+        return self.session.monitor
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         """Every plan applied to the model, in order: those of the checkpoint the run started from, then this run's."""
-        run = self.pruner.history if self.pruner is not None else self._history
-        return [*self.prior, *run]
+        return [*self.prior, *self.session.history]
 
     @property
     def baseline(self) -> dict[str, float]:
         """This run's unpruned costs (``flops`` at the example input, ``params``)."""
-        return dict(self.pruner.baseline) if self.pruner is not None else dict(self._baseline)
+        return dict(self.session.baseline)
 
     @property
     def flops_ratio(self) -> float | None:
@@ -246,9 +255,10 @@ class UltralyticsPruning:
             from lightning_prune.profiling import count_flops
 
             self._flops = float(count_flops(self.pruner.model, self.example_input))
-        if self._flops is None or not self._baseline.get("flops"):
+        baseline = self.session.baseline
+        if self._flops is None or not baseline.get("flops"):
             return None
-        return self._flops / self._baseline["flops"]
+        return self._flops / baseline["flops"]
 
     def record(self) -> dict[str, Any]:
         """The plain-data record stored on the model (and so in every checkpoint): the full plan history, how many
@@ -257,11 +267,9 @@ class UltralyticsPruning:
         checkpoint without a record)."""
         from lightning_prune import __version__
 
-        state = self.pruner.state_dict() if self.pruner is not None else {"history": list(self._history),
-                                                                          "baseline": dict(self._baseline)}
-        shape = list(self.example_input.shape) if self.example_input is not None else None
-        return {"history": self.history, "prior": len(self.prior), "pruner": state, "example_input_shape": shape,
-                "replayable": self._replayable, "version": __version__}
+        return {"history": self.history, "prior": len(self.prior), "pruner": self.session.pruner_state(),
+                "example_input_shape": self.session.example_shape(), "replayable": self._replayable,
+                "version": __version__}
 
     # -- registration ---------------------------------------------------------------------------------------------
     def attach(self, model: Any) -> UltralyticsPruning:
@@ -283,7 +291,8 @@ class UltralyticsPruning:
         """Check the run's arguments; read the pruning record of the checkpoint the run starts from."""
         _refuse_several_devices(trainer)
         self._trainer = trainer
-        self.results, self._history, self.prior, self.pruner = [], [], [], None
+        self.session.reset()
+        self.prior = []
         self._replayable = True
         self._validator = self._loss_items = self._resume_ckpt = None
         self.save_dir = Path(trainer.save_dir)
@@ -296,13 +305,10 @@ class UltralyticsPruning:
             late = [epoch for epoch in self.config.schedule if epoch >= trainer.epochs]
             if late:
                 raise ValueError(f"pruning schedule epoch {late[0]} is not below epochs={trainer.epochs}")
-            if self.monitor is None:
-                self._monitor_key = TASK_MONITORS.get(args.task)
-                if self._monitor_key is None and self.config.strategy == "sensitivity":
-                    raise ValueError(f"strategy 'sensitivity' has no default metric for task {args.task!r}: pass "
-                                     "monitor=<a key of the validator's results>")
-            else:
-                self._monitor_key = self.monitor
+            self.session.monitor = TASK_MONITORS.get(args.task) if self.monitor is None else self.monitor
+            if self.session.monitor is None and self.config.strategy == "sensitivity":
+                raise ValueError(f"strategy 'sensitivity' has no default metric for task {args.task!r}: pass "
+                                 "monitor=<a key of the validator's results>")
         if self.distill is not False and self.distill is not None:
             if trainer.resume:
                 if getattr(args, "distill_model", None) is None:
@@ -367,46 +373,33 @@ class UltralyticsPruning:
         evaluate = None
         if self._monitor_key is not None:
             self._validator = self._probe_validator(trainer)
-            values = self._validate(trainer)
-            if self._monitor_key not in values:
-                if self.config.strategy == "sensitivity":
-                    produced = ", ".join(sorted(values)) or "nothing"
-                    raise ValueError(f"monitor {self._monitor_key!r} is not produced by ultralytics' "
-                                     f"{type(self._validator).__name__} (it produces: {produced})")
-            else:
+            absent = f"not produced by ultralytics' {type(self._validator).__name__}"
+            if self.session.check_monitor(self._validate(trainer), absent, "produces"):
                 evaluate = self._evaluate
-        self.pruner = IterativePruner(
-            model, self.example_input, self.config, evaluate=evaluate,
-            accumulate_gradients=lambda: self._accumulate_gradients(trainer), progress=self._progress(),
-            distiller=self._projectors)
         if resumed_state:
-            self.pruner.load_state_dict(resumed_state)
-        self._baseline = dict(self.pruner.baseline)
-        if self.verbose:
-            _info(self.pruner.graph.summary())
-        if self.pruner.pending(trainer.start_epoch):
-            self.pruner.check()
+            self.session.load_state_dict(resumed_state)
+        self.session.start(model, self.example_input, trainer.start_epoch, show_progress=self.verbose,
+                           log=_info if self.verbose else None, evaluate=evaluate,
+                           accumulate_gradients=lambda: self._accumulate_gradients(trainer), distiller=self._projectors)
         self._stamp(trainer)
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         """Prune at a scheduled epoch; the optimizer's state and the EMA follow."""
-        pruner = self.pruner
         epoch = int(trainer.epoch)
-        if pruner is None or not pruner.due(epoch):
+        if not self.session.due(epoch):
             return
-        result = pruner.step(epoch, optimizers=[trainer.optimizer], copies=self._ema_copies(trainer))
-        self.results.append(result)
+        result = self.session.step(epoch, optimizers=[trainer.optimizer], copies=self._ema_copies(trainer))
         trainer.best_fitness = None  # best.pt: the best epoch of the current architecture
         trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
         trainer.stopper.possible_stop = False
         self._stamp(trainer)
         if self.verbose:
-            _info(result.summary(self._monitor_key or "metric"))
+            _info(self.session.summary(result))
         self._write_report()
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         """Early stopping cannot end the run before the last pruning step."""
-        if self.pruner is not None and self.pruner.pending(int(trainer.epoch) + 1):
+        if self.pruner is not None and self.session.pending(int(trainer.epoch) + 1):
             trainer.stopper.best_epoch = int(trainer.epoch) + 1
 
     def on_train_end(self, trainer: Any) -> None:
@@ -418,9 +411,8 @@ class UltralyticsPruning:
             from lightning_prune.profiling import count_flops
 
             self._flops = float(count_flops(self.pruner.model, self.example_input))
-            self._history = list(self.pruner.history)
-            self._baseline = dict(self.pruner.baseline)
-        self.pruner, self._validator, self._loss_items, self._trainer = None, None, None, None
+        self.session.release()
+        self._validator, self._loss_items, self._trainer = None, None, None
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _ema_copies(self, trainer: Any) -> list[tuple[nn.Module, str]]:
@@ -440,14 +432,14 @@ class UltralyticsPruning:
         model = student_of(trainer.model)
         whole, source = source, student_of(source)
         weights = source.float().state_dict()
-        if _fits(model, weights):
+        if shapes_fit(model, weights, same_keys=True):
             return  # unpruned, or already the right shapes: ultralytics has loaded the weights itself
         history = record.get("history") or []
         attachments = self._projectors.attachments() if self._projectors is not None else None
         if history and record.get("replayable", True):
             replay_history(model, history, self.example_input, copies=self._ema_copies(trainer),
                            attachments=attachments)
-            if not _fits(model, weights):
+            if not shapes_fit(model, weights, same_keys=True):
                 raise ValueError(f"replaying the pruning record of {trainer.args.model} does not give its "
                                  "architecture")
             how = f"replayed {len(history)} recorded plans"
@@ -548,15 +540,6 @@ class UltralyticsPruning:
                 loss.sum().backward()
         finally:
             model.train(was_training)
-
-    def _progress(self) -> Callable[[Sequence[Any]], Any]:
-        def progress(tasks: Sequence[Any]) -> Any:
-            from tqdm.auto import tqdm
-
-            step = (self.pruner.steps_done + 1) if self.pruner is not None else 1
-            return tqdm(tasks, desc=f"pruning step {step}: sensitivity", leave=False, disable=not self.verbose)
-
-        return progress
 
     def _write_report(self) -> None:
         """``<save_dir>/pruning.json``: the baseline, every step's costs and metrics, the plan history."""
@@ -701,10 +684,7 @@ def add_pruning(
         YOLO("runs/detect/train/weights/last.pt").train(resume=True)   # after an interruption: same schedule
     """
     require_ultralytics()
-    settings = dict(schedule=schedule, target=target, target_metric=target_metric, strategy=strategy,
-                    criterion=criterion, ignore=ignore, round_to=round_to, seed=seed, sensitivity=sensitivity,
-                    latency=latency, limits=limits)
-    config = front_end_config(config, settings, add_pruning, deprecated, "add_pruning")
+    config = front_end_config(config, front_end_settings(locals()), add_pruning, deprecated, "add_pruning")
     return UltralyticsPruning(config, monitor, verbose=verbose, distill=distill,
                               distill_weight=distill_weight).attach(model)
 
