@@ -61,11 +61,6 @@ LAYER = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 #: deprecated shims at the paths modules moved from (they go in the release after next)
 SHIMS = frozenset({"lightning_prune.importance", "lightning_prune.selection", "lightning_prune.sensitivity",
                    "lightning_prune.surgery", "lightning_prune.profiling.cost_table"})
-#: shim imports still inside the package, while their module is reworked elsewhere: (module, shim) -> why
-PENDING_SHIM_IMPORTS = {
-    ("lightning_prune.pruning.config", "lightning_prune.importance"):
-        "config.py is being reworked (issue 36 item 1); CRITERIA comes from lightning_prune.pruning.importance there",
-}
 #: third-party packages and the subpackages that alone may import them
 CONFINED = {
     "lightning": ("callbacks", "integrations"),
@@ -284,7 +279,7 @@ def test_every_shim_only_names_its_new_home() -> None:
 def test_no_module_imports_a_shim() -> None:
     bad = [f"{MODULES[module].relative_to(ROOT.parent)}:{line} imports {target}"
            for module in MODULES for target, line in _edges(module, type_checking=True)
-           if target in SHIMS and (module, target) not in PENDING_SHIM_IMPORTS]
+           if target in SHIMS]
     assert not bad, "deprecated paths imported inside the package: " + "; ".join(bad)
 
 
