@@ -15,8 +15,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
 
-accuracy = pytest.importorskip("accuracy")
+accuracy = pytest.importorskip("benchmarks.accuracy")
 
 
 def test_latency_arm_is_an_arm_with_label_and_marker() -> None:
@@ -300,6 +301,7 @@ def test_merged_latency_sources_and_speedups_per_measurement() -> None:
 
 
 def test_merged_latency_models_rebuild_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.accuracy import reuse as accuracy  # patched in the module that looks them up
     from lightning_prune import count_flops, count_params
 
     tiny = torch.nn.Conv2d(3, 1, 1)
@@ -360,6 +362,8 @@ def test_reuse_json_takes_earlier_results_for_seeds_whose_models_are_not_timed(t
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
+    from benchmarks.accuracy import runs as accuracy  # patched in the module that looks them up
+
     cfg = dataclasses.replace(accuracy.Config.quick(), seed=1)
     earlier = tmp_path / "earlier.json"
     entry = {"ok": True, "map50_95": 0.5, "config": asdict(cfg), "git": "abc1234"}
@@ -388,6 +392,8 @@ def test_reuse_json_takes_model_free_arms_from_another_models_results(tmp_path: 
     first file holding the arm wins); a pruning arm of the other model is never taken."""
     import dataclasses
 
+    from benchmarks.accuracy import runs as accuracy  # patched in the module that looks them up
+
     v7 = dataclasses.replace(accuracy.Config.quick(), seed=1, model="yolov7-tiny")
     v8 = dataclasses.replace(v7, model="yolov8n.yaml")
     v7_file, v8_file = tmp_path / "v7.json", tmp_path / "v8.json"
@@ -408,6 +414,8 @@ def test_reuse_json_takes_model_free_arms_from_another_models_results(tmp_path: 
 
 
 def test_train_only_stops_before_the_latency_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.accuracy import cli as accuracy  # patched in the module that looks them up
+
     monkeypatch.setattr(accuracy, "make_data", lambda cfg, workdir: None)
     monkeypatch.setattr(accuracy, "pretrained", lambda cfg, workdir, timeout: {"ok": True, "map50_95": 0.5})
     monkeypatch.setattr(accuracy, "arm_result", lambda arm, cfg, workdir, args, need_model=True: {
@@ -434,6 +442,7 @@ def test_sibling_at_latency_picks_the_width_whose_measured_latency_matches(tmp_p
     width is that width's channel configuration, and every timed width is one distinct configuration."""
     pytest.importorskip("ultralytics")
     import lightning_prune.profiling as profiling
+    from benchmarks.accuracy import models as accuracy  # patched in the module that looks them up
 
     cfg = accuracy.Config(imgsz=64)
     target = accuracy._yaml_at_width(cfg.model, 0.15625, seed=0).eval()
