@@ -1,7 +1,7 @@
 """The report: the regime check first, then every arm's test mAP (seed spread), measured latency and training cost,
 the verdict by the project's rule, and two plots. Reads only committed run folders made at clean revisions.
 
-Rule (as ``benchmarks/accuracy.py``): a difference counts as a win only when the means differ by more than both arms'
+Rule (as ``benchmarks/accuracy``): a difference counts as a win only when the means differ by more than both arms'
 seed spreads (max - min) and the latencies are within 3 % (or the winner is also faster); otherwise it is a tie, and
 the paired per-seed differences are shown either way.
 """
