@@ -1,4 +1,4 @@
-"""benchmarks/accuracy (python -m benchmarks.accuracy): arms, YOLOv7-tiny sibling, paired verdict, cross-model reuse (no training)."""
+"""benchmarks/accuracy: arms, YOLOv7-tiny sibling, paired verdict, cross-model reuse (no training)."""
 
 from __future__ import annotations
 
