@@ -161,6 +161,9 @@ def test_cli_lists_and_validates_the_choices(capsys: pytest.CaptureFixture) -> N
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
     text = capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the expert groups list their fields on their own help
+        parser.parse_args(["--pruning.latency.help", "LatencyConfig"])
+    text += capsys.readouterr().out
     for choice in ("sensitivity", "uniform", "global", "latency", "onnxruntime", "bn_scale_l1"):
         assert choice in text
     with pytest.raises(Exception, match="strategy"):
