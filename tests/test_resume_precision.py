@@ -26,7 +26,7 @@ from lightning_prune import count_flops, count_params  # noqa: E402
 from lightning_prune.callbacks import IterativePruningCallback  # noqa: E402
 from lightning_prune.checkpoint import CHECKPOINT_KEY, load_pruned  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings(
     "ignore:.*does not have many workers",
     "ignore:.*LitLogger",
     "ignore:.*LeafSpec",
@@ -34,17 +34,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not mix in lightning_prune.checkpoint.PrunedCheckpointMixin",
     "ignore:.*Checkpoint directory .* exists and is not empty",
     "ignore:.*AMP with fp16 is not supported on CPU",
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded() -> Any:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+)]
 
 
 def make_trainer(**overrides: Any) -> Trainer:
