@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.prune_vs_small.config import PROTOCOL, PRUNING, Protocol, TrainConfig
+from benchmarks.prune_vs_small.config import PROTOCOL, PRUNING, SMALL, Protocol, TrainConfig
 from benchmarks.prune_vs_small.runs import run_dir
 
 
@@ -139,10 +139,10 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
         Arm("base", f"{protocol.base_model} from scratch to its plateau ({protocol.base_epochs} epochs)",
             TrainConfig(epochs=protocol.base_epochs), start="base-yaml"),
         Arm("small", f"the narrower sibling (width {protocol.small_width:g}) from scratch to its plateau "
-            f"({protocol.small_epochs} epochs)", TrainConfig(epochs=protocol.small_epochs), start="small-yaml"),
+            f"({SMALL.epochs} epochs)", TrainConfig(epochs=SMALL.epochs), start="small-yaml"),
         Arm("small-distill", f"the narrower sibling distilled from the base by ultralytics' distill_model "
-            f"({protocol.small_epochs} epochs, from scratch)",
-            TrainConfig(epochs=protocol.small_epochs, extra={"distill_model": "arm:base"}), start="small-yaml",
+            f"({SMALL.epochs} epochs, from scratch)",
+            TrainConfig(epochs=SMALL.epochs, extra={"distill_model": "arm:base"}), start="small-yaml",
             needs=("base",)),
         Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
             TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
