@@ -47,3 +47,22 @@ def test_cli_rejects_a_bad_callback_argument(toy_cli, tmp_path: Path) -> None:
     with pytest.raises((SystemExit, ValueError)):
         toy_cli(["fit", "--config", str(EXAMPLE / "config.yaml"), "--trainer.logger=false",
                  f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks.init_args.target=1.5"])
+
+
+def test_the_main_job_yaml_uses_only_everyday_settings() -> None:
+    """The main job's YAML (README's first command) sets only the callback's everyday parameters: the expert groups
+    (sensitivity, latency, limits) and a whole ``config`` keep their defaults, and the YAML parses as the callback's
+    LightningCLI arguments."""
+    import inspect
+
+    from jsonargparse import ArgumentParser
+
+    config = yaml.safe_load((EXAMPLE.parent / "yolo" / "quick.yaml").read_text())
+    entry = next(cb for cb in config["trainer"]["callbacks"] if cb["class_path"].endswith("IterativePruningCallback"))
+    expert = {"sensitivity", "latency", "limits", "config", "seed"}
+    everyday = set(inspect.signature(IterativePruningCallback.__init__).parameters) - expert - {"self", "deprecated"}
+    assert set(entry["init_args"]) <= everyday, set(entry["init_args"]) - everyday
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(IterativePruningCallback, "callback")
+    parsed = parser.parse_object({"callback": entry["init_args"]})
+    assert parsed.callback.target == entry["init_args"]["target"]
