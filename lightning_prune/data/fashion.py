@@ -41,7 +41,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_prune.data.yolo_format import SplitWriter, write_data_yaml
+from lightning_prune.data.yolo_format import SplitWriter, data_set_parser, report_written, write_data_yaml
 
 __all__ = [
     "CLASS_NAMES",
@@ -319,14 +318,8 @@ def make_fashion_dataset(root: str | os.PathLike, num_train: int = 2000, num_val
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point: ``python -m lightning_prune.data.fashion --root DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m lightning_prune.data.fashion",
-                                     description="Write the Fashion-MNIST scenes detection data set (YOLO format).")
-    parser.add_argument("--root", required=True, help="output folder")
-    parser.add_argument("--num-train", type=int, default=2000, help="training images (default: 2000)")
-    parser.add_argument("--num-val", type=int, default=300, help="validation images (default: 300)")
-    parser.add_argument("--num-test", type=int, default=500, help="held-out test images (default: 500)")
-    parser.add_argument("--imgsz", type=int, default=160, help="image side in pixels (default: 160)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser = data_set_parser("python -m lightning_prune.data.fashion",
+                             "Write the Fashion-MNIST scenes detection data set (YOLO format).", 2000, 300, 500)
     parser.add_argument("--source", default=str(DEFAULT_SOURCE), help=f"idx files folder (default: {DEFAULT_SOURCE})")
     args = parser.parse_args(argv)
     try:
@@ -334,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                     args.source)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
-    print(f"wrote {args.num_train} train + {args.num_val} val + {args.num_test} test images to {root}; "
-          f"data set file: {root / 'data.yaml'}")
+    report_written(args, root)
     return root
 
 

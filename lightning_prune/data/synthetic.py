@@ -35,14 +35,20 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lightning_prune.data.yolo_format import SplitWriter, write_data_yaml, write_png, yolo_line
+from lightning_prune.data.yolo_format import (
+    SplitWriter,
+    data_set_parser,
+    report_written,
+    write_data_yaml,
+    write_png,
+    yolo_line,
+)
 
 __all__ = ["CLASS_NAMES", "SyntheticObject", "draw_synthetic_image", "main", "make_synthetic_dataset", "write_png"]
 
@@ -213,23 +219,14 @@ def make_synthetic_dataset(root: str | Path, num_train: int = 200, num_val: int 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point: ``python -m lightning_prune.data.synthetic --root DIR``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lightning_prune.data.synthetic",
-        description="Write a deterministic synthetic shapes detection data set (YOLO format).",
-    )
-    parser.add_argument("--root", required=True, help="output folder")
-    parser.add_argument("--num-train", type=int, default=200, help="training images (default: 200)")
-    parser.add_argument("--num-val", type=int, default=50, help="validation images (default: 50)")
-    parser.add_argument("--num-test", type=int, default=50, help="held-out test images (default: 50)")
-    parser.add_argument("--imgsz", type=int, default=160, help="image side in pixels (default: 160)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser = data_set_parser("python -m lightning_prune.data.synthetic",
+                             "Write a deterministic synthetic shapes detection data set (YOLO format).", 200, 50, 50)
     args = parser.parse_args(argv)
     try:
         root = make_synthetic_dataset(args.root, args.num_train, args.num_val, args.imgsz, args.seed, args.num_test)
     except ValueError as err:
         parser.error(str(err))
-    print(f"wrote {args.num_train} train + {args.num_val} val + {args.num_test} test images to {root}; "
-          f"data set file: {root / 'data.yaml'}")
+    report_written(args, root)
     return root
 
 

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import struct
@@ -99,3 +100,23 @@ def write_data_yaml(root: str | os.PathLike, names: Sequence[str], title: str, t
     path = root / "data.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def data_set_parser(prog: str, description: str, num_train: int, num_val: int, num_test: int,
+                    imgsz: int = 160) -> argparse.ArgumentParser:
+    """The command line every generated set shares: ``--root``, the three split sizes, ``--imgsz`` and ``--seed``
+    (with these defaults); a set adds its own options to it."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--root", required=True, help="output folder")
+    for split, default, what in (("train", num_train, "training"), ("val", num_val, "validation"),
+                                 ("test", num_test, "held-out test")):
+        parser.add_argument(f"--num-{split}", type=int, default=default, help=f"{what} images (default: {default})")
+    parser.add_argument("--imgsz", type=int, default=imgsz, help=f"image side in pixels (default: {imgsz})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    return parser
+
+
+def report_written(args: argparse.Namespace, root: Path) -> None:
+    """The one line a generator prints after writing a set."""
+    print(f"wrote {args.num_train} train + {args.num_val} val + {args.num_test} test images to {root}; "
+          f"data set file: {root / 'data.yaml'}")
