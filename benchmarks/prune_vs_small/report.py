@@ -148,13 +148,15 @@ def report(args: argparse.Namespace) -> int:
     for arm, seeds in runs.items():
         after = [d["cost"]["cpu_minutes"] for d in seeds.values()]
         uses_base = ARMS[arm].start == "base-weights" or "distill_model" in ARMS[arm].train.extra
-        total = [d["cost"]["cpu_minutes"] + (base_cpu.get(s, float("nan")) if uses_base else 0.0)
+        total = [d["cost"]["cpu_minutes"] + (base_cpu.get(s, float("nan")) if uses_base and arm != "base" else 0.0)
                  for s, d in seeds.items()]
         rows.append({
             "arm": arm, "summary": ARMS[arm].summary, "seeds": sorted(seeds),
             "map": _summary([d["test"]["map50_95"] for d in seeds.values()]),
             "per_seed": {s: d["test"]["map50_95"] for s, d in seeds.items()},
-            "epochs": ARMS[arm].train.epochs, "cpu_minutes_after_base": statistics.mean(after),
+            "epochs": ARMS[arm].train.epochs,
+            "epochs_total": ARMS[arm].train.epochs + (PROTOCOL.base_epochs if uses_base and arm != "base" else 0),
+            "cpu_minutes_after_base": statistics.mean(after),
             "cpu_minutes_total": statistics.mean(total),
             "onnxruntime_ms": statistics.median(c["onnxruntime_ms"] for c in costs[arm].values()),
             "eager_ms": statistics.median(c["eager_ms"] for c in costs[arm].values()),
@@ -192,17 +194,19 @@ def render(payload: dict[str, Any]) -> str:
                      f"seeds {check['seeds']}")
     lines += ["", f"**Regime check: {'passed' if check['passed'] else 'NOT passed — no arm comparison counts yet'}**",
               "", "## Arms", "",
-              "| arm | test mAP50-95 mean (min–max) | per seed | ORT ms | eager ms | GFLOPs | params | epochs after "
-              "base | CPU-min after base | CPU-min total | revisions |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| arm | test mAP50-95 mean (min–max) | per seed | ORT ms | eager ms | GFLOPs | params | epochs "
+              "(own) | epochs total | CPU-min (own) | CPU-min total | revisions |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         m = r["map"]
         seeds = ", ".join(f"{v:.3f}" for _, v in sorted(r["per_seed"].items()))
         lines.append(f"| {r['arm']} | {m['mean']:.3f} ({m['min']:.3f}–{m['max']:.3f}) | {seeds} | "
                      f"{r['onnxruntime_ms']:.2f} | {r['eager_ms']:.2f} | {r['flops'] / 1e9:.3f} | {r['params']:,.0f} | "
-                     f"{r['epochs']} | {r['cpu_minutes_after_base']:.0f} | {r['cpu_minutes_total']:.0f} | "
+                     f"{r['epochs']} | {r['epochs_total']} | {r['cpu_minutes_after_base']:.0f} | "
+                     f"{r['cpu_minutes_total']:.0f} | "
                      f"{', '.join(r['revisions'])} |")
-    lines += ["", "## Verdicts", ""]
+    lines += ["", "Own: the arm's training (for the pruning arms: the fine-tuning after the base); total: with the "
+              "base's when the arm starts from it or distils from it.", "", "## Verdicts", ""]
     for c in payload["comparisons"]:
         if "gap" not in c:
             lines.append(f"- {c['a']} vs {c['b']}: {c['verdict']}")

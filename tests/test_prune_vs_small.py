@@ -1,0 +1,93 @@
+"""The prune-vs-small benchmark's bookkeeping (issue 35): the plateau and regime checks, the verdict rule, the
+report's table, and that the committed finished runs stay reusable (their digests still match the protocol)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ultralytics")
+
+from benchmarks.prune_vs_small import report as rep  # noqa: E402
+from benchmarks.prune_vs_small.arms import ARMS  # noqa: E402
+from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS  # noqa: E402
+from benchmarks.prune_vs_small.runs import Record  # noqa: E402
+
+
+def _run(test: float, history: list[float], cpu: float = 10.0) -> dict:
+    return {"test": {"map50_95": test}, "val_history": history, "cost": {"cpu_minutes": cpu},
+            "git": {"revision": "0" * 40, "clean": True}}
+
+
+FLAT = [0.1] * 5 + [0.5] * 20
+RISING = [0.01 * i for i in range(25)]
+
+
+def test_plateau_reads_the_last_window_against_the_best_before() -> None:
+    assert rep.plateau(FLAT)["passed"]
+    assert rep.plateau(RISING)["gain"] == pytest.approx(0.10)
+    assert not rep.plateau(RISING)["passed"]
+    assert not rep.plateau([0.5] * PROTOCOL.plateau_window)["passed"]  # too short to tell
+
+
+def test_regime_needs_the_gap_separated_spreads_plateaus_and_three_seeds() -> None:
+    runs = {"base": {s: _run(0.65 + 0.01 * s, FLAT) for s in range(3)},
+            "small": {s: _run(0.50 + 0.01 * s, FLAT) for s in range(3)}}
+    assert rep.regime(runs)["passed"]
+    assert not rep.regime({"base": runs["base"], "small": {0: runs["small"][0]}})["passed"]  # one seed
+    close = {"base": runs["base"], "small": {s: _run(0.64 + 0.01 * s, FLAT) for s in range(3)}}
+    assert not rep.regime(close)["passed"]  # 1 point, spreads overlap
+    rising = {"base": runs["base"], "small": {**runs["small"], 2: _run(0.52, RISING)}}
+    assert not rep.regime(rising)["passed"]
+
+
+def test_compare_counts_a_win_only_outside_the_spreads_at_equal_latency() -> None:
+    costs = {arm: {s: {"onnxruntime_ms": 5.0, "eager_ms": 8.0} for s in range(3)} for arm in ("a", "b", "slow")}
+    costs["slow"] = {s: {"onnxruntime_ms": 6.0, "eager_ms": 9.0} for s in range(3)}
+    runs = {"a": {s: _run(0.60 + 0.005 * s, FLAT) for s in range(3)},
+            "b": {s: _run(0.55 + 0.005 * s, FLAT) for s in range(3)},
+            "slow": {s: _run(0.70 + 0.005 * s, FLAT) for s in range(3)}}
+    win = rep.compare(runs, costs, "a", "b")
+    assert win["verdict"] == "a wins" and win["paired"] == pytest.approx({0: 0.05, 1: 0.05, 2: 0.05})
+    assert rep.compare(runs, costs, "b", "a")["verdict"] == "a wins"
+    assert "slower" in rep.compare(runs, costs, "slow", "b")["verdict"]
+    tie = {"a": runs["a"], "b": {s: _run(0.60 + 0.02 * s, FLAT) for s in range(3)}}
+    assert rep.compare(tie, costs, "a", "b")["verdict"].startswith("tie")
+
+
+def test_render_states_the_regime_and_the_costs() -> None:
+    row = {"arm": "ours-sens-distill", "map": {"mean": 0.6, "min": 0.59, "max": 0.61, "n": 3},
+           "per_seed": {0: 0.6}, "onnxruntime_ms": 5.0, "eager_ms": 8.0, "flops": 1e9, "params": 1e6, "epochs": 25,
+           "epochs_total": 125, "cpu_minutes_after_base": 30.0, "cpu_minutes_total": 94.0, "revisions": ["abc1234"]}
+    payload = {"command": "python -m benchmarks.prune_vs_small report", "date": "2026-12-05",
+               "git": {"revision": "abc1234" + "0" * 33, "clean": True},
+               "regime": {"plateau": {"base seed 0": {"gain": 0.001, "passed": True}}, "passed": False},
+               "rows": [row], "comparisons": [], "plots": []}
+    text = rep.render(payload)
+    assert "NOT passed" in text and "| 25 | 125 | 30 | 94 |" in text
+
+
+@pytest.mark.parametrize("arm", ["base", "small"])
+def test_committed_runs_stay_reusable(arm: str) -> None:
+    """A change to the protocol that would silently orphan the committed hours of training fails here first."""
+    folders = sorted((RESULTS / arm).glob("seed*"))
+    if not folders:
+        pytest.skip(f"no committed {arm} runs")
+    for folder in folders:
+        record = Record.load(folder)
+        assert record is not None, folder
+        seed = int(folder.name[4:])
+        data = json.loads((folder / "run.json").read_text())
+        expected = PROTOCOL.digest(arm, seed, ARMS[arm].train, ARMS[arm].spec)
+        if arm == "small" and data["train"]["epochs"] != ARMS[arm].train.epochs:
+            continue  # a superseded length (the 100-epoch small run), replaced when its new run lands
+        assert data["digest"] == expected, f"{folder}: the protocol changed under a committed run"
+
+
+def test_report_command_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(rep, "collect", lambda root=RESULTS: {})
+    assert rep.report(argparse.Namespace(out_dir=tmp_path)) == 0
+    assert "Regime check" in (tmp_path / "report.md").read_text()
