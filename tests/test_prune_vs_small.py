@@ -61,13 +61,14 @@ def test_compare_counts_a_win_only_outside_the_spreads_at_equal_latency() -> Non
 def test_render_states_the_regime_and_the_costs() -> None:
     row = {"arm": "ours-sens-distill", "map": {"mean": 0.6, "min": 0.59, "max": 0.61, "n": 3},
            "per_seed": {0: 0.6}, "onnxruntime_ms": 5.0, "eager_ms": 8.0, "flops": 1e9, "params": 1e6, "epochs": 25,
-           "epochs_total": 125, "cpu_minutes_after_base": 30.0, "cpu_minutes_total": 94.0, "revisions": ["abc1234"]}
+           "epochs_total": 125, "cpu_minutes_after_base": 30.0, "cpu_minutes_total": 94.0, "revisions": ["abc1234"],
+           "last_gain": 0.012}
     payload = {"command": "python -m benchmarks.prune_vs_small report", "date": "2026-12-05",
                "git": {"revision": "abc1234" + "0" * 33, "clean": True},
                "regime": {"plateau": {"base seed 0": {"gain": 0.001, "passed": True}}, "passed": False},
                "rows": [row], "comparisons": [], "plots": []}
     text = rep.render(payload)
-    assert "NOT passed" in text and "| 25 | 125 | 30 | 94 |" in text
+    assert "NOT passed" in text and "| 25 | 125 | 30 | 94 | +1.20 |" in text
 
 
 @pytest.mark.parametrize("arm", ["base", "small"])

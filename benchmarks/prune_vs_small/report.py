@@ -163,6 +163,11 @@ def report(args: argparse.Namespace) -> int:
             "flops": statistics.mean(c["flops"] for c in costs[arm].values()),
             "params": statistics.mean(c["params"] for c in costs[arm].values()),
             "revisions": sorted({d["git"]["revision"][:7] for d in seeds.values()}),
+            # still learning at the end? (the plateau gain of its own val history: for the pruning arms, whether a
+            # longer fine-tuning would have paid)
+            "last_gain": statistics.mean(g for g in (plateau(d["val_history"])["gain"] for d in seeds.values())
+                                         if g is not None) if any(len(d["val_history"]) > PROTOCOL.plateau_window
+                                                                  for d in seeds.values()) else None,
         })
     comparisons = [compare(runs, costs, a, b) for a in runs if a not in (*ALTERNATIVES, "base")
                    for b in ALTERNATIVES if b in runs]
@@ -195,8 +200,8 @@ def render(payload: dict[str, Any]) -> str:
     lines += ["", f"**Regime check: {'passed' if check['passed'] else 'NOT passed — no arm comparison counts yet'}**",
               "", "## Arms", "",
               "| arm | test mAP50-95 mean (min–max) | per seed | ORT ms | eager ms | GFLOPs | params | epochs "
-              "(own) | epochs total | CPU-min (own) | CPU-min total | revisions |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "(own) | epochs total | CPU-min (own) | CPU-min total | last-10 gain | revisions |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         m = r["map"]
         seeds = ", ".join(f"{v:.3f}" for _, v in sorted(r["per_seed"].items()))
@@ -204,9 +209,12 @@ def render(payload: dict[str, Any]) -> str:
                      f"{r['onnxruntime_ms']:.2f} | {r['eager_ms']:.2f} | {r['flops'] / 1e9:.3f} | {r['params']:,.0f} | "
                      f"{r['epochs']} | {r['epochs_total']} | {r['cpu_minutes_after_base']:.0f} | "
                      f"{r['cpu_minutes_total']:.0f} | "
+                     f"{'n/a' if r.get('last_gain') is None else format(r['last_gain'] * 100, '+.2f')} | "
                      f"{', '.join(r['revisions'])} |")
     lines += ["", "Own: the arm's training (for the pruning arms: the fine-tuning after the base); total: with the "
-              "base's when the arm starts from it or distils from it.", "", "## Verdicts", ""]
+              "base's when the arm starts from it or distils from it. Last-10 gain: the best val mAP50-95 of the "
+              f"last {PROTOCOL.plateau_window} epochs over the best before, in points (mean over seeds): above "
+              f"{PROTOCOL.plateau_gain * 100:g}, the arm was still learning when it stopped.", "", "## Verdicts", ""]
     for c in payload["comparisons"]:
         if "gap" not in c:
             lines.append(f"- {c['a']} vs {c['b']}: {c['verdict']}")
