@@ -19,7 +19,7 @@ medians), on their deployed form (BatchNorm folded, eval):
   16 channels, each with per-group caps 1.0, 0.75 and 0.5 and the knapsack also on cost alone (importance weight
   0), pruned on copies whose deployed forms the pruner times interleaved on this backend (the three fastest timed
   again, both runs pooled); it prunes the fastest. On OpenVINO the eager and ONNX Runtime tables propose knapsack
-  candidates too (``latency_proxies``' default, named ``eager:...`` and ``onnxruntime:...``), timed on OpenVINO
+  candidates too (``latency.proxies``' default, named ``eager:...`` and ``onnxruntime:...``), timed on OpenVINO
   with the rest. That pick is the pruner's own short measurement; the arm's
   numbers below come from the benchmark's separate interleaved run, so a lucky pick is not counted twice;
 * ``latency-aware per-channel -50% FLOPs``: the same, but each channel weighed by the milliseconds it saves alone
@@ -82,7 +82,7 @@ from _harness import command_line, git_rev  # noqa: E402
 
 from lightning_prune import DependencyGraph, count_flops  # noqa: E402
 from lightning_prune.profiling import compare_latency, deployed_copy  # noqa: E402
-from lightning_prune.pruning import IterativePruner, build_cost_table  # noqa: E402
+from lightning_prune.pruning import IterativePruner, LatencyConfig, Limits, build_cost_table  # noqa: E402
 from lightning_prune.pruning.allocation import global_counts  # noqa: E402
 from lightning_prune.pruning.counts import plan_from_counts  # noqa: E402
 from lightning_prune.pruning.strategies import (  # noqa: E402
@@ -218,10 +218,10 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     log(f"  {name} / {backend}: measured allocation")
     measured_model = copy.deepcopy(base)
     started = time.perf_counter()
-    chooser = IterativePruner(measured_model, x, schedule=[0], target=0.5, cost="latency", strategy="global",
-                              criterion="l1", max_rate=MEASURED_RATE, allocation="measured", latency_backend=backend,
-                              latency_repeats=args.target_repeats * 2, cost_table=table,
-                              cost_table_dir=args.cache_dir)
+    measured_latency = LatencyConfig(backend=backend, repeats=args.target_repeats * 2, cost="latency",
+                                     table_dir=args.cache_dir, allocation="measured")
+    chooser = IterativePruner(measured_model, x, schedule=[0], target=0.5, strategy="global", criterion="l1",
+                              latency=measured_latency, limits=Limits(max_rate=MEASURED_RATE), cost_table=table)
     chosen = chooser.step(0)
     measured = {"allocation": chosen.allocation, "candidates_ms": chosen.candidates_ms,
                 "seconds": time.perf_counter() - started}
@@ -232,17 +232,16 @@ def run_pair(name: str, backend: str, args: argparse.Namespace, base: nn.Module,
     log(f"  {name} / {backend}: measured allocation at the sibling's FLOPs")
     equal_model = copy.deepcopy(base)
     sibling_share = count_flops(peers["sibling"], x) / count_flops(base, x)
-    IterativePruner(equal_model, x, schedule=[0], target=1.0 - sibling_share, cost="latency", strategy="global",
-                    criterion="l1", max_rate=MEASURED_RATE, allocation="measured", latency_backend=backend,
-                    latency_repeats=args.target_repeats * 2, cost_table=table, cost_table_dir=args.cache_dir).step(0)
+    IterativePruner(equal_model, x, schedule=[0], target=1.0 - sibling_share, strategy="global", criterion="l1",
+                    latency=measured_latency, limits=Limits(max_rate=MEASURED_RATE), cost_table=table).step(0)
     models[EQUAL] = equal_model
     log(f"  {name} / {backend}: latency target")
     target_model = copy.deepcopy(base)
     started = time.perf_counter()
-    pruner = IterativePruner(target_model, x, schedule=[0], target=0.5, target_metric="latency", cost="latency",
-                             strategy="global", max_rate=MAX_RATE, latency_backend=backend,
-                             latency_repeats=args.target_repeats, latency_corrections=CORRECTIONS,
-                             latency_tolerance=TOLERANCE, cost_table=table)
+    pruner = IterativePruner(target_model, x, schedule=[0], target=0.5, target_metric="latency", strategy="global",
+                             latency=LatencyConfig(backend=backend, repeats=args.target_repeats,
+                                                   corrections=CORRECTIONS, tolerance=TOLERANCE, cost="latency"),
+                             limits=Limits(max_rate=MAX_RATE), cost_table=table)
     pruner.check()
     step = pruner.step(0)
     target_seconds = time.perf_counter() - started

@@ -28,17 +28,18 @@ Protocol (every arm alike):
    * ``ours-sensitivity-r8``: the paper's method with ``round_to=8`` (every group keeps a multiple of 8 channels,
      which ``latency.py`` found turns more of the FLOPs saving into speed) — our recommended setting;
    * ``ours-sensitivity-latency``: the paper's method scored by *measured* latency instead of FLOPs
-     (``cost="latency"``, ``latency_backend="onnxruntime"``: ``Δlatency × metric^k`` from a per-group latency table,
-     removals at the widths where ONNX Runtime is fast), the same FLOPs target and schedule; the graph is traced and
-     the table measured at the deployment input ``example_input=[1, 3, 640, 640]`` (FLOPs ratios are the same as at
-     the training size), cached in ``<workdir>/cost_tables`` so the seeds share the unpruned architecture's table;
+     (``latency=LatencyConfig(cost="latency", backend="onnxruntime")``: ``Δlatency × metric^k`` from a per-group
+     latency table, removals at the widths where ONNX Runtime is fast), the same FLOPs target and schedule; the
+     graph is traced and the table measured at the deployment input ``example_input=[1, 3, 640, 640]`` (FLOPs
+     ratios are the same as at the training size), cached in ``<workdir>/cost_tables`` so the seeds share the
+     unpruned architecture's table;
    * ``ours-latency-target``: a −``target`` *latency* target instead of FLOPs (``target_metric="latency"``,
-     ``cost="latency"``, ``strategy="global"``, ``max_rate=0.5``, ``max_total_rate=0.75``, ONNX Runtime, the
+     ``strategy="global"``, latency cost, ``limits=Limits(max_rate=0.5, max_total_rate=0.75)``, ONNX Runtime, the
      measured latency of the deployed form at the deployment input, corrections on the last step until it is met),
      the same schedule;
    * ``ours-sensitivity-latency-target``: the same −``target`` latency target with the paper's method
      (``strategy="sensitivity"``: probes read ``val``, ``Δlatency × metric^k`` from the ONNX Runtime table),
-     ``max_total_rate=0.75``;
+     ``limits=Limits(max_total_rate=0.75)``;
    * ``ours-uniform-70``: FLOPs-targeted uniform L1 pruned to −70 % FLOPs — where ``latency_aware.md`` finds FLOPs-
      targeted pruning has to go to reach the latency a −50 % latency target reaches (0.28–0.30× FLOPs on ONNX
      Runtime): the question of issue 14 item 6, whether the FLOPs the latency target keeps buy accuracy after

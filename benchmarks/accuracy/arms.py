@@ -41,17 +41,21 @@ def _cost_table_dir(workdir: Path) -> Path:
     return (workdir.parent if workdir.name.startswith("seed") else workdir) / "cost_tables"
 
 
-def _onnx_latency_callback(cfg: Config, workdir: Path, **settings: Any) -> Any:
+def _onnx_latency_callback(cfg: Config, workdir: Path, latency_repeats: int | None = None,
+                           **settings: Any) -> Any:
     """An ``IterativePruningCallback`` of ours with ``cost="latency"`` on ONNX Runtime: the L1 criterion, the
     schedule and target of ``cfg``, the graph traced and the table measured at the deployment input (cached beside
-    the seed folders, shared by the seeds), and ``settings`` on top."""
+    the seed folders, shared by the seeds), ``latency_repeats`` timed calls per latency reading, and ``settings`` on
+    top."""
     from lightning_prune.callbacks import IterativePruningCallback
+    from lightning_prune.pruning import LatencyConfig
 
     table_dir = _cost_table_dir(workdir)
     table_dir.mkdir(parents=True, exist_ok=True)
-    return IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, criterion="l1", cost="latency",
-                                    latency_backend="onnxruntime", example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE],
-                                    cost_table_dir=str(table_dir), verbose=False, **settings)
+    latency = LatencyConfig(backend="onnxruntime", cost="latency", table_dir=str(table_dir),
+                            **({} if latency_repeats is None else {"repeats": latency_repeats}))
+    return IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, criterion="l1", latency=latency,
+                                    example_input=[1, 3, LATENCY_SIZE, LATENCY_SIZE], verbose=False, **settings)
 
 
 def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[list[Any], dict[str, Any]]:
@@ -59,6 +63,7 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[l
     from lightning.pytorch.callbacks import ModelPruning
 
     from lightning_prune.callbacks import IterativePruningCallback
+    from lightning_prune.pruning import Limits, SensitivityConfig
 
     example = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
     if arm == "unpruned":
@@ -67,21 +72,25 @@ def _arm_callbacks(arm: str, cfg: Config, module: Any, workdir: Path) -> tuple[l
         # the paper's method scored by measured latency: graph traced and table measured at the deployment size
         # (FLOPs ratios, and so the FLOPs target, are the same as at the training size)
         return [_onnx_latency_callback(cfg, workdir, strategy="sensitivity", monitor="val/mAP50-95",
-                                       sensitivity_batches=cfg.sensitivity_batches)], {}
+                                       sensitivity=SensitivityConfig(batches=cfg.sensitivity_batches))], {}
     if arm == "ours-latency-target":
-        return [_onnx_latency_callback(cfg, workdir, target_metric="latency", strategy="global", max_rate=0.5,
-                                       max_total_rate=LATENCY_TARGET_MAX_TOTAL, latency_repeats=10)], {}
+        return [_onnx_latency_callback(cfg, workdir, target_metric="latency", strategy="global",
+                                       limits=Limits(max_rate=0.5, max_total_rate=LATENCY_TARGET_MAX_TOTAL),
+                                       latency_repeats=10)], {}
     if arm == "ours-sensitivity-latency-target":
         return [_onnx_latency_callback(cfg, workdir, target_metric="latency", strategy="sensitivity",
-                                       monitor="val/mAP50-95", sensitivity_batches=cfg.sensitivity_batches,
-                                       max_total_rate=LATENCY_TARGET_MAX_TOTAL, latency_repeats=10)], {}
+                                       monitor="val/mAP50-95",
+                                       sensitivity=SensitivityConfig(batches=cfg.sensitivity_batches),
+                                       limits=Limits(max_total_rate=LATENCY_TARGET_MAX_TOTAL),
+                                       latency_repeats=10)], {}
     if arm == "ours-uniform-70":
         return [IterativePruningCallback(schedule=cfg.schedule, target=MATCHED_FLOPS_TARGET, strategy="uniform",
                                          criterion="l1", verbose=False)], {"flops_target": MATCHED_FLOPS_TARGET}
     if arm.startswith("ours-"):
         strategy, _, rounding = arm.removeprefix("ours-").partition("-r")
         return [IterativePruningCallback(schedule=cfg.schedule, target=cfg.target, strategy=strategy, criterion="l1",
-                                         monitor="val/mAP50-95", sensitivity_batches=cfg.sensitivity_batches,
+                                         monitor="val/mAP50-95",
+                                         sensitivity=SensitivityConfig(batches=cfg.sensitivity_batches),
                                          round_to=int(rounding or 1), verbose=False)], {}
     if arm == "tp-magnitude":
         from _peers import split_csp_blocks, tp_prune_to_flops, tp_pruner, tp_step_keeping_params
