@@ -10,11 +10,14 @@ the reference is gone, readings are single runs again.
 :class:`CorrectionLadder` picks a latency correction's plan: the plans for several multiples of the budget the
 learned efficiency asks for (:data:`CORRECTION_SCALES`) are timed against the reference and the least pruning that
 meets the goal wins, so a misjudged efficiency costs a step of the ladder, not an overshoot that pruning cannot take
-back.
+back. :meth:`CorrectionLadder.correct` runs a step's corrections: after the prune it measures, teaches the
+:class:`~lightning_prune.pruning.latency_control.LatencyController` the efficiency, and on the final step prunes more,
+one ladder plan at a time, until the measured latency meets the goal.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +29,9 @@ from lightning_prune.graph import DependencyGraph
 from lightning_prune.profiling import compare_latency, deployed_copy, measure_latency
 from lightning_prune.pruning.communication import Communicator
 from lightning_prune.pruning.config import PruningConfig
+from lightning_prune.pruning.latency_control import LatencyController
 from lightning_prune.pruning.measured_choice import time_plans
+from lightning_prune.pruning.step_selection import StepSelector
 
 __all__ = ["CORRECTION_SCALES", "CorrectionLadder", "LatencyReader"]
 
@@ -127,3 +132,38 @@ class CorrectionLadder:
             meeting = [key for key in candidates if ms[key] <= bound]
             name = meeting[0] if meeting else min(candidates, key=lambda key: ms[key])
         return candidates[comm.broadcast(name)]
+
+    def correct(self, controller: LatencyController, goal: float, before: tuple[float, float], step: int, *,
+                final: bool, baseline_ms: float, controlled: Callable[[], float], selector: StepSelector,
+                prune: Callable[[Callable[[], Plan]], Plan]) -> tuple[float, float, list[Plan]]:
+        """Step ``step``'s latency corrections, after its prune: measure, teach ``controller`` the efficiency, and on
+        the final step (``final``) prune more (a cheap importance-based re-selection by ``selector``, each plan from
+        :meth:`plan`) until the measured latency meets ``goal`` (ms), at most ``config.latency_corrections`` times.
+        Every decision reads broadcast numbers.
+
+        ``before``: the controlled cost (what ``controlled()`` reads: predicted ms for a latency budget, else FLOPs)
+        and the latency before the step; ``baseline_ms``: the recorded baseline reading; ``prune(select)`` prunes
+        the plan ``select()`` returns and returns it. Returns the latency and the controlled cost at the end, and the
+        corrections' plans."""
+        config = self.config
+        controlled_before, latency_before = before
+        controlled_now, latency_now = controlled(), self.reader.read(baseline_ms)
+        controller.observe(controlled_before, latency_before, controlled_now, latency_now)
+        strategy = "global" if config.strategy == "sensitivity" else config.strategy
+
+        def select(amount: float, allocation: str | None) -> Plan:
+            return selector.select(amount, strategy, step, None, None, allocation)[0]
+
+        plans: list[Plan] = []
+        for _ in range(config.latency_corrections if final else 0):
+            if not controller.needs_correction(latency_now, goal):
+                break
+            budget = controller.flops_budget(controlled_now, latency_now, goal, cap=0.25)
+            plan = prune(functools.partial(self.plan, budget, goal, baseline_ms, select))
+            if not plan:
+                break
+            plans.append(plan)
+            controlled_before, latency_before = controlled_now, latency_now
+            controlled_now, latency_now = controlled(), self.reader.read(baseline_ms)
+            controller.observe(controlled_before, latency_before, controlled_now, latency_now)
+        return latency_now, controlled_now, plans
