@@ -92,3 +92,46 @@ def test_report_command_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setattr(rep, "collect", lambda root=RESULTS: {})
     assert rep.report(argparse.Namespace(out_dir=tmp_path)) == 0
     assert "Regime check" in (tmp_path / "report.md").read_text()
+
+
+def test_train_runs_jobs_in_parallel_after_their_needs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``train --jobs 2``: base and small of a seed run side by side, a pruning arm only after both finished, and
+    an arm whose need failed is skipped (the exit code says so)."""
+    import threading
+    import time
+
+    from benchmarks.prune_vs_small import __main__ as cli
+    from benchmarks.prune_vs_small import runs
+
+    monkeypatch.setattr(cli, "run_dir", lambda arm, seed, root=tmp_path: runs.run_dir(arm, seed, tmp_path))
+    active, peak, order, lock = set(), [0], [], threading.Lock()
+
+    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path) -> int:
+        with lock:
+            active.add((arm, seed))
+            peak[0] = max(peak[0], len(active))
+            order.append(("start", arm, seed))
+        time.sleep(0.2)
+        ok = not (arm == "small" and seed == 1)
+        if ok:
+            folder = runs.run_dir(arm, seed, tmp_path)
+            folder.mkdir(parents=True)
+            (folder / "weights.pt").write_bytes(b"w")
+            digest = PROTOCOL.digest(arm, seed, ARMS[arm].train, ARMS[arm].spec)
+            record = {"digest": digest, "git": {"clean": True, "revision": "f" * 40}, "test": {}}
+            (folder / "run.json").write_text(json.dumps(record))
+        with lock:
+            active.discard((arm, seed))
+            order.append(("end", arm, seed))
+        return 0 if ok else 3
+
+    monkeypatch.setattr(cli, "launch", fake_launch)
+    rc = cli.main(["train", "--arms", "base", "small", "ours-sens", "--seeds", "0", "1", "--jobs", "2",
+                   "--workdir", str(tmp_path / "w")])
+    assert rc == 1  # small seed 1 failed, so ours-sens seed 1 was skipped
+    assert peak[0] == 2
+    starts = [(a, s) for kind, a, s in order if kind == "start"]
+    assert ("ours-sens", 1) not in starts
+    first_prune = order.index(("start", "ours-sens", 0))
+    assert order.index(("end", "base", 0)) < first_prune and order.index(("end", "small", 0)) < first_prune
+    assert cli.main(["train", "--arms", "base", "--seeds", "0", "--workdir", str(tmp_path / "w")]) == 0  # reused

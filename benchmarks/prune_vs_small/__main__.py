@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from benchmarks.prune_vs_small.arms import ARMS
@@ -11,26 +12,62 @@ from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
 from benchmarks.prune_vs_small.runs import Record, launch, run_dir
 
 
-def train(args: argparse.Namespace) -> int:
-    failures = 0
+def finished(name: str, seed: int) -> Record | None:
+    """The run folder of ``name``/``seed`` when it can be reused: this configuration, a clean revision, weights."""
+    arm = ARMS[name]
+    record = Record.load(run_dir(name, seed))
+    return record if record is not None and record.reusable(PROTOCOL.digest(name, seed, arm.train, arm.spec)) \
+        else None
+
+
+def _pending(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """The (seed, arm) runs to train, seed by seed in ``ARMS`` order (so a seed's whole comparison comes first);
+    reused runs are said and left out."""
+    todo = []
     for seed in args.seeds:
         for name in args.arms:
-            arm = ARMS[name]
-            record = Record.load(run_dir(name, seed))
-            digest = PROTOCOL.digest(name, seed, arm.train, arm.spec)
-            if record is not None and record.reusable(digest) and not args.force:
+            record = finished(name, seed)
+            if record is not None and not args.force:
                 print(f"{name} seed {seed}: reused ({record.data['git']['revision'][:7]})")
                 continue
-            missing = [n for n in arm.needs if Record.load(run_dir(n, seed)) is None]
-            if missing:
-                print(f"{name} seed {seed}: skipped, needs {missing} first")
-                failures += 1
+            todo.append((seed, name))
+    return todo
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train what is not reusable, up to ``--jobs`` children at once (each with ``--threads``); a run starts once
+    the runs it needs (same seed) have finished, and one whose needs failed or are missing is skipped."""
+    todo, running, failed = _pending(args), {}, set()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        while todo or running:
+            started = False
+            for seed, name in list(todo):
+                if len(running) >= max(1, args.jobs):
+                    break
+                needs = [(seed, n) for n in ARMS[name].needs]
+                if any(need in running or need in todo for need in needs):
+                    continue  # waits for a run in this invocation
+                missing = [n for s, n in needs if (s, n) in failed or finished(n, s) is None]
+                todo.remove((seed, name))
+                if missing:
+                    print(f"{name} seed {seed}: skipped, needs {missing} first", flush=True)
+                    failed.add((seed, name))
+                    continue
+                print(f"{name} seed {seed}: training ...", flush=True)
+                log = args.workdir / "logs" / f"{name}-seed{seed}.log"
+                running[(seed, name)] = pool.submit(launch, name, seed, args.workdir, args.threads, log)
+                started = True
+            if not running:
                 continue
-            print(f"{name} seed {seed}: training ...", flush=True)
-            rc = launch(name, seed, args.workdir, args.threads, args.workdir / "logs" / f"{name}-seed{seed}.log")
-            print(f"{name} seed {seed}: {'done' if rc == 0 else f'FAILED (exit {rc})'}", flush=True)
-            failures += rc != 0
-    return 1 if failures else 0
+            done, _ = wait(running.values(), return_when=FIRST_COMPLETED, timeout=None if not started else 0.1)
+            for key, future in list(running.items()):
+                if future in done:
+                    rc = future.result()
+                    print(f"{key[1]} seed {key[0]}: {'done' if rc == 0 else f'FAILED (exit {rc})'}", flush=True)
+                    if rc != 0:
+                        failed.add(key)
+                    del running[key]
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/prune_vs_small"))
-    p.add_argument("--threads", type=int, default=PROTOCOL.threads)
+    p.add_argument("--threads", type=int, default=PROTOCOL.threads, help="threads of each training")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once (e.g. one per core with --threads 1)")
     p.add_argument("--force", action="store_true", help="train again even where a reusable run exists")
     p = sub.add_parser("report", help="regime check, latency, verdict and plots from the run folders")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
