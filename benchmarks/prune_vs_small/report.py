@@ -76,13 +76,21 @@ def measure(runs: dict[str, dict[int, dict[str, Any]]], root: Path) -> dict[str,
             model = YOLO(str(run_dir(arm, seed, root) / "weights.pt")).model.float().eval()
             models[f"{arm}/{seed}"] = deployed_copy(model)
             out.setdefault(arm, {})[seed] = {"flops": float(count_flops(model, x)),
-                                             "params": float(count_params(model))}
+                                             "params": float(count_params(model)), "widths": block_widths(model)}
     for backend in ("onnxruntime", "eager"):
         timed = compare_latency(models, x, backend, rounds=10, repeats=20, num_threads=1)
         for key, result in timed.items():
             arm, seed = key.split("/")
             out[arm][int(seed)][f"{backend}_ms"] = float(result.median_ms)
     return out
+
+
+def block_widths(model: Any) -> list[int]:
+    """Output channels of all convolutions in each of the detector's top-level blocks (``model.model[i]``): where
+    an arm keeps its width, against the small model's uniform share."""
+    from torch import nn
+
+    return [sum(m.out_channels for m in block.modules() if isinstance(m, nn.Conv2d)) for block in model.model]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -112,6 +120,13 @@ def compare(runs: dict, costs: dict, a: str, b: str) -> dict[str, Any]:
     return {"a": a, "b": b, "gap": gap, "spread": spread, "paired": paired, "latency_ratio": lat, "verdict": verdict}
 
 
+def _width_share(costs: dict, arm: str) -> list[float] | None:
+    """Per block, the arm's conv channels as a share of the base's of the same seed (mean over seeds)."""
+    shares = [[w / b if b else 1.0 for w, b in zip(c["widths"], costs["base"][seed]["widths"], strict=False)]
+              for seed, c in costs[arm].items() if seed in costs.get("base", {})]
+    return [statistics.mean(column) for column in zip(*shares, strict=True)] if shares else None
+
+
 def _plots(out_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     import matplotlib
 
@@ -132,6 +147,21 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"map_vs_{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path.name)
+    shaped = [row for row in rows if row.get("width_share") and row["arm"] != "base"]
+    if shaped:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for row in shaped:
+            ax.plot(range(len(row["width_share"])), row["width_share"], marker="o", markersize=3, label=row["arm"])
+        ax.set_xlabel("block of the detector (model.model[i]: backbone, neck, head)")
+        ax.set_ylabel("conv channels kept, share of the base's")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / "widths.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         files.append(path.name)
@@ -162,6 +192,7 @@ def report(args: argparse.Namespace) -> int:
             "eager_ms": statistics.median(c["eager_ms"] for c in costs[arm].values()),
             "flops": statistics.mean(c["flops"] for c in costs[arm].values()),
             "params": statistics.mean(c["params"] for c in costs[arm].values()),
+            "width_share": _width_share(costs, arm),
             "revisions": sorted({d["git"]["revision"][:7] for d in seeds.values()}),
             # still learning at the end? (the plateau gain of its own val history: for the pruning arms, whether a
             # longer fine-tuning would have paid)
