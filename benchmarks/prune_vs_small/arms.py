@@ -76,25 +76,36 @@ def targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
     return {"flops_keep": float(flops), "latency_keep": float(latency)}
 
 
+def pruning_settings(strategy: str, distill: bool, latency: bool = False) -> dict[str, Any]:
+    """What a pruning arm asks ``add_pruning`` for, as plain data (part of the arm's digest, so a changed setting
+    never reuses a run made with another); the target itself comes from the small model at run time."""
+    settings: dict[str, Any] = {"strategy": strategy, "criterion": "l1", "distill": distill,
+                                "sensitivity": {"batches": 4}, "round_to": 8 if latency else 1,
+                                "target_metric": "latency" if latency else "flops"}
+    if latency:
+        settings.update(latency={"backend": "onnxruntime", "cost": "latency"}, limits={"max_total_rate": 0.75})
+    return settings
+
+
 def _pruning(strategy: str, distill: bool, latency: bool = False) -> Callable[[Any, dict], None]:
-    """``add_pruning`` on the base for a pruning arm: to the small model's FLOPs share, or (``latency``) to its
-    measured ONNX Runtime latency share with the latency cost model; with or without distillation from the base."""
+    """``add_pruning`` on the base for a pruning arm (:func:`pruning_settings`): to the small model's FLOPs share,
+    or (``latency``) to its measured ONNX Runtime latency share with the latency cost model; with or without
+    distillation from the base."""
+    settings = pruning_settings(strategy, distill, latency)
 
     def setup(model: Any, context: dict) -> None:
         from lightning_prune.integrations.ultralytics import add_pruning
+        from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig
 
         goal = targets(PROTOCOL, context["out_root"], context["seed"])
         context.update(goal)
         schedule = [epoch for epoch in PRUNING.schedule if epoch < context["epochs"]] or [0]  # shorter smoke runs
-        from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig
-
-        options: dict[str, Any] = dict(schedule=schedule, strategy=strategy, criterion="l1", distill=distill,
-                                       sensitivity=SensitivityConfig(batches=4), round_to=8 if latency else 1)
+        options: dict[str, Any] = {**settings, "schedule": schedule,
+                                   "sensitivity": SensitivityConfig(**settings["sensitivity"])}
         if latency:
-            options.update(target_metric="latency", target=1.0 - goal["latency_keep"],
-                           latency=LatencyConfig(backend="onnxruntime", cost="latency",
-                                                 table_dir=str(context["workdir"] / "cost_tables")),
-                           limits=Limits(max_total_rate=0.75))
+            options.update(target=1.0 - goal["latency_keep"], limits=Limits(**settings["limits"]),
+                           latency=LatencyConfig(**settings["latency"],
+                                                 table_dir=str(context["workdir"] / "cost_tables")))
         else:
             options.update(target=1.0 - goal["flops_keep"])
         context["pruning"] = add_pruning(model, **options)
@@ -135,6 +146,10 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
     finetune = dict(epochs=protocol.finetune_epochs, close_mosaic=PRUNING.close_mosaic)
     n = protocol.finetune_epochs
     spec = {"pruning": dataclasses.asdict(PRUNING)}
+
+    def spec_of(strategy: str, distill: bool, latency: bool = False) -> dict[str, Any]:
+        return {**spec, "setup": pruning_settings(strategy, distill, latency)}
+
     arms = [
         Arm("base", f"{protocol.base_model} from scratch to its plateau ({protocol.base_epochs} epochs)",
             TrainConfig(epochs=protocol.base_epochs), start="base-yaml"),
@@ -146,19 +161,22 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
             needs=("base",)),
         Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
             TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
-            setup=_pruning("sensitivity", distill=False), spec=spec),
+            setup=_pruning("sensitivity", distill=False), spec=spec_of("sensitivity", distill=False)),
         Arm("ours-sens-distill", f"the same, distilled from the base while it fine-tunes ({n} epochs)",
             TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
-            setup=_pruning("sensitivity", distill=True), spec=spec),
+            setup=_pruning("sensitivity", distill=True), spec=spec_of("sensitivity", distill=True)),
         Arm("ours-latency-distill", f"the paper's method to the small model's measured ONNX Runtime latency "
             f"(latency cost, round_to 8), distilled ({n} epochs)", TrainConfig(**finetune), start="base-weights",
-            needs=("base", "small"), setup=_pruning("sensitivity", distill=True, latency=True), spec=spec),
+            needs=("base", "small"), setup=_pruning("sensitivity", distill=True, latency=True),
+            spec=spec_of("sensitivity", distill=True, latency=True)),
         Arm("uniform-distill", f"uniform L1 to the small model's FLOPs, distilled ({n} epochs)",
             TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
-            setup=_pruning("uniform", distill=True), spec=spec),
+            setup=_pruning("uniform", distill=True), spec=spec_of("uniform", distill=True)),
         Arm("tp", f"Torch-Pruning MagnitudePruner L1 (C2f rewritten) to the small model's FLOPs, one-shot, the same "
             f"{n} epochs fine-tuning", TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
-            setup=_torch_pruning, spec=spec),
+            setup=_torch_pruning,
+            spec={**spec, "setup": {"tool": "torch-pruning", "pruner": "MagnitudePruner", "norm": 1,
+                                    "to_flops_in_steps_of": 0.01, "one_shot": True}}),
     ]
     return {arm.name: arm for arm in arms}
 
