@@ -132,17 +132,20 @@ def split_csp_blocks(model: nn.Module) -> int:
     return count
 
 
-def tp_pruner(model: nn.Module, example_input: torch.Tensor, pruning_ratio: float, iterative_steps: int) -> Any:
-    """Torch-Pruning's magnitude (L1) pruner over ``model`` with its output layers ignored."""
+def tp_pruner(model: nn.Module, example_input: torch.Tensor, pruning_ratio: float, iterative_steps: int,
+              round_to: int | None = None) -> Any:
+    """Torch-Pruning's magnitude (L1) pruner over ``model`` with its output layers ignored (``round_to``: its own
+    option, channel counts in multiples of it)."""
     import torch_pruning as tp
 
     return tp.pruner.MagnitudePruner(model, example_input, importance=tp.importance.MagnitudeImportance(p=1),
                                      pruning_ratio=pruning_ratio, iterative_steps=iterative_steps,
-                                     ignored_layers=output_layers(model))
+                                     ignored_layers=output_layers(model), round_to=round_to)
 
 
 def tp_prune_to_flops(model: nn.Module, example_input: torch.Tensor, target: float = 0.5, max_ratio: float = 0.9,
-                      steps: int = 90, flops: Callable[[nn.Module], int] | None = None) -> dict[str, Any]:
+                      steps: int = 90, flops: Callable[[nn.Module], int] | None = None,
+                      round_to: int | None = None) -> dict[str, Any]:
     """Prune ``model`` in place with Torch-Pruning until its FLOPs are at most ``(1 - target)`` of the start.
 
     Torch-Pruning's knob is a per-layer channel ratio, not FLOPs; its documented way to hit a FLOPs budget is to
@@ -153,7 +156,7 @@ def tp_prune_to_flops(model: nn.Module, example_input: torch.Tensor, target: flo
     flops = flops or (lambda m: count_flops(m, example_input))
     model.eval()
     base = flops(model)
-    pruner = tp_pruner(model, example_input, max_ratio, steps)
+    pruner = tp_pruner(model, example_input, max_ratio, steps, round_to)
     after, taken = base, 0
     for taken in range(1, steps + 1):  # noqa: B007 - the count is the result
         pruner.step()
