@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("ultralytics")
 
 from benchmarks.prune_vs_small import report as rep  # noqa: E402
-from benchmarks.prune_vs_small.arms import ARMS  # noqa: E402
+from benchmarks.prune_vs_small.arms import ARMS, arm_digest  # noqa: E402
 from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS  # noqa: E402
 from benchmarks.prune_vs_small.runs import Record  # noqa: E402
 
@@ -71,6 +71,23 @@ def test_render_states_the_regime_and_the_costs() -> None:
     assert "NOT passed" in text and "| 25 | 125 | 30 | 94 | +1.20 |" in text
 
 
+def test_a_revised_base_changes_the_digests_of_the_arms_that_start_from_it() -> None:
+    import dataclasses
+
+    from benchmarks.prune_vs_small import arms
+
+    before = {name: arm_digest(arm, 0) for name, arm in ARMS.items()}
+    original = arms.ARMS["base"]
+    try:
+        arms.ARMS["base"] = dataclasses.replace(original, train=dataclasses.replace(original.train, epochs=7))
+        after = {name: arm_digest(arm, 0) for name, arm in arms.ARMS.items()}
+    finally:
+        arms.ARMS["base"] = original
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"base"} | {name for name, arm in ARMS.items() if "base" in arm.needs}
+    assert "small" not in changed
+
+
 @pytest.mark.parametrize("arm", ["base", "small"])
 def test_committed_runs_stay_reusable(arm: str) -> None:
     """A change to the protocol that would silently orphan the committed hours of training fails here first."""
@@ -82,9 +99,9 @@ def test_committed_runs_stay_reusable(arm: str) -> None:
         assert record is not None, folder
         seed = int(folder.name[4:])
         data = json.loads((folder / "run.json").read_text())
-        expected = PROTOCOL.digest(arm, seed, ARMS[arm].train, ARMS[arm].spec)
-        if arm == "small" and data["train"]["epochs"] != ARMS[arm].train.epochs:
-            continue  # a superseded length (the 100-epoch small run), replaced when its new run lands
+        expected = arm_digest(ARMS[arm], seed)
+        if data["train"]["epochs"] != ARMS[arm].train.epochs:
+            continue  # a superseded length (benchmarks.prune_vs_small.config.Lengths), replaced when its run lands
         assert data["digest"] == expected, f"{folder}: the protocol changed under a committed run"
 
 
@@ -117,7 +134,7 @@ def test_train_runs_jobs_in_parallel_after_their_needs(monkeypatch: pytest.Monke
             folder = runs.run_dir(arm, seed, tmp_path)
             folder.mkdir(parents=True)
             (folder / "weights.pt").write_bytes(b"w")
-            digest = PROTOCOL.digest(arm, seed, ARMS[arm].train, ARMS[arm].spec)
+            digest = arm_digest(ARMS[arm], seed)
             record = {"digest": digest, "git": {"clean": True, "revision": "f" * 40}, "test": {}}
             (folder / "run.json").write_text(json.dumps(record))
         with lock:

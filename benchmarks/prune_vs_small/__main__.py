@@ -7,7 +7,7 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from benchmarks.prune_vs_small.arms import ARMS
+from benchmarks.prune_vs_small.arms import ARMS, arm_digest
 from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
 from benchmarks.prune_vs_small.runs import Record, launch, run_dir
 
@@ -16,7 +16,7 @@ def finished(name: str, seed: int) -> Record | None:
     """The run folder of ``name``/``seed`` when it can be reused: this configuration, a clean revision, weights."""
     arm = ARMS[name]
     record = Record.load(run_dir(name, seed))
-    return record if record is not None and record.reusable(PROTOCOL.digest(name, seed, arm.train, arm.spec)) \
+    return record if record is not None and record.reusable(arm_digest(arm, seed)) \
         else None
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.prune_vs_small.config import PROTOCOL, PRUNING, SMALL, Protocol, TrainConfig
+from benchmarks.prune_vs_small.config import LENGTHS, PROTOCOL, PRUNING, Protocol, TrainConfig
 from benchmarks.prune_vs_small.runs import run_dir
 
 
@@ -158,13 +158,13 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
         return {**spec, "setup": pruning_settings(strategy, distill, latency)}
 
     arms = [
-        Arm("base", f"{protocol.base_model} from scratch to its plateau ({protocol.base_epochs} epochs)",
-            TrainConfig(epochs=protocol.base_epochs), start="base-yaml"),
+        Arm("base", f"{protocol.base_model} from scratch to its plateau ({LENGTHS.base} epochs)",
+            TrainConfig(epochs=LENGTHS.base), start="base-yaml"),
         Arm("small", f"the narrower sibling (width {protocol.small_width:g}) from scratch to its plateau "
-            f"({SMALL.epochs} epochs)", TrainConfig(epochs=SMALL.epochs), start="small-yaml"),
+            f"({LENGTHS.small} epochs)", TrainConfig(epochs=LENGTHS.small), start="small-yaml"),
         Arm("small-distill", f"the narrower sibling distilled from the base by ultralytics' distill_model "
-            f"({SMALL.epochs} epochs, from scratch)",
-            TrainConfig(epochs=SMALL.epochs, extra={"distill_model": "arm:base"}), start="small-yaml",
+            f"({LENGTHS.small} epochs, from scratch)",
+            TrainConfig(epochs=LENGTHS.small, extra={"distill_model": "arm:base"}), start="small-yaml",
             needs=("base",)),
         Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
             TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
@@ -189,3 +189,13 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
 
 
 ARMS: dict[str, Arm] = _arms(PROTOCOL)
+
+
+def arm_digest(arm: Arm, seed: int) -> str:
+    """The digest a run of ``arm`` for ``seed`` is stored and reused under: the protocol, the arm's training and
+    settings, and the digests of the runs it starts from or learns from (so a revised base never passes its old
+    runs' pruned models off as its own)."""
+    spec = dict(arm.spec)
+    if arm.needs:
+        spec["needs"] = {name: arm_digest(ARMS[name], seed) for name in arm.needs}
+    return PROTOCOL.digest(arm.name, seed, arm.train, spec)

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.prune_vs_small.arms import ARMS
+from benchmarks.prune_vs_small.arms import ARMS, arm_digest
 from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
 from benchmarks.prune_vs_small.runs import Record, git_state, run_dir
 
@@ -38,7 +38,7 @@ def collect(root: Path = RESULTS) -> dict[str, dict[int, dict[str, Any]]]:
         for folder in sorted((root / name).glob("seed*")) if (root / name).is_dir() else []:
             seed = int(folder.name[4:])
             record = Record.load(folder)
-            if record is not None and record.reusable(PROTOCOL.digest(name, seed, arm.train, arm.spec)):
+            if record is not None and record.reusable(arm_digest(arm, seed)):
                 runs.setdefault(name, {})[seed] = record.data
     return runs
 
@@ -185,7 +185,7 @@ def report(args: argparse.Namespace) -> int:
             "map": _summary([d["test"]["map50_95"] for d in seeds.values()]),
             "per_seed": {s: d["test"]["map50_95"] for s, d in seeds.items()},
             "epochs": ARMS[arm].train.epochs,
-            "epochs_total": ARMS[arm].train.epochs + (PROTOCOL.base_epochs if uses_base and arm != "base" else 0),
+            "epochs_total": ARMS[arm].train.epochs + (ARMS["base"].train.epochs if uses_base and arm != "base" else 0),
             "cpu_minutes_after_base": statistics.mean(after),
             "cpu_minutes_total": statistics.mean(total),
             "onnxruntime_ms": statistics.median(c["onnxruntime_ms"] for c in costs[arm].values()),

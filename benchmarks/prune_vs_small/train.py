@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks.prune_vs_small.arms import ARMS, small_yaml
+from benchmarks.prune_vs_small.arms import ARMS, arm_digest, small_yaml
 from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
 from benchmarks.prune_vs_small.runs import git_state, run_dir
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     best = save_dir / "weights" / "best.pt"
     record = {
         "arm": arm.name, "seed": args.seed, "summary": arm.summary,
-        "digest": PROTOCOL.digest(arm.name, args.seed, arm.train, arm.spec),
+        "digest": arm_digest(arm, args.seed),
         "git": git, "source": source, "train": {"epochs": arm.train.epochs, **arm.train.extra},
         "cost": {"epochs": arm.train.epochs, "cpu_minutes": round(train_cpu, 1), "wall_minutes": round(train_wall, 1),
                  "threads": args.threads},
