@@ -289,3 +289,35 @@ def test_example_interrupts_and_resumes(tmp_path: Path) -> None:
                     str(tmp_path / "runs"), "--interrupt", "--no-export"])
     assert summary["steps"] == [2] and summary["history"] == 2
     assert summary["flops_ratio"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_ema_keeps_averaging_after_a_prune(datasets: dict[str, Path], tmp_path: Path) -> None:
+    """What ultralytics validates and saves is the EMA: after a prune it must go on following the training model.
+
+    ultralytics' ``ModelEMA`` caches the tensors it averages on its first update; a prune replaces them. Before the
+    fix the pruned EMA stayed exactly as it was right after each prune (the cache went on averaging the old,
+    unpruned tensors), so every pruned ``best.pt`` was the model as pruned, never fine-tuned."""
+    model = YOLO("yolov8n.yaml")
+    add_pruning(model, schedule=[1], target=0.5, strategy="uniform", verbose=False)
+    seen: dict = {}
+
+    def after_prune(trainer) -> None:  # runs after add_pruning's own on_train_epoch_start
+        if trainer.epoch == 1:
+            seen["pruned_ema"] = {k: v.clone() for k, v in trainer.ema.ema.state_dict().items()}
+            seen["updates"] = trainer.ema.updates
+
+    def at_end(trainer) -> None:
+        ema, live = trainer.ema.ema.state_dict(), trainer.model.state_dict()
+        seen["updates_end"] = trainer.ema.updates
+        moved = [k for k, v in seen["pruned_ema"].items() if v.is_floating_point() and not torch.equal(v, ema[k])]
+        seen["moved_share"] = len(moved) / sum(v.is_floating_point() for v in seen["pruned_ema"].values())
+        weight = "model.2.cv1.conv.weight"
+        seen["gap"] = float((ema[weight] - live[weight]).abs().max())
+        seen["gap_at_prune"] = float((seen["pruned_ema"][weight] - live[weight]).abs().max())
+
+    model.add_callback("on_train_epoch_start", after_prune)
+    model.add_callback("on_train_end", at_end)
+    model.train(data=str(datasets["detect"]), epochs=3, nbs=8, project=str(tmp_path), name="ema", **TRAIN)
+    assert seen["updates_end"] > seen["updates"]  # the optimizer stepped after the prune
+    assert seen["moved_share"] > 0.9  # nearly every pruned EMA tensor changed (with the stale cache: none)
+    assert seen["gap"] < seen["gap_at_prune"]  # and it moved towards the training model

@@ -389,6 +389,7 @@ class UltralyticsPruning(SessionViews):
         if not self.session.due(epoch):
             return
         result = self.session.step(epoch, optimizers=[trainer.optimizer], copies=self._ema_copies(trainer))
+        _ema_follows_new_tensors(trainer)
         trainer.best_fitness = None  # best.pt: the best epoch of the current architecture
         trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
         trainer.stopper.possible_stop = False
@@ -439,6 +440,7 @@ class UltralyticsPruning(SessionViews):
         if history and record.get("replayable", True):
             replay_history(model, history, self.example_input, copies=self._ema_copies(trainer),
                            attachments=attachments)
+            _ema_follows_new_tensors(trainer)
             if not shapes_fit(model, weights, same_keys=True):
                 raise ValueError(f"replaying the pruning record of {trainer.args.model} does not give its "
                                  "architecture")
@@ -450,6 +452,7 @@ class UltralyticsPruning(SessionViews):
             self._replayable = False
             for target in (model, trainer.ema.ema):
                 _copy_architecture(target, source)
+            _ema_follows_new_tensors(trainer)
             if not _same_outputs(model, source, self.example_input):
                 raise ValueError(f"{trainer.args.model} holds a pruned model whose architecture cannot be given to "
                                  "the model ultralytics rebuilds from its YAML (no pruning record, and copying its "
@@ -705,3 +708,18 @@ def keep_pruned(model: Any, verbose: bool = True) -> UltralyticsPruning:
     """
     require_ultralytics()
     return UltralyticsPruning(None, verbose=verbose).attach(model)
+
+
+def _ema_follows_new_tensors(trainer: Any) -> None:
+    """Make ultralytics' EMA average the tensors the surgery put in place.
+
+    ultralytics' ``ModelEMA`` (8.4) builds the list of (EMA tensor, model tensor) pairs it averages on its first
+    update and keeps it; a prune replaces those tensors, so without this the EMA would go on averaging the old,
+    unpruned tensors and the pruned EMA — what ultralytics validates and saves in ``best.pt``/``last.pt`` — would
+    stay as it was right after the prune for the rest of training. Dropping the cached pairs makes the next update
+    build them from the current tensors (older ultralytics releases build them on every update: nothing to do).
+    """
+    ema = getattr(trainer, "ema", None)
+    if ema is not None and getattr(ema, "_pairs", None) is not None:
+        ema._pairs = None
+
