@@ -152,3 +152,11 @@ def test_train_runs_jobs_in_parallel_after_their_needs(monkeypatch: pytest.Monke
     first_prune = order.index(("start", "ours-sens", 0))
     assert order.index(("end", "base", 0)) < first_prune and order.index(("end", "small", 0)) < first_prune
     assert cli.main(["train", "--arms", "base", "--seeds", "0", "--workdir", str(tmp_path / "w")]) == 0  # reused
+
+
+def test_a_pruning_arms_last_gain_reads_only_its_final_architecture() -> None:
+    history = [0.6] * 8 + [0.2 + 0.02 * i for i in range(17)]  # a high before the last prune (epoch 8), then rising
+    assert rep.plateau(history)["gain"] < 0  # against the pre-prune best it looks finished
+    assert rep.since_last_prune("ours-sens", history) == history[8:]
+    assert rep._last_gain("ours-sens", {0: {"val_history": history}}) == pytest.approx(0.20)
+    assert rep.since_last_prune("small", history) == history

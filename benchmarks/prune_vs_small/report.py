@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.prune_vs_small.arms import ARMS, arm_digest
-from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
+from benchmarks.prune_vs_small.config import PROTOCOL, PRUNING, RESULTS
 from benchmarks.prune_vs_small.runs import Record, git_state, run_dir
 
 ALTERNATIVES = ("small", "small-distill")  # what a user could deploy instead of pruning
@@ -120,6 +120,20 @@ def compare(runs: dict, costs: dict, a: str, b: str) -> dict[str, Any]:
     return {"a": a, "b": b, "gap": gap, "spread": spread, "paired": paired, "latency_ratio": lat, "verdict": verdict}
 
 
+def since_last_prune(arm: str, history: list[float]) -> list[float]:
+    """The part of a run's validation history that reads its final architecture: after its last pruning step (the
+    whole history for the arms that do not prune during training)."""
+    if ARMS[arm].setup is None or ARMS[arm].spec.get("setup", {}).get("tool") == "torch-pruning":
+        return history
+    return history[max(PRUNING.schedule):]
+
+
+def _last_gain(arm: str, seeds: dict[int, dict[str, Any]]) -> float | None:
+    gains = [plateau(since_last_prune(arm, d["val_history"]))["gain"] for d in seeds.values()]
+    gains = [g for g in gains if g is not None]
+    return statistics.mean(gains) if gains else None
+
+
 def _width_share(costs: dict, arm: str) -> list[float] | None:
     """Per block, the arm's conv channels as a share of the base's of the same seed (mean over seeds)."""
     shares = [[w / b if b else 1.0 for w, b in zip(c["widths"], costs["base"][seed]["widths"], strict=False)]
@@ -196,9 +210,7 @@ def report(args: argparse.Namespace) -> int:
             "revisions": sorted({d["git"]["revision"][:7] for d in seeds.values()}),
             # still learning at the end? (the plateau gain of its own val history: for the pruning arms, whether a
             # longer fine-tuning would have paid)
-            "last_gain": statistics.mean(g for g in (plateau(d["val_history"])["gain"] for d in seeds.values())
-                                         if g is not None) if any(len(d["val_history"]) > PROTOCOL.plateau_window
-                                                                  for d in seeds.values()) else None,
+            "last_gain": _last_gain(arm, seeds),
         })
     comparisons = [compare(runs, costs, a, b) for a in runs if a not in (*ALTERNATIVES, "base")
                    for b in ALTERNATIVES if b in runs]
@@ -244,7 +256,8 @@ def render(payload: dict[str, Any]) -> str:
                      f"{', '.join(r['revisions'])} |")
     lines += ["", "Own: the arm's training (for the pruning arms: the fine-tuning after the base); total: with the "
               "base's when the arm starts from it or distils from it. Last-10 gain: the best val mAP50-95 of the "
-              f"last {PROTOCOL.plateau_window} epochs over the best before, in points (mean over seeds): above "
+              f"last {PROTOCOL.plateau_window} epochs over the best before (for a pruning arm: since its last "
+              "prune), in points (mean over seeds): above "
               f"{PROTOCOL.plateau_gain * 100:g}, the arm was still learning when it stopped.", "", "## Verdicts", ""]
     for c in payload["comparisons"]:
         if "gap" not in c:
