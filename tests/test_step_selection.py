@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from toy_modules import PLAIN_CNN_INPUT, plain_cnn  # noqa: E402
 
 from lightning_prune import DependencyGraph, count_flops
 from lightning_prune.pruning import IterativePruner, Limits, LocalCommunicator
@@ -22,14 +23,8 @@ from lightning_prune.pruning.step_selection import StepSelection, StepSelector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-EXAMPLE = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-
-
-def make_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 2))
+EXAMPLE = PLAIN_CNN_INPUT
+make_net = plain_cnn
 
 
 def make_selector(net: nn.Module, evaluate: object = None, **settings: object) -> StepSelector:
@@ -172,3 +167,14 @@ def test_the_applier_selects_again_without_a_culprit_and_warns_at_the_steps_call
     assert warning.filename == __file__ and str(warning.message).startswith("pruning step 1: group '0' pinned (")
     assert "0" not in result.plan and result.plan and set(pruner.graph.verification_pins) == {"0"}
 
+
+
+def test_the_pruners_callables_are_the_selectors() -> None:
+    """``remeasure``, ``accumulate_gradients`` and ``progress`` live once, in the selector that calls them: set on
+    the pruner after it is made, they reach the selection."""
+    pruner = IterativePruner(make_net(), EXAMPLE, target=0.3, strategy="uniform")
+    remeasure, fill, wrap = (lambda: 1.0), (lambda: None), list
+    pruner.remeasure, pruner.accumulate_gradients, pruner.progress = remeasure, fill, wrap
+    assert (pruner.selector.remeasure, pruner.selector.accumulate_gradients, pruner.selector.progress) == \
+        (remeasure, fill, wrap)
+    assert (pruner.remeasure, pruner.accumulate_gradients, pruner.progress) == (remeasure, fill, wrap)

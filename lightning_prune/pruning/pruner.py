@@ -126,11 +126,8 @@ class IterativePruner:
         self.model = model
         self.example_input = example_input
         self.evaluate = evaluate
-        self.remeasure = remeasure
-        self.accumulate_gradients = accumulate_gradients
         self.communicator = communicator or LocalCommunicator()
         self.surgery_guard = surgery_guard or contextlib.nullcontext
-        self.progress = progress
         if distiller is not None and distiller.student[0] is not model:
             raise ValueError("the distiller was built for another model: Distiller(model, ...) with the model pruned")
         self.distiller = distiller
@@ -164,6 +161,17 @@ class IterativePruner:
     @original_sizes.setter
     def original_sizes(self, sizes: dict[str, int]) -> None:
         self.selector.original_sizes = sizes
+
+    # what the selector calls, readable and settable here: one copy, the selector's
+    remeasure = property(lambda self: self.selector.remeasure,
+                         lambda self, fn: setattr(self.selector, "remeasure", fn),
+                         doc="The metric on other validation batches, for the probes nearest the cut (or ``None``).")
+    accumulate_gradients = property(lambda self: self.selector.accumulate_gradients,
+                                    lambda self, fn: setattr(self.selector, "accumulate_gradients", fn),
+                                    doc="Fills ``.grad`` for ``criterion='taylor'`` (or ``None``).")
+    progress = property(lambda self: self.selector.progress,
+                        lambda self, fn: setattr(self.selector, "progress", fn),
+                        doc="Wraps the sensitivity task list, e.g. ``tqdm`` (or ``None``).")
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the history (one entry per applied plan), the baseline costs, the learned efficiency."""
