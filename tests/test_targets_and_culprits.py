@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from toy_modules import PLAIN_CNN_INPUT, plain_cnn  # noqa: E402
 
 from lightning_prune import DependencyGraph
 from lightning_prune.checkpoint import replay_history
@@ -18,14 +19,8 @@ from lightning_prune.pruning.pruner import conv_widths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-EXAMPLE = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-
-
-def make_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 2))
+EXAMPLE = PLAIN_CNN_INPUT
+make_net = plain_cnn
 
 
 def blur_net(seed: int = 0, culprits: int = 1) -> nn.Module:

@@ -24,6 +24,19 @@ NUM_CLASSES = 4
 IMAGE_SIZE = 16
 
 
+#: what :func:`plain_cnn` is traced and counted with
+PLAIN_CNN_INPUT = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def plain_cnn(seed: int = 0) -> nn.Module:
+    """Two 3x3 convs (16 channels, the first with BatchNorm), pooling and a linear head: the smallest net with two
+    prunable groups, seeded."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 2))
+
+
 def conv_bn(c_in: int, c_out: int, k: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out),
                          nn.ReLU())
