@@ -160,3 +160,27 @@ def test_a_pruning_arms_last_gain_reads_only_its_final_architecture() -> None:
     assert rep.since_last_prune("ours-sens", history) == history[8:]
     assert rep._last_gain("ours-sens", {0: {"val_history": history}}) == pytest.approx(0.20)
     assert rep.since_last_prune("small", history) == history
+
+
+def test_the_targets_of_a_seed_are_measured_once_and_again_for_a_revised_base(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from benchmarks.prune_vs_small import arms
+
+    calls = []
+
+    def fake(protocol: object, root: Path, seed: int) -> dict[str, float]:
+        calls.append(seed)
+        return {"flops_keep": 0.34, "latency_keep": 0.40 + 0.01 * len(calls)}
+
+    monkeypatch.setattr(arms, "measure_targets", fake)
+    for arm, digest in (("base", "b1"), ("small", "s1")):
+        (tmp_path / arm / "seed0").mkdir(parents=True)
+        (tmp_path / arm / "seed0" / "run.json").write_text(json.dumps({"digest": digest}))
+    first = arms.targets(PROTOCOL, tmp_path, 0)
+    assert arms.targets(PROTOCOL, tmp_path, 0) == first == {"flops_keep": 0.34, "latency_keep": pytest.approx(0.41)}
+    assert calls == [0]
+    stored = json.loads((tmp_path / "targets" / "seed0.json").read_text())
+    assert stored["runs"] == {"base": "b1", "small": "s1"} and "load_average" in stored
+    (tmp_path / "base" / "seed0" / "run.json").write_text(json.dumps({"digest": "b2"}))
+    assert arms.targets(PROTOCOL, tmp_path, 0)["latency_keep"] == pytest.approx(0.42)
+    assert calls == [0, 0]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.prune_vs_small.config import LENGTHS, PROTOCOL, PRUNING, Protocol, TrainConfig
-from benchmarks.prune_vs_small.runs import run_dir
+from benchmarks.prune_vs_small.runs import Record, run_dir
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,38 @@ def small_yaml(protocol: Protocol, folder: Path) -> Path:
 
 
 def targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
-    """What the pruning arms aim at, from the small model's architecture and measured speed: the FLOPs share it
-    keeps of the base's, and the latency share (ONNX Runtime, batch 1, at the deployment size, BatchNorm folded,
-    interleaved with the base) — measured once per seed before the arm trains and recorded in its run."""
+    """What the pruning arms of ``seed`` aim at, from the small model's architecture and measured speed: the FLOPs
+    share it keeps of the base's, and its latency share (ONNX Runtime, batch 1, at the deployment size, BatchNorm
+    folded, interleaved with the base).
+
+    Measured once per seed and kept in ``root/targets/seed<N>.json``, keyed by the digests of the base and small runs
+    it read, so that every pruning arm of a seed aims at the same numbers (a latency read beside other trainings
+    varies from run to run) and a revised base or small model is measured again.
+    """
+    import fcntl
+
+    records = {arm: Record.load(run_dir(arm, seed, root)) for arm in ("base", "small")}
+    key = {arm: None if record is None else record.data.get("digest") for arm, record in records.items()}
+    folder = root / "targets"
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / f"seed{seed}.json"
+    with (folder / f".seed{seed}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two arms of a seed starting together measure once
+        if file.is_file():
+            stored = json.loads(file.read_text())
+            if stored.get("runs") == key:
+                return {k: stored[k] for k in ("flops_keep", "latency_keep")}
+        measured = measure_targets(protocol, root, seed)
+        record = {**measured, "runs": key, "load_average": os.getloadavg()[0],
+                  "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        (folder / f"seed{seed}.json.tmp").write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(folder / f"seed{seed}.json.tmp", file)
+    return measured
+
+
+def measure_targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
+    """:func:`targets`' measurement: FLOPs share and median interleaved ONNX Runtime latency share of the small
+    model against the base of ``seed``."""
     import torch
     from ultralytics import YOLO
 
@@ -71,7 +103,7 @@ def targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
     small = YOLO(str(run_dir("small", seed, root) / "weights.pt")).model.float().eval()
     flops = count_flops(small, x) / count_flops(base, x)
     timed = compare_latency({"base": deployed_copy(base), "small": deployed_copy(small)}, x, "onnxruntime",
-                            rounds=8, repeats=20, num_threads=1)
+                            rounds=30, repeats=20, num_threads=1)
     latency = timed["small"].median_ms / timed["base"].median_ms
     return {"flops_keep": float(flops), "latency_keep": float(latency)}
 
