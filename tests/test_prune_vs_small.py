@@ -69,6 +69,7 @@ def test_render_states_the_regime_and_the_costs() -> None:
                "rows": [row], "comparisons": [], "plots": []}
     text = rep.render(payload)
     assert "NOT passed" in text and "| 25 | 125 | 30 | 94 | +1.20 |" in text
+    assert "## Protocol" in text and "multiples of 8" in text
 
 
 def test_a_revised_base_changes_the_digests_of_the_arms_that_start_from_it() -> None:

@@ -15,8 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.prune_vs_small.arms import ARMS, arm_digest
-from benchmarks.prune_vs_small.config import PROTOCOL, PRUNING, RESULTS
+from benchmarks.prune_vs_small.arms import ARMS, ROUND_TO, arm_digest
+from benchmarks.prune_vs_small.config import LENGTHS, PROTOCOL, PRUNING, RESULTS
 from benchmarks.prune_vs_small.runs import Record, git_state, run_dir
 
 ALTERNATIVES = ("small", "small-distill")  # what a user could deploy instead of pruning
@@ -91,6 +91,32 @@ def block_widths(model: Any) -> list[int]:
     from torch import nn
 
     return [sum(m.out_channels for m in block.modules() if isinstance(m, nn.Conv2d)) for block in model.model]
+
+
+def stored_targets(root: Path = RESULTS) -> dict[int, dict[str, Any]]:
+    """What the pruning arms of each seed aimed at (``targets/seed<N>.json``, written by the first of them)."""
+    out = {}
+    for file in sorted((root / "targets").glob("seed*.json")):
+        try:
+            out[int(file.stem[4:])] = json.loads(file.read_text())
+        except (ValueError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def protocol_lines() -> list[str]:
+    """The protocol in a few lines, from the configuration the runs were checked against."""
+    d = PROTOCOL.data
+    return [f"- Data: Fashion-MNIST scenes at {d.imgsz} px, {d.num_train} train / {d.num_val} val / {d.num_test} test "
+            f"images (set seed {d.seed}); selection and best-epoch choice read val, every number below reads test.",
+            f"- Base: {PROTOCOL.base_model}, {LENGTHS.base} epochs from scratch; small: the same YAML at width "
+            f"{PROTOCOL.small_width:g}, {LENGTHS.small} epochs; ultralytics' trainer and defaults for every arm.",
+            f"- Pruning arms: from the base of their seed to the small model's FLOPs share (the latency arm: its "
+            f"measured ONNX Runtime latency share), steps at fine-tuning epochs {list(PRUNING.schedule)}, "
+            f"{PROTOCOL.finetune_epochs} epochs in all (mosaic off for the last {PRUNING.close_mosaic}), channel "
+            f"counts in multiples of {ROUND_TO}.",
+            f"- Latency: batch 1 at {PROTOCOL.deploy_imgsz} px, {PROTOCOL.threads} thread, BatchNorm folded, every "
+            "model interleaved in one measurement per backend (median)."]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -218,6 +244,7 @@ def report(args: argparse.Namespace) -> int:
     plots = _plots(args.out_dir, rows) if rows else []
     payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
                "command": "python -m benchmarks.prune_vs_small report", "regime": check, "rows": rows,
+               "targets": stored_targets(root),
                "comparisons": comparisons, "plots": plots}
     (args.out_dir / "report.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     (args.out_dir / "report.md").write_text(render(payload))
@@ -230,7 +257,12 @@ def render(payload: dict[str, Any]) -> str:
     lines = ["# Does pruning beat the smaller model? (Fashion-MNIST scenes, YOLOv8n vs its narrower sibling)", "",
              f"Made by `{payload['command']}` on {payload['date']} at {payload['git']['revision'][:7]}"
              f"{'' if payload['git']['clean'] else ' (uncommitted changes)'}; each run lists its own revision.", "",
-             "## Regime check (before any arm is compared)", ""]
+             "## Protocol", "", *protocol_lines(), ""]
+    for seed, t in sorted(payload.get("targets", {}).items()):
+        lines.append(f"- Targets of seed {seed}: FLOPs share {t['flops_keep']:.3f}, ONNX Runtime latency share "
+                     f"{t['latency_keep']:.3f} (measured {t.get('measured', '?')}, load average "
+                     f"{t.get('load_average', float('nan')):.1f})")
+    lines += ["", "## Regime check (before any arm is compared)", ""]
     for name, p in check.get("plateau", {}).items():
         gain = "n/a" if p["gain"] is None else f"{p['gain'] * 100:+.2f} points"
         state = "plateau" if p["passed"] else "NOT at a plateau"
