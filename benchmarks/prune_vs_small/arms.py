@@ -182,8 +182,8 @@ def _fixed_model_trainer(net: Any) -> Any:
 
 
 def _arms(protocol: Protocol) -> dict[str, Arm]:
-    finetune = dict(epochs=protocol.finetune_epochs, close_mosaic=PRUNING.close_mosaic)
-    n = protocol.finetune_epochs
+    finetune = dict(epochs=LENGTHS.finetune, close_mosaic=PRUNING.close_mosaic)
+    n = LENGTHS.finetune
     spec = {"pruning": dataclasses.asdict(PRUNING)}
 
     def spec_of(strategy: str, distill: bool, latency: bool = False) -> dict[str, Any]:

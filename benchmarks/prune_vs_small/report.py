@@ -113,7 +113,7 @@ def protocol_lines() -> list[str]:
             f"{PROTOCOL.small_width:g}, {LENGTHS.small} epochs; ultralytics' trainer and defaults for every arm.",
             f"- Pruning arms: from the base of their seed to the small model's FLOPs share (the latency arm: its "
             f"measured ONNX Runtime latency share), steps at fine-tuning epochs {list(PRUNING.schedule)}, "
-            f"{PROTOCOL.finetune_epochs} epochs in all (mosaic off for the last {PRUNING.close_mosaic}), channel "
+            f"{LENGTHS.finetune} epochs in all (mosaic off for the last {PRUNING.close_mosaic}), channel "
             f"counts in multiples of {ROUND_TO}.",
             f"- Latency: batch 1 at {PROTOCOL.deploy_imgsz} px, {PROTOCOL.threads} thread, BatchNorm folded, every "
             "model interleaved in one measurement per backend (median)."]
