@@ -87,6 +87,13 @@ def test_a_revised_base_changes_the_digests_of_the_arms_that_start_from_it() -> 
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"base"} | {name for name, arm in ARMS.items() if "base" in arm.needs}
     assert "small" not in changed
+    original = arms.ARMS["small"]
+    try:  # the pruning arms only take their target from the small model's architecture
+        arms.ARMS["small"] = dataclasses.replace(original, train=dataclasses.replace(original.train, epochs=7))
+        after = {name: arm_digest(arm, 0) for name, arm in arms.ARMS.items()}
+    finally:
+        arms.ARMS["small"] = original
+    assert {name for name in before if before[name] != after[name]} == {"small"}
 
 
 @pytest.mark.parametrize("arm", ["base", "small"])
@@ -113,8 +120,9 @@ def test_report_command_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 
 def test_train_runs_jobs_in_parallel_after_their_needs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """``train --jobs 2``: base and small of a seed run side by side, a pruning arm only after both finished, and
-    an arm whose need failed is skipped (the exit code says so)."""
+    """``train --jobs 2``: base and small of a seed run side by side, a pruning arm only after its base finished
+    (not the small model: the targets come from its architecture), and an arm whose need failed is skipped (the
+    exit code says so)."""
     import threading
     import time
 
@@ -130,7 +138,7 @@ def test_train_runs_jobs_in_parallel_after_their_needs(monkeypatch: pytest.Monke
             peak[0] = max(peak[0], len(active))
             order.append(("start", arm, seed))
         time.sleep(0.2)
-        ok = not (arm == "small" and seed == 1)
+        ok = not (arm == "base" and seed == 1)
         if ok:
             folder = runs.run_dir(arm, seed, tmp_path)
             folder.mkdir(parents=True)
@@ -146,12 +154,12 @@ def test_train_runs_jobs_in_parallel_after_their_needs(monkeypatch: pytest.Monke
     monkeypatch.setattr(cli, "launch", fake_launch)
     rc = cli.main(["train", "--arms", "base", "small", "ours-sens", "--seeds", "0", "1", "--jobs", "2",
                    "--workdir", str(tmp_path / "w")])
-    assert rc == 1  # small seed 1 failed, so ours-sens seed 1 was skipped
+    assert rc == 1  # base seed 1 failed, so ours-sens seed 1 was skipped
     assert peak[0] == 2
     starts = [(a, s) for kind, a, s in order if kind == "start"]
     assert ("ours-sens", 1) not in starts
     first_prune = order.index(("start", "ours-sens", 0))
-    assert order.index(("end", "base", 0)) < first_prune and order.index(("end", "small", 0)) < first_prune
+    assert order.index(("end", "base", 0)) < first_prune
     assert cli.main(["train", "--arms", "base", "--seeds", "0", "--workdir", str(tmp_path / "w")]) == 0  # reused
 
 
@@ -163,25 +171,32 @@ def test_a_pruning_arms_last_gain_reads_only_its_final_architecture() -> None:
     assert rep.since_last_prune("small", history) == history
 
 
-def test_the_targets_of_a_seed_are_measured_once_and_again_for_a_revised_base(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_targets_are_measured_once_for_every_arm_and_seed(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    import dataclasses
+
     from benchmarks.prune_vs_small import arms
 
     calls = []
 
-    def fake(protocol: object, root: Path, seed: int) -> dict[str, float]:
-        calls.append(seed)
+    def fake(protocol: object, folder: Path) -> dict[str, float]:
+        calls.append(folder)
         return {"flops_keep": 0.34, "latency_keep": 0.40 + 0.01 * len(calls)}
 
     monkeypatch.setattr(arms, "measure_targets", fake)
-    for arm, digest in (("base", "b1"), ("small", "s1")):
-        (tmp_path / arm / "seed0").mkdir(parents=True)
-        (tmp_path / arm / "seed0" / "run.json").write_text(json.dumps({"digest": digest}))
-    first = arms.targets(PROTOCOL, tmp_path, 0)
-    assert arms.targets(PROTOCOL, tmp_path, 0) == first == {"flops_keep": 0.34, "latency_keep": pytest.approx(0.41)}
-    assert calls == [0]
-    stored = json.loads((tmp_path / "targets" / "seed0.json").read_text())
-    assert stored["runs"] == {"base": "b1", "small": "s1"} and "load_average" in stored
-    (tmp_path / "base" / "seed0" / "run.json").write_text(json.dumps({"digest": "b2"}))
-    assert arms.targets(PROTOCOL, tmp_path, 0)["latency_keep"] == pytest.approx(0.42)
-    assert calls == [0, 0]
+    first = arms.targets(PROTOCOL, tmp_path)
+    assert arms.targets(PROTOCOL, tmp_path) == first == {"flops_keep": 0.34, "latency_keep": pytest.approx(0.41)}
+    assert len(calls) == 1
+    stored = json.loads((tmp_path / "targets.json").read_text())
+    assert stored["key"]["small_width"] == PROTOCOL.small_width and "load_average" in stored
+    other = dataclasses.replace(PROTOCOL, small_width=0.0625)  # another small model is measured again
+    assert arms.targets(other, tmp_path)["latency_keep"] == pytest.approx(0.42)
+    assert len(calls) == 2
+
+
+def test_measured_targets_follow_the_architectures(tmp_path: Path) -> None:
+    from benchmarks.prune_vs_small.arms import measure_targets
+
+    quick = __import__("dataclasses").replace(PROTOCOL, deploy_imgsz=64)
+    got = measure_targets(quick, tmp_path)
+    assert 0.2 < got["flops_keep"] < 0.5 and 0.0 < got["latency_keep"] < 1.5

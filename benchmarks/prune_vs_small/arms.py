@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.prune_vs_small.config import LENGTHS, PROTOCOL, PRUNING, Protocol, TrainConfig
-from benchmarks.prune_vs_small.runs import Record, run_dir
 
 
 @dataclass(frozen=True)
@@ -59,51 +58,55 @@ def small_yaml(protocol: Protocol, folder: Path) -> Path:
     return path
 
 
-def targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
-    """What the pruning arms of ``seed`` aim at, from the small model's architecture and measured speed: the FLOPs
-    share it keeps of the base's, and its latency share (ONNX Runtime, batch 1, at the deployment size, BatchNorm
-    folded, interleaved with the base).
+def targets(protocol: Protocol, root: Path) -> dict[str, float]:
+    """What the pruning arms aim at: the small model's FLOPs share of the base's, and its latency share (ONNX
+    Runtime, batch 1, at the deployment size, BatchNorm folded, interleaved with the base).
 
-    Measured once per seed and kept in ``root/targets/seed<N>.json``, keyed by the digests of the base and small runs
-    it read, so that every pruning arm of a seed aims at the same numbers (a latency read beside other trainings
-    varies from run to run) and a revised base or small model is measured again.
+    Both follow from the two architectures alone (not from either's training), so they are measured once, on the
+    models built from their YAML, and kept in ``root/targets.json`` keyed by what decides them: every pruning arm of
+    every seed aims at the same numbers (a latency share read beside other trainings varies from run to run).
     """
     import fcntl
 
-    records = {arm: Record.load(run_dir(arm, seed, root)) for arm in ("base", "small")}
-    key = {arm: None if record is None else record.data.get("digest") for arm, record in records.items()}
-    folder = root / "targets"
-    folder.mkdir(parents=True, exist_ok=True)
-    file = folder / f"seed{seed}.json"
-    with (folder / f".seed{seed}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two arms of a seed starting together measure once
+    key = {"base_model": protocol.base_model, "small_width": protocol.small_width,
+           "deploy_imgsz": protocol.deploy_imgsz, "threads": protocol.threads}
+    root.mkdir(parents=True, exist_ok=True)
+    file = root / "targets.json"
+    with (root / ".targets.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two arms starting together measure once
         if file.is_file():
             stored = json.loads(file.read_text())
-            if stored.get("runs") == key:
+            if stored.get("key") == key:
                 return {k: stored[k] for k in ("flops_keep", "latency_keep")}
-        measured = measure_targets(protocol, root, seed)
-        record = {**measured, "runs": key, "load_average": os.getloadavg()[0],
+        measured = measure_targets(protocol, root)
+        record = {**measured, "key": key, "load_average": os.getloadavg()[0],
                   "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        (folder / f"seed{seed}.json.tmp").write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(folder / f"seed{seed}.json.tmp", file)
+        (root / "targets.json.tmp").write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(root / "targets.json.tmp", file)
     return measured
 
 
-def measure_targets(protocol: Protocol, root: Path, seed: int) -> dict[str, float]:
-    """:func:`targets`' measurement: FLOPs share and median interleaved ONNX Runtime latency share of the small
-    model against the base of ``seed``."""
-    import torch
-    from ultralytics import YOLO
+def measure_targets(protocol: Protocol, folder: Path) -> dict[str, float]:
+    """:func:`targets`' measurement: the FLOPs share and the median interleaved ONNX Runtime latency share of the
+    small model against the base, both built from their YAML (the small one written to ``folder``)."""
+    import tempfile
 
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from lightning_prune.data.fashion import CLASS_NAMES
     from lightning_prune.profiling import compare_latency, count_flops, deployed_copy
 
     size = protocol.deploy_imgsz
     x = torch.zeros(1, 3, size, size)
-    base = YOLO(str(run_dir("base", seed, root) / "weights.pt")).model.float().eval()
-    small = YOLO(str(run_dir("small", seed, root) / "weights.pt")).model.float().eval()
+    nc = len(CLASS_NAMES)
+    with tempfile.TemporaryDirectory() as tmp:
+        small_cfg = str(small_yaml(protocol, Path(tmp)))
+        base = DetectionModel(protocol.base_model, nc=nc, verbose=False).float().eval()
+        small = DetectionModel(small_cfg, nc=nc, verbose=False).float().eval()
     flops = count_flops(small, x) / count_flops(base, x)
     timed = compare_latency({"base": deployed_copy(base), "small": deployed_copy(small)}, x, "onnxruntime",
-                            rounds=30, repeats=20, num_threads=1)
+                            rounds=30, repeats=20, num_threads=protocol.threads)
     latency = timed["small"].median_ms / timed["base"].median_ms
     return {"flops_keep": float(flops), "latency_keep": float(latency)}
 
@@ -135,7 +138,7 @@ def _pruning(strategy: str, distill: bool, latency: bool = False) -> Callable[[A
         from lightning_prune.integrations.ultralytics import add_pruning
         from lightning_prune.pruning.config import LatencyConfig, Limits, SensitivityConfig
 
-        goal = targets(PROTOCOL, context["out_root"], context["seed"])
+        goal = targets(PROTOCOL, context["out_root"])
         context.update(goal)
         schedule = [epoch for epoch in PRUNING.schedule if epoch < context["epochs"]] or [0]  # shorter smoke runs
         options: dict[str, Any] = {**settings, "schedule": schedule,
@@ -159,7 +162,7 @@ def _torch_pruning(model: Any, context: dict) -> None:
 
     from benchmarks._peers import split_csp_blocks, tp_prune_to_flops
 
-    goal = targets(PROTOCOL, context["out_root"], context["seed"])
+    goal = targets(PROTOCOL, context["out_root"])
     context.update(goal)
     net = model.model.float()
     split_csp_blocks(net)
@@ -199,20 +202,20 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
             TrainConfig(epochs=LENGTHS.small, extra={"distill_model": "arm:base"}), start="small-yaml",
             needs=("base",)),
         Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
-            TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            TrainConfig(**finetune), start="base-weights", needs=("base",),
             setup=_pruning("sensitivity", distill=False), spec=spec_of("sensitivity", distill=False)),
         Arm("ours-sens-distill", f"the same, distilled from the base while it fine-tunes ({n} epochs)",
-            TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            TrainConfig(**finetune), start="base-weights", needs=("base",),
             setup=_pruning("sensitivity", distill=True), spec=spec_of("sensitivity", distill=True)),
         Arm("ours-latency-distill", f"the paper's method to the small model's measured ONNX Runtime latency "
             f"(latency cost), distilled ({n} epochs)", TrainConfig(**finetune), start="base-weights",
-            needs=("base", "small"), setup=_pruning("sensitivity", distill=True, latency=True),
+            needs=("base",), setup=_pruning("sensitivity", distill=True, latency=True),
             spec=spec_of("sensitivity", distill=True, latency=True)),
         Arm("uniform-distill", f"uniform L1 to the small model's FLOPs, distilled ({n} epochs)",
-            TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            TrainConfig(**finetune), start="base-weights", needs=("base",),
             setup=_pruning("uniform", distill=True), spec=spec_of("uniform", distill=True)),
         Arm("tp", f"Torch-Pruning MagnitudePruner L1 (C2f rewritten) to the small model's FLOPs, one-shot, the same "
-            f"{n} epochs fine-tuning", TrainConfig(**finetune), start="base-weights", needs=("base", "small"),
+            f"{n} epochs fine-tuning", TrainConfig(**finetune), start="base-weights", needs=("base",),
             setup=_torch_pruning,
             spec={**spec, "setup": {"tool": "torch-pruning", "pruner": "MagnitudePruner", "norm": 1,
                                     "to_flops_in_steps_of": 0.01, "one_shot": True, "round_to": ROUND_TO}}),

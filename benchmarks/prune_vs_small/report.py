@@ -93,15 +93,12 @@ def block_widths(model: Any) -> list[int]:
     return [sum(m.out_channels for m in block.modules() if isinstance(m, nn.Conv2d)) for block in model.model]
 
 
-def stored_targets(root: Path = RESULTS) -> dict[int, dict[str, Any]]:
-    """What the pruning arms of each seed aimed at (``targets/seed<N>.json``, written by the first of them)."""
-    out = {}
-    for file in sorted((root / "targets").glob("seed*.json")):
-        try:
-            out[int(file.stem[4:])] = json.loads(file.read_text())
-        except (ValueError, json.JSONDecodeError):
-            continue
-    return out
+def stored_targets(root: Path = RESULTS) -> dict[str, Any]:
+    """What the pruning arms aimed at (``targets.json``, written by the first of them; empty before)."""
+    try:
+        return json.loads((root / "targets.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def protocol_lines() -> list[str]:
@@ -257,11 +254,12 @@ def render(payload: dict[str, Any]) -> str:
     lines = ["# Does pruning beat the smaller model? (Fashion-MNIST scenes, YOLOv8n vs its narrower sibling)", "",
              f"Made by `{payload['command']}` on {payload['date']} at {payload['git']['revision'][:7]}"
              f"{'' if payload['git']['clean'] else ' (uncommitted changes)'}; each run lists its own revision.", "",
-             "## Protocol", "", *protocol_lines(), ""]
-    for seed, t in sorted(payload.get("targets", {}).items()):
-        lines.append(f"- Targets of seed {seed}: FLOPs share {t['flops_keep']:.3f}, ONNX Runtime latency share "
-                     f"{t['latency_keep']:.3f} (measured {t.get('measured', '?')}, load average "
-                     f"{t.get('load_average', float('nan')):.1f})")
+             "## Protocol", "", *protocol_lines()]
+    t = payload.get("targets") or {}
+    if "flops_keep" in t:
+        lines.append(f"- Targets (the small model against the base, from the architectures): FLOPs share "
+                     f"{t['flops_keep']:.3f}, ONNX Runtime latency share {t['latency_keep']:.3f} (measured once, "
+                     f"{t.get('measured', '?')}, load average {t.get('load_average', float('nan')):.1f})")
     lines += ["", "## Regime check (before any arm is compared)", ""]
     for name, p in check.get("plateau", {}).items():
         gain = "n/a" if p["gain"] is None else f"{p['gain'] * 100:+.2f} points"
