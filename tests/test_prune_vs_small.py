@@ -200,3 +200,16 @@ def test_measured_targets_follow_the_architectures(tmp_path: Path) -> None:
     quick = __import__("dataclasses").replace(PROTOCOL, deploy_imgsz=64)
     got = measure_targets(quick, tmp_path)
     assert 0.2 < got["flops_keep"] < 0.5 and 0.0 < got["latency_keep"] < 1.5
+
+
+def test_status_tells_reusable_superseded_and_missing_runs(tmp_path: Path) -> None:
+    for arm, seed, digest in (("base", 0, arm_digest(ARMS["base"], 0)), ("small", 0, "old")):
+        folder = tmp_path / arm / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "weights.pt").write_bytes(b"w")
+        record = {**_run(0.6, FLAT, cpu=42.0), "digest": digest, "cost": {"epochs": 150, "cpu_minutes": 42.0}}
+        (folder / "run.json").write_text(json.dumps(record))
+    text = rep.status(tmp_path, seeds=(0,))
+    assert "| base | 0 | reusable | 150 | 0.600 | +0.00 | 42 | 0000000 |" in text
+    assert "| small | 0 | superseded (another configuration) | 150 | 0.600 |" in text
+    assert "| tp | 0 | missing |" in text and "base seed 0 +0.00" in text

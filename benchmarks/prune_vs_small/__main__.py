@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks.prune_vs_small train|report``."""
+"""Command line: ``python -m benchmarks.prune_vs_small train|status|report``."""
 
 from __future__ import annotations
 
@@ -83,9 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="train again even where a reusable run exists")
     p = sub.add_parser("report", help="regime check, latency, verdict and plots from the run folders")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p = sub.add_parser("status", help="which runs are reusable, superseded or missing (measures nothing)")
+    p.add_argument("--write", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.command == "train":
         return train(args)
+    if args.command == "status":
+        from benchmarks.prune_vs_small.report import status
+
+        text = status()
+        print(text, end="")
+        if args.write:
+            args.write.write_text(f"# prune_vs_small: where it stands\n\nMade by `python -m benchmarks.prune_vs_small "
+                                  f"status --write {args.write}` from the committed run folders.\n\n{text}")
+        return 0
     from benchmarks.prune_vs_small.report import report
 
     return report(args)

@@ -205,6 +205,39 @@ def _plots(out_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     return files
 
 
+def status(root: Path = RESULTS, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
+    """Where the benchmark stands, without measuring anything: every arm and seed as reusable (with its test
+    mAP50-95, last-10-epoch gain, cost and revision), superseded (a run of another configuration) or missing, and
+    the regime check on the reusable runs so far."""
+    runs = collect(root)
+    lines = ["| arm | seed | state | epochs | test mAP50-95 | last-10 gain | CPU-min | revision |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in ARMS:
+        for seed in seeds:
+            data, state = runs.get(name, {}).get(seed), "reusable"
+            if data is None:
+                record = Record.load(run_dir(name, seed, root))
+                data, state = (None, "missing") if record is None or "test" not in record.data else \
+                    (record.data, "superseded (another configuration)")
+            if data is None:
+                lines.append(f"| {name} | {seed} | {state} | | | | | |")
+                continue
+            gain = plateau(since_last_prune(name, data["val_history"]))["gain"]
+            lines.append(f"| {name} | {seed} | {state} | {data['cost']['epochs']} | {data['test']['map50_95']:.3f} | "
+                         f"{'n/a' if gain is None else format(gain * 100, '+.2f')} | "
+                         f"{data['cost']['cpu_minutes']:.0f} | {data['git']['revision'][:7]} |")
+    check = regime(runs)
+    lines += ["", "Plateau (best val mAP50-95 of the last 10 epochs over the best before, criterion < "
+              f"{PROTOCOL.plateau_gain * 100:g} points): " + (", ".join(
+                  f"{k} {'n/a' if v['gain'] is None else format(v['gain'] * 100, '+.2f')}"
+                  for k, v in check["plateau"].items()) or "no runs")]
+    if "gap" in check:
+        lines.append(f"Base − small on test so far: {check['gap'] * 100:+.1f} points (seeds {check['seeds']}, "
+                     f"spreads {'separated' if check['separated'] else 'overlap'}); regime check "
+                     f"{'passed' if check['passed'] else 'not passed yet'}.")
+    return "\n".join(lines) + "\n"
+
+
 def report(args: argparse.Namespace) -> int:
     root = RESULTS
     runs = collect(root)
