@@ -213,3 +213,30 @@ def test_status_tells_reusable_superseded_and_missing_runs(tmp_path: Path) -> No
     assert "| base | 0 | reusable | 150 | 0.600 | +0.00 | 42 | 0000000 |" in text
     assert "| small | 0 | superseded (another configuration) | 150 | 0.600 |" in text
     assert "| tp | 0 | missing |" in text and "base seed 0 +0.00" in text
+
+
+def test_an_arm_that_measures_latency_while_it_trains_runs_alone(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from benchmarks.prune_vs_small import __main__ as cli
+
+    assert ARMS["ours-latency-distill"].alone and not ARMS["ours-sens-distill"].alone
+    monkeypatch.setattr(cli, "finished", lambda name, seed: name == "base" or None)
+    active, overlaps, lock = set(), [], threading.Lock()
+
+    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path) -> int:
+        with lock:
+            if active and (arm == "ours-latency-distill" or any(a == "ours-latency-distill" for a, _ in active)):
+                overlaps.append((arm, seed, set(active)))
+            active.add((arm, seed))
+        time.sleep(0.15)
+        with lock:
+            active.discard((arm, seed))
+        return 0
+
+    monkeypatch.setattr(cli, "launch", fake_launch)
+    rc = cli.main(["train", "--arms", "ours-sens-distill", "ours-latency-distill", "tp", "--seeds", "0", "1",
+                   "--jobs", "2", "--workdir", str(tmp_path / "w")])
+    assert rc == 0 and overlaps == []

@@ -36,17 +36,20 @@ def _pending(args: argparse.Namespace) -> list[tuple[int, str]]:
 
 def train(args: argparse.Namespace) -> int:
     """Train what is not reusable, up to ``--jobs`` children at once (each with ``--threads``); a run starts once
-    the runs it needs (same seed) have finished, and one whose needs failed or are missing is skipped."""
+    the runs it needs (same seed) have finished, and one whose needs failed or are missing is skipped. An arm that
+    measures latency while it trains (``Arm.alone``) runs with nothing else beside it."""
     todo, running, failed = _pending(args), {}, set()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         while todo or running:
             started = False
             for seed, name in list(todo):
-                if len(running) >= max(1, args.jobs):
+                if len(running) >= max(1, args.jobs) or any(ARMS[n].alone for _, n in running):
                     break
                 needs = [(seed, n) for n in ARMS[name].needs]
                 if any(need in running or need in todo for need in needs):
                     continue  # waits for a run in this invocation
+                if ARMS[name].alone and running:
+                    break  # starts nothing more until the running ones are done, then runs alone
                 missing = [n for s, n in needs if (s, n) in failed or finished(n, s) is None]
                 todo.remove((seed, name))
                 if missing:

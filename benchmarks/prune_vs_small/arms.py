@@ -40,6 +40,9 @@ class Arm:
     needs: tuple[str, ...] = ()
     setup: Callable[[Any, dict], None] | None = field(default=None, compare=False)
     spec: dict = field(default_factory=dict)  # the arm's own settings, part of its digest
+    #: measures latency while it trains (its cost tables): ``train`` runs it alone, since a latency read beside
+    #: another training is biased (time slices stretch the longer model's runs more than the shorter one's)
+    alone: bool = field(default=False, compare=False)
 
 
 def small_yaml(protocol: Protocol, folder: Path) -> Path:
@@ -210,7 +213,7 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
         Arm("ours-latency-distill", f"the paper's method to the small model's measured ONNX Runtime latency "
             f"(latency cost), distilled ({n} epochs)", TrainConfig(**finetune), start="base-weights",
             needs=("base",), setup=_pruning("sensitivity", distill=True, latency=True),
-            spec=spec_of("sensitivity", distill=True, latency=True)),
+            spec=spec_of("sensitivity", distill=True, latency=True), alone=True),
         Arm("uniform-distill", f"uniform L1 to the small model's FLOPs, distilled ({n} epochs)",
             TrainConfig(**finetune), start="base-weights", needs=("base",),
             setup=_pruning("uniform", distill=True), spec=spec_of("uniform", distill=True)),
