@@ -1,8 +1,9 @@
 """MkDocs hook (named in ``mkdocs.yml``): publishes the benchmark results with the site.
 
 The results live in ``benchmarks/results/`` next to the scripts that write them, not under ``docs/``. This hook adds
-their Markdown reports and plots (subfolders included) to the site as ``benchmarks/results/<path>`` (so the reports' own image links work,
-and ``mkdocs build --strict`` checks every link to them), and ``benchmarks/README.md`` as ``benchmarks/running.md``.
+their Markdown reports and plots (subfolders included) to the site as ``benchmarks/results/<path>`` (so the reports'
+own image links work, and ``mkdocs build --strict`` checks every link to them), and ``benchmarks/README.md`` as
+``benchmarks/running.md``.
 """
 
 from __future__ import annotations
