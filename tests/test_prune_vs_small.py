@@ -179,8 +179,8 @@ def test_the_targets_are_measured_once_for_every_arm_and_seed(monkeypatch: pytes
 
     calls = []
 
-    def fake(protocol: object, folder: Path) -> dict[str, float]:
-        calls.append(folder)
+    def fake(protocol: object) -> dict[str, float]:
+        calls.append(protocol)
         return {"flops_keep": 0.34, "latency_keep": 0.40 + 0.01 * len(calls)}
 
     monkeypatch.setattr(arms, "measure_targets", fake)
@@ -194,11 +194,11 @@ def test_the_targets_are_measured_once_for_every_arm_and_seed(monkeypatch: pytes
     assert len(calls) == 2
 
 
-def test_measured_targets_follow_the_architectures(tmp_path: Path) -> None:
+def test_measured_targets_follow_the_architectures() -> None:
     from benchmarks.prune_vs_small.arms import measure_targets
 
     quick = __import__("dataclasses").replace(PROTOCOL, deploy_imgsz=64)
-    got = measure_targets(quick, tmp_path)
+    got = measure_targets(quick)
     assert 0.2 < got["flops_keep"] < 0.5 and 0.0 < got["latency_keep"] < 1.5
 
 

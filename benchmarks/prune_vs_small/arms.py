@@ -81,7 +81,7 @@ def targets(protocol: Protocol, root: Path) -> dict[str, float]:
             stored = json.loads(file.read_text())
             if stored.get("key") == key:
                 return {k: stored[k] for k in ("flops_keep", "latency_keep")}
-        measured = measure_targets(protocol, root)
+        measured = measure_targets(protocol)
         record = {**measured, "key": key, "load_average": os.getloadavg()[0],
                   "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         (root / "targets.json.tmp").write_text(json.dumps(record, indent=1) + "\n")
@@ -89,9 +89,9 @@ def targets(protocol: Protocol, root: Path) -> dict[str, float]:
     return measured
 
 
-def measure_targets(protocol: Protocol, folder: Path) -> dict[str, float]:
+def measure_targets(protocol: Protocol) -> dict[str, float]:
     """:func:`targets`' measurement: the FLOPs share and the median interleaved ONNX Runtime latency share of the
-    small model against the base, both built from their YAML (the small one written to ``folder``)."""
+    small model against the base, both built from their YAML (the small one written to a temporary folder)."""
     import tempfile
 
     import torch
