@@ -1,7 +1,7 @@
 """What each arm trains. An arm is a model to start from, an ultralytics training, and (for the pruning arms) the
 pruning and distillation set on the model before it trains.
 
-The arms that need the distillation of issue 37 join this registry as that lands; ``ARMS`` lists those that run.
+``ARMS`` lists every arm of the comparison, in the order ``train`` runs a seed's arms.
 """
 
 from __future__ import annotations
