@@ -240,3 +240,20 @@ def test_an_arm_that_measures_latency_while_it_trains_runs_alone(monkeypatch: py
     rc = cli.main(["train", "--arms", "ours-sens-distill", "ours-latency-distill", "tp", "--seeds", "0", "1",
                    "--jobs", "2", "--workdir", str(tmp_path / "w")])
     assert rc == 0 and overlaps == []
+
+
+def test_a_stopped_plain_training_goes_on_only_with_its_own_configuration(tmp_path: Path) -> None:
+    from benchmarks.prune_vs_small.train import resumable
+
+    (tmp_path / "weights").mkdir()
+    assert resumable(tmp_path, "abc", 10) is None  # nothing saved yet
+    progress = {"digest": "abc", "epoch": 4, "segments": [], "cpu_minutes": 3.0, "wall_minutes": 3.1}
+    (tmp_path / "progress.json").write_text(json.dumps(progress))
+    assert resumable(tmp_path, "abc", 10) is None  # no last.pt beside it
+    (tmp_path / "weights" / "last.pt").write_bytes(b"x")
+    assert resumable(tmp_path, "abc", 10) == progress
+    assert resumable(tmp_path, "other", 10) is None  # another configuration starts over
+    (tmp_path / "progress.json").write_text(json.dumps({**progress, "epoch": 9}))
+    assert resumable(tmp_path, "abc", 10) is None  # finished: nothing to go on with
+    (tmp_path / "progress.json").write_text("{broken")
+    assert resumable(tmp_path, "abc", 10) is None

@@ -37,7 +37,8 @@ def _pending(args: argparse.Namespace) -> list[tuple[int, str]]:
 def train(args: argparse.Namespace) -> int:
     """Train what is not reusable, up to ``--jobs`` children at once (each with ``--threads``); a run starts once
     the runs it needs (same seed) have finished, and one whose needs failed or are missing is skipped. An arm that
-    measures latency while it trains (``Arm.alone``) runs with nothing else beside it."""
+    measures latency while it trains (``Arm.alone``) runs with nothing else beside it. A plain training (base, small,
+    small-distill) that a session's end stopped goes on from its last epoch when its configuration is unchanged."""
     todo, running, failed = _pending(args), {}, set()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         while todo or running:

@@ -53,6 +53,25 @@ def evaluate(weights: Path, data_yaml: Path, split: str) -> dict[str, float]:
     return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
 
 
+def resumable(save_dir: Path, digest: str, epochs: int) -> dict | None:
+    """The progress of a stopped run of this configuration in ``save_dir`` (a session's processes end with it), to
+    go on from its ``last.pt``; ``None`` when there is none, it is another configuration, or it had finished."""
+    try:
+        progress = json.loads((save_dir / "progress.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if (progress.get("digest") != digest or not (save_dir / "weights" / "last.pt").is_file()
+            or not 0 <= progress.get("epoch", -1) < epochs - 1):
+        return None
+    return progress
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(path.with_suffix(".tmp"), path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arm", required=True, choices=sorted(ARMS))
@@ -88,22 +107,50 @@ def main(argv: list[str] | None = None) -> None:
                "epochs": arm.train.epochs}
     if args.fraction is not None:
         extra["fraction"] = args.fraction
+    name = f"{arm.name}-seed{args.seed}"
+    save_dir = workdir / "train" / name
+    digest = arm_digest(arm, args.seed)
+    # A plain training (no pruning set on the model) stopped with its session goes on from its last epoch; the
+    # pruning arms start over (their callback's state is not in ultralytics' checkpoint).
+    progress = resumable(save_dir, digest, arm.train.epochs) if arm.setup is None else None
+    segments = progress["segments"] if progress else []
+    before_cpu = progress["cpu_minutes"] if progress else 0.0
+    before_wall = progress["wall_minutes"] if progress else 0.0
+    segments = [*segments, {"from_epoch": progress["epoch"] + 1 if progress else 0, **git}]
     if arm.setup is not None:
         arm.setup(model, context)
     start_wall, start_cpu = time.time(), cpu_minutes()
-    name = f"{arm.name}-seed{args.seed}"
-    model.train(data=str(data_yaml), epochs=arm.train.epochs, imgsz=PROTOCOL.data.imgsz, batch=arm.train.batch,
-                close_mosaic=arm.train.close_mosaic, optimizer=arm.train.optimizer, workers=0, device="cpu",
-                seed=args.seed, deterministic=True, project=str(workdir / "train"), name=name, exist_ok=True,
-                plots=False, amp=False, verbose=False, **extra,
-                **({"trainer": context["trainer"]} if "trainer" in context else {}))
-    train_cpu, train_wall = cpu_minutes() - start_cpu, (time.time() - start_wall) / 60
+
+    def save_progress(trainer) -> None:  # after each last.pt: what a stopped run goes on from
+        _write_json(save_dir / "progress.json", {
+            "digest": digest, "epoch": trainer.epoch, "segments": segments,
+            "cpu_minutes": before_cpu + cpu_minutes() - start_cpu,
+            "wall_minutes": before_wall + (time.time() - start_wall) / 60})
+
+    if progress:
+        print(f"{name}: going on after epoch {progress['epoch'] + 1} of {arm.train.epochs} "
+              f"({before_cpu:.1f} CPU-min before)", flush=True)
+        model = YOLO(str(save_dir / "weights" / "last.pt"))
+        model.add_callback("on_model_save", save_progress)
+        model.train(resume=True, data=str(data_yaml), workers=0, device="cpu", **extra)
+    else:
+        (save_dir / "progress.json").unlink(missing_ok=True)
+        model.add_callback("on_model_save", save_progress)
+        model.train(data=str(data_yaml), epochs=arm.train.epochs, imgsz=PROTOCOL.data.imgsz, batch=arm.train.batch,
+                    close_mosaic=arm.train.close_mosaic, optimizer=arm.train.optimizer, workers=0, device="cpu",
+                    seed=args.seed, deterministic=True, project=str(workdir / "train"), name=name, exist_ok=True,
+                    plots=False, amp=False, verbose=False, **extra,
+                    **({"trainer": context["trainer"]} if "trainer" in context else {}))
+    train_cpu = before_cpu + cpu_minutes() - start_cpu
+    train_wall = before_wall + (time.time() - start_wall) / 60
     save_dir = Path(model.trainer.save_dir)
     best = save_dir / "weights" / "best.pt"
     record = {
         "arm": arm.name, "seed": args.seed, "summary": arm.summary,
-        "digest": arm_digest(arm, args.seed),
-        "git": git, "source": source, "train": {"epochs": arm.train.epochs, **arm.train.extra},
+        "digest": digest,
+        # clean only when every part of the training ran at a clean revision
+        "git": {**git, "clean": all(part["clean"] for part in segments)}, "segments": segments,
+        "source": source, "train": {"epochs": arm.train.epochs, **arm.train.extra},
         "cost": {"epochs": arm.train.epochs, "cpu_minutes": round(train_cpu, 1), "wall_minutes": round(train_wall, 1),
                  "threads": args.threads},
         "val_history": val_history(save_dir / "results.csv"),
