@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import fcntl
 import json
 import os
 import resource
@@ -29,6 +30,32 @@ def ensure_data(workdir: Path) -> Path:
         make_fashion_dataset(root, d.num_train, d.num_val, d.num_test, d.imgsz, d.seed)
         done.write_text("ok\n")
     return root / "data.yaml"
+
+
+class DataLock:
+    """The data folder's lock, held while a child builds its data loaders or evaluates: ultralytics rewrites a
+    split's label cache when it finds it stale, and two children rewriting it at once fail."""
+
+    def __init__(self, root: Path) -> None:
+        self._file, self._path = None, root / ".lock"
+
+    def acquire(self) -> None:
+        if self._file is None:
+            self._file = self._path.open("a")
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self, *_: object) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> DataLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
 
 
 def cpu_minutes() -> float:
@@ -127,10 +154,14 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_minutes": before_cpu + cpu_minutes() - start_cpu,
             "wall_minutes": before_wall + (time.time() - start_wall) / 60})
 
+    lock = DataLock(data_yaml.parent)
+    lock.acquire()  # until the trainer has built its data loaders
+    model.add_callback("on_pretrain_routine_end", lock.release)
     if progress:
         print(f"{name}: going on after epoch {progress['epoch'] + 1} of {arm.train.epochs} "
               f"({before_cpu:.1f} CPU-min before)", flush=True)
         model = YOLO(str(save_dir / "weights" / "last.pt"))
+        model.add_callback("on_pretrain_routine_end", lock.release)
         model.add_callback("on_model_save", save_progress)
         model.train(resume=True, data=str(data_yaml), workers=0, device="cpu", **extra)
     else:
@@ -141,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                     seed=args.seed, deterministic=True, project=str(workdir / "train"), name=name, exist_ok=True,
                     plots=False, amp=False, verbose=False, **extra,
                     **({"trainer": context["trainer"]} if "trainer" in context else {}))
+    lock.release()
     train_cpu = before_cpu + cpu_minutes() - start_cpu
     train_wall = before_wall + (time.time() - start_wall) / 60
     save_dir = Path(model.trainer.save_dir)
@@ -159,8 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     pruning = context.get("pruning")
     if pruning is not None:
         record["pruning"] = {"flops_ratio": pruning.flops_ratio, "history": pruning.history}
-    record["val"] = evaluate(best, data_yaml, "val")
-    record["test"] = evaluate(best, data_yaml, "test")
+    with lock:
+        record["val"] = evaluate(best, data_yaml, "val")
+        record["test"] = evaluate(best, data_yaml, "test")
     out = run_dir(arm.name, args.seed, args.out_root)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, out / "weights.pt.tmp")
