@@ -71,6 +71,8 @@ def targets(protocol: Protocol, root: Path) -> dict[str, float]:
     """
     import fcntl
 
+    from lightning_prune.utils.files import atomic_write
+
     key = {"base_model": protocol.base_model, "small_width": protocol.small_width,
            "deploy_imgsz": protocol.deploy_imgsz, "threads": protocol.threads}
     root.mkdir(parents=True, exist_ok=True)
@@ -84,8 +86,7 @@ def targets(protocol: Protocol, root: Path) -> dict[str, float]:
         measured = measure_targets(protocol)
         record = {**measured, "key": key, "load_average": os.getloadavg()[0],
                   "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        (root / "targets.json.tmp").write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(root / "targets.json.tmp", file)
+        atomic_write(file, json.dumps(record, indent=1) + "\n")
     return measured
 
 

@@ -8,15 +8,14 @@ import csv
 import dataclasses
 import fcntl
 import json
-import os
 import resource
-import shutil
 import time
 from pathlib import Path
 
 from benchmarks.prune_vs_small.arms import ARMS, arm_digest, small_yaml
 from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
 from benchmarks.prune_vs_small.runs import git_state, run_dir
+from lightning_prune.utils.files import atomic_write
 
 
 def ensure_data(workdir: Path) -> Path:
@@ -93,12 +92,6 @@ def resumable(save_dir: Path, digest: str, epochs: int) -> dict | None:
     return progress
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(path.with_suffix(".tmp"), path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arm", required=True, choices=sorted(ARMS))
@@ -127,51 +120,47 @@ def main(argv: list[str] | None = None) -> None:
         source = str(small_yaml(PROTOCOL, workdir))
     else:
         source = str(run_dir("base", args.seed, args.out_root) / "weights.pt")
-    model = YOLO(source)
-    extra = {k: (str(run_dir(v[len("arm:"):], args.seed, args.out_root) / "weights.pt") if isinstance(v, str) and
-                 v.startswith("arm:") else v) for k, v in arm.train.extra.items()}
-    context = {"seed": args.seed, "workdir": workdir, "data": data_yaml, "out_root": args.out_root,
-               "epochs": arm.train.epochs}
-    if args.fraction is not None:
-        extra["fraction"] = args.fraction
     name = f"{arm.name}-seed{args.seed}"
     save_dir = workdir / "train" / name
     digest = arm_digest(arm, args.seed)
     # A plain training (no pruning set on the model) stopped with its session goes on from its last epoch; the
     # pruning arms start over (their callback's state is not in ultralytics' checkpoint).
     progress = resumable(save_dir, digest, arm.train.epochs) if arm.setup is None else None
-    segments = progress["segments"] if progress else []
-    before_cpu = progress["cpu_minutes"] if progress else 0.0
-    before_wall = progress["wall_minutes"] if progress else 0.0
-    segments = [*segments, {"from_epoch": progress["epoch"] + 1 if progress else 0, **git}]
+    model = YOLO(str(save_dir / "weights" / "last.pt") if progress else source)
+    extra = {k: (str(run_dir(v[len("arm:"):], args.seed, args.out_root) / "weights.pt") if isinstance(v, str) and
+                 v.startswith("arm:") else v) for k, v in arm.train.extra.items()}
+    context = {"seed": args.seed, "workdir": workdir, "data": data_yaml, "out_root": args.out_root,
+               "epochs": arm.train.epochs}
+    if args.fraction is not None:
+        extra["fraction"] = args.fraction
+    before = progress or {"segments": [], "epoch": -1, "cpu_minutes": 0.0, "wall_minutes": 0.0}
+    segments = [*before["segments"], {"from_epoch": before["epoch"] + 1, **git}]
+    before_cpu, before_wall = before["cpu_minutes"], before["wall_minutes"]
     if arm.setup is not None:
         arm.setup(model, context)
     start_wall, start_cpu = time.time(), cpu_minutes()
 
     def save_progress(trainer) -> None:  # after each last.pt: what a stopped run goes on from
-        _write_json(save_dir / "progress.json", {
+        atomic_write(save_dir / "progress.json", json.dumps({
             "digest": digest, "epoch": trainer.epoch, "segments": segments,
             "cpu_minutes": before_cpu + cpu_minutes() - start_cpu,
-            "wall_minutes": before_wall + (time.time() - start_wall) / 60})
+            "wall_minutes": before_wall + (time.time() - start_wall) / 60}, indent=1, default=str) + "\n")
 
     lock = DataLock(data_yaml.parent)
-    lock.acquire()  # until the trainer has built its data loaders
-    model.add_callback("on_pretrain_routine_end", lock.release)
+    model.add_callback("on_pretrain_routine_end", lock.release)  # the trainer has built its data loaders
+    model.add_callback("on_model_save", save_progress)
     if progress:
         print(f"{name}: going on after epoch {progress['epoch'] + 1} of {arm.train.epochs} "
               f"({before_cpu:.1f} CPU-min before)", flush=True)
-        model = YOLO(str(save_dir / "weights" / "last.pt"))
-        model.add_callback("on_pretrain_routine_end", lock.release)
-        model.add_callback("on_model_save", save_progress)
-        model.train(resume=True, data=str(data_yaml), workers=0, device="cpu", **extra)
+        settings = dict(resume=True)
     else:
         (save_dir / "progress.json").unlink(missing_ok=True)
-        model.add_callback("on_model_save", save_progress)
-        model.train(data=str(data_yaml), epochs=arm.train.epochs, imgsz=PROTOCOL.data.imgsz, batch=arm.train.batch,
-                    close_mosaic=arm.train.close_mosaic, optimizer=arm.train.optimizer, workers=0, device="cpu",
-                    seed=args.seed, deterministic=True, project=str(workdir / "train"), name=name, exist_ok=True,
-                    plots=False, amp=False, verbose=False, **extra,
-                    **({"trainer": context["trainer"]} if "trainer" in context else {}))
+        settings = dict(epochs=arm.train.epochs, imgsz=PROTOCOL.data.imgsz, batch=arm.train.batch,
+                        close_mosaic=arm.train.close_mosaic, optimizer=arm.train.optimizer, seed=args.seed,
+                        deterministic=True, project=str(workdir / "train"), name=name, exist_ok=True, plots=False,
+                        amp=False, verbose=False, **({"trainer": context["trainer"]} if "trainer" in context else {}))
+    lock.acquire()
+    model.train(data=str(data_yaml), workers=0, device="cpu", **settings, **extra)
     lock.release()
     train_cpu = before_cpu + cpu_minutes() - start_cpu
     train_wall = before_wall + (time.time() - start_wall) / 60
@@ -196,10 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         record["test"] = evaluate(best, data_yaml, "test")
     out = run_dir(arm.name, args.seed, args.out_root)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, out / "weights.pt.tmp")
-    os.replace(out / "weights.pt.tmp", out / "weights.pt")
-    (out / "run.json.tmp").write_text(json.dumps(record, indent=1, default=str) + "\n")
-    os.replace(out / "run.json.tmp", out / "run.json")
+    atomic_write(out / "weights.pt", best.read_bytes())
+    atomic_write(out / "run.json", json.dumps(record, indent=1, default=str) + "\n")
     print(f"{arm.name} seed {args.seed}: test mAP50-95 {record['test']['map50_95']:.4f}, "
           f"{train_cpu:.1f} CPU-min -> {out}")
 
