@@ -116,6 +116,11 @@ def protocol_lines() -> list[str]:
             "model interleaved in one measurement per backend (median)."]
 
 
+def _points(gain: float | None) -> str:
+    """A plateau gain in signed mAP points (``n/a`` when the history was too short)."""
+    return "n/a" if gain is None else f"{gain * 100:+.2f}"
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "min": min(values), "max": max(values), "n": len(values)}
 
@@ -224,12 +229,12 @@ def status(root: Path = RESULTS, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
                 continue
             gain = plateau(since_last_prune(name, data["val_history"]))["gain"]
             lines.append(f"| {name} | {seed} | {state} | {data['cost']['epochs']} | {data['test']['map50_95']:.3f} | "
-                         f"{'n/a' if gain is None else format(gain * 100, '+.2f')} | "
+                         f"{_points(gain)} | "
                          f"{data['cost']['cpu_minutes']:.0f} | {data['git']['revision'][:7]} |")
     check = regime(runs)
     lines += ["", "Plateau (best val mAP50-95 of the last 10 epochs over the best before, criterion < "
               f"{PROTOCOL.plateau_gain * 100:g} points): " + (", ".join(
-                  f"{k} {'n/a' if v['gain'] is None else format(v['gain'] * 100, '+.2f')}"
+                  f"{k} {_points(v['gain'])}"
                   for k, v in check["plateau"].items()) or "no runs")]
     if "gap" in check:
         lines.append(f"Base − small on test so far: {check['gap'] * 100:+.1f} points (seeds {check['seeds']}, "
@@ -315,7 +320,7 @@ def render(payload: dict[str, Any]) -> str:
                      f"{r['onnxruntime_ms']:.2f} | {r['eager_ms']:.2f} | {r['flops'] / 1e9:.3f} | {r['params']:,.0f} | "
                      f"{r['epochs']} | {r['epochs_total']} | {r['cpu_minutes_after_base']:.0f} | "
                      f"{r['cpu_minutes_total']:.0f} | "
-                     f"{'n/a' if r.get('last_gain') is None else format(r['last_gain'] * 100, '+.2f')} | "
+                     f"{_points(r.get('last_gain'))} | "
                      f"{', '.join(r['revisions'])} |")
     lines += ["", "Own: the arm's training (for the pruning arms: the fine-tuning after the base); total: with the "
               "base's when the arm starts from it or distils from it. Last-10 gain: the best val mAP50-95 of the "
