@@ -65,6 +65,22 @@ def test_projector_outputs_are_pinned_and_not_prunable() -> None:
     assert {g.name for g in graph.prunable_groups} == {"0", "3"}
 
 
+def test_projectors_are_sliced_but_never_counted_as_the_model_s_cost() -> None:
+    """Selection reads a group's FLOPs and parameters: training-only projectors must not make the groups that feed
+    them look costlier (they did: the paper's selection then favoured those groups when distilling)."""
+    net = _calibrated(_net())
+    x = torch.randn(1, 3, 8, 8)
+    plain = DependencyGraph(net, x)
+    distiller = Distiller(net, x, features=["2", "5"])
+    attached = DependencyGraph(net, x, attachments=distiller.attachments())
+    plan = {"0": [1, 4, 7], "3": [0, 5]}
+    assert attached.estimate_removal(plan) == plain.estimate_removal(plan)
+    assert attached.traced_flops == plain.traced_flops
+    assert attached.prunable_flops_share == pytest.approx(plain.prunable_flops_share)
+    for name in ("0", "3"):
+        assert attached[name].flops_share == pytest.approx(plain[name].flops_share)
+
+
 def test_distillation_loss_decreases_and_the_pruned_student_learns_from_its_teacher() -> None:
     torch.manual_seed(0)
     net = _calibrated(_net())

@@ -194,7 +194,10 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
     spec = {"pruning": dataclasses.asdict(PRUNING)}
 
     def spec_of(strategy: str, distill: bool, latency: bool = False) -> dict[str, Any]:
-        return {**spec, "setup": pruning_settings(strategy, distill, latency)}
+        out = {**spec, "setup": pruning_settings(strategy, distill, latency)}
+        if distill:  # runs whose selection counted the distillation projectors as model cost are superseded
+            out["projectors"] = "not model cost"
+        return out
 
     arms = [
         Arm("base", f"{protocol.base_model} from scratch to its plateau ({LENGTHS.base} epochs)",

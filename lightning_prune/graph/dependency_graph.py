@@ -178,7 +178,8 @@ class DependencyGraph:
         """(FLOPs, parameters) that ``plan`` would remove, predicted from the trace; nothing is changed.
 
         FLOPs are those of the traced conv/linear layers at the example input (a layer keeping a fraction ``a`` of
-        its inputs and ``b`` of its outputs keeps ``a·b`` of its FLOPs); parameters are counted exactly.
+        its inputs and ``b`` of its outputs keeps ``a·b`` of its FLOPs); parameters are counted exactly. The model's
+        own cost only: attachments (training-only, e.g. distillation projectors) are sliced, never counted.
 
         Example:
             >>> import torch
@@ -190,7 +191,7 @@ class DependencyGraph:
         """
         removed = self._removed_labels(self._resolve(plan))
         flops = 0.0
-        for call in self._result.layer_calls:
+        for call in self._result.cost_calls():
             has_in = call.in_labels is not None and len(call.in_labels) > 0
             kept_in = 1.0 - removed[call.in_labels].mean() if has_in else 1.0
             kept_out = 1.0 - removed[call.out_labels].mean() if call.out_labels is not None else 1.0
@@ -198,7 +199,7 @@ class DependencyGraph:
         kept: dict[int, list] = {}
         for binding in self._result.bindings.values():
             tensor = binding.tensor
-            if isinstance(tensor, nn.Parameter):
+            if isinstance(tensor, nn.Parameter) and binding.module_name not in self._result.attached_names:
                 entry = kept.setdefault(id(tensor), [tensor.numel(), 1.0])
                 entry[1] *= 1.0 - removed[binding.labels].mean()
         params = sum(numel * (1.0 - fraction) for numel, fraction in kept.values())
@@ -225,7 +226,7 @@ class DependencyGraph:
             prunable[group.roots] = True
         prunable = prunable[self._roots]
         total = reached = 0.0
-        for call in self._result.layer_calls:
+        for call in self._result.cost_calls():
             sides = [prunable[labels].mean() for labels in (call.in_labels, call.out_labels)
                      if labels is not None and len(labels)]
             total += call.flops
@@ -266,7 +267,7 @@ class DependencyGraph:
     @property
     def traced_flops(self) -> int:
         """FLOPs of the traced conv/linear layers at the example input."""
-        return sum(call.flops for call in self._result.layer_calls)
+        return sum(call.flops for call in self._result.cost_calls())
 
     def check_finite(self, outputs: bool = True) -> None:
         """Raise ``ValueError``, in one line, naming the first parameter or floating-point buffer of the model that

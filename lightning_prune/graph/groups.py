@@ -152,8 +152,9 @@ def _first_reason_per_root(reasons: dict[int, str], roots: np.ndarray) -> dict[i
 
 def _flops_shares(result: TraceResult, roots: np.ndarray, group_of_root: np.ndarray, count: int) -> list[float]:
     shares = np.zeros(count)
-    total = sum(call.flops for call in result.layer_calls) or 1
-    for call in result.layer_calls:
+    calls = result.cost_calls()
+    total = sum(call.flops for call in calls) or 1
+    for call in calls:
         # a layer keeping fractions a (inputs) and b (outputs) keeps a*b of its FLOPs
         kept_in = np.ones(count)
         kept_out = np.ones(count)

@@ -110,6 +110,13 @@ class TraceResult:
         self.op_count = 0
         self.output_shapes: list[tuple[int, ...]] = []
         self.build_seconds = 0.0
+        #: names of the attachments' modules (``<attachment>.<submodule>``): traced so that pruning slices them, but
+        #: training-only, so never part of the model's cost
+        self.attached_names: frozenset[str] = frozenset()
+
+    def cost_calls(self) -> list[LayerCall]:
+        """The model's own conv/linear calls: what its FLOPs are counted from (the attachments' calls left out)."""
+        return [call for call in self.layer_calls if call.module_name not in self.attached_names]
 
 
 def channel_info(obj: object) -> ChannelInfo | None:
