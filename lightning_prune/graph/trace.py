@@ -68,7 +68,6 @@ def trace_channels(model: torch.nn.Module, example_inputs: Any,
         ['0', '2']
     """
     tracer = ChannelTracer(model, ops, attachments)
-    tracer.result.attached_names = frozenset(name for name, _ in tracer.attached)
     attached_outputs: list[Any] = []
     inputs = list(iter_tensors(example_inputs))
     if not inputs:

@@ -59,6 +59,7 @@ class ChannelTracer(TorchFunctionMode):
         self.result = TraceResult()
         self.forest = self.result.forest
         self.attached = attached_modules(attachments)
+        self.result.attached_names = frozenset(name for name, _ in self.attached)
         # parameters and buffers by identity -> (module name, attribute name, module)
         self.owners: dict[int, tuple[str, str, torch.nn.Module]] = {}
         for module_name, module in [*model.named_modules(remove_duplicate=False), *self.attached]:
