@@ -217,6 +217,17 @@ def check_module_attributes(model: nn.Module) -> None:
                 assert m.bias.shape == (m.out_features,), name
 
 
+def embeds_kept_channels(projector: nn.Module) -> bool:
+    """Whether an ultralytics ``Conv-ReLU-Conv`` distillation projector is the identity started by
+    ``identity_start`` and sliced by prunes: each student channel maps to one teacher channel of its own (1.0, the
+    rest 0), shifted by +1 before the ReLU and -1 after it, the second conv the identity."""
+    first, second = projector[0], projector[2]
+    w = first.weight.detach().flatten(1)  # (teacher channels, student channels)
+    one_hot = bool(((w == 0) | (w == 1)).all()) and bool((w.sum(0) == 1).all()) and bool((w.sum(1) <= 1).all())
+    return (one_hot and bool((first.bias == 1).all()) and bool((second.bias == -1).all())
+            and torch.equal(second.weight.detach().flatten(1), torch.eye(second.weight.shape[0])))
+
+
 def group_sizes(graph: DependencyGraph) -> dict[str, int]:
     return {g.name: g.size for g in graph.groups}
 
@@ -261,6 +272,7 @@ def lp() -> types.SimpleNamespace:
         flatten_tensors=flatten_tensors, flat_outputs=flat_outputs, run=run, assert_outputs_close=assert_outputs_close,
         snapshot=snapshot, assert_state_equal=assert_state_equal, random_plan=random_plan,
         check_module_attributes=check_module_attributes, group_sizes=group_sizes,
+        embeds_kept_channels=embeds_kept_channels,
     )
 
 

@@ -179,3 +179,58 @@ def test_optimizer_state_of_the_projector_is_sliced_with_the_prune() -> None:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()  # no shape error
+
+
+# -- projectors of a student that is its teacher start as the identity ----------------------------------------------
+def test_own_copy_starts_at_zero_loss_and_the_prune_leaves_the_kept_channels_in_place() -> None:
+    torch.manual_seed(0)
+    net = _calibrated(_net())
+    x = torch.randn(4, 3, 8, 8)
+    distiller = Distiller(net, x, features=["2", "5"])  # the teacher: a frozen copy of net as it is now
+    _, loss = distiller(x)
+    assert loss.item() == 0.0  # the student is its teacher: nothing to pull yet
+    graph = DependencyGraph(net, x, attachments=distiller.attachments())
+    plan = {"0": [1, 4, 7, 9], "3": [0, 5, 11]}
+    graph.prune(plan)
+    with torch.no_grad():
+        projected = [p(f) for p, f in zip(distiller.projectors, _features(net, x, ["2", "5"]))]
+        students = _features(net, x, ["2", "5"])
+    for out, feat, width, removed in zip(projected, students, (16, 12), (plan["0"], plan["3"])):
+        kept = [c for c in range(width) if c not in removed]
+        assert out.shape[1] == width  # the teacher's width
+        torch.testing.assert_close(out[:, kept], feat)  # each kept channel at its place in the teacher's
+        assert not out[:, removed].any()  # a removed channel contributes nothing until the projector learns it
+
+
+def test_an_explicit_teacher_keeps_learned_projectors_from_scratch() -> None:
+    torch.manual_seed(0)
+    net = _calibrated(_net())
+    x = torch.randn(4, 3, 8, 8)
+    distiller = Distiller(net, x, teacher=copy.deepcopy(net), features=["2"])
+    assert not torch.equal(distiller.projectors[0].weight.flatten(1), torch.eye(16))
+
+
+def test_identity_start_carries_silu_features_through_ultralytics_conv_relu_conv() -> None:
+    from lightning_prune.pruning import identity_start
+
+    projector = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    x = nn.functional.silu(torch.randn(2, 8, 5, 5) * 4)
+    assert x.min() < 0  # SiLU's negative part must survive the ReLU
+    assert identity_start(projector)
+    with torch.no_grad():
+        torch.testing.assert_close(projector(x), x)
+
+
+@pytest.mark.parametrize("projector", [
+    nn.Conv2d(4, 8, 1),                                                              # a narrower student
+    nn.Conv2d(8, 8, 3),                                                              # not 1 x 1
+    nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 1)),  # no bias to carry negatives
+    nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU()),                                  # ends in a ReLU
+], ids=["narrower", "3x3", "no-bias", "relu-last"])
+def test_identity_start_refuses_other_shapes_and_changes_nothing(projector: nn.Module) -> None:
+    from lightning_prune.pruning import identity_start
+
+    before = copy.deepcopy(projector.state_dict())
+    assert identity_start(projector) is False
+    after = projector.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

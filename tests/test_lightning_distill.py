@@ -422,6 +422,16 @@ def yolo_run(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
                 ckpt=tmp / "ckpt")
 
 
+def test_yolo_projectors_of_its_own_copy_start_as_the_identity(lp) -> None:
+    from lightning_prune.integrations.ultralytics import YOLOModule
+
+    module = YOLOModule("yolov8n.yaml", nc=3, imgsz=IMGSZ, distill=True)  # the teacher: the model as built here
+    assert all(lp.embeds_kept_channels(p) for p in module.distill_projector)
+    x = torch.nn.functional.silu(torch.randn(1, 64, 4, 4) * 4)
+    with torch.no_grad():
+        torch.testing.assert_close(module.distill_projector[0](x), x)  # zero distillation loss at the start
+
+
 def test_yolo_projectors_follow_the_prune(yolo_run: dict[str, Any]) -> None:
     module, levels, before = yolo_run["module"], yolo_run["levels"], yolo_run["before"]
     assert len(levels) == 3 and [h["epoch"] for h in yolo_run["pruning"].history] == [1]

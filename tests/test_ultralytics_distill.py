@@ -175,7 +175,7 @@ def other_classes(data: Path, project: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def distill_run(data: Path, project: Path, base: dict) -> dict:
+def distill_run(data: Path, project: Path, base: dict, lp) -> dict:
     """3 epochs from the trained base, pruning at epochs 0 and 1 to -50 % FLOPs, distilling from the base (the
     model the run starts from) with weight 2."""
     model = YOLO(str(base["path"]))
@@ -183,7 +183,9 @@ def distill_run(data: Path, project: Path, base: dict) -> dict:
     seen: dict = {"start": {}, "end": {}}
     model.add_callback("on_train_epoch_start", lambda trainer: seen["start"].__setitem__(
         trainer.epoch, {**_snapshot(trainer), "ratio": pruning.flops_ratio,
-                        "distill_model": trainer.args.distill_model}))
+                        "distill_model": trainer.args.distill_model,
+                        "embeds": [lp.embeds_kept_channels(p) for p in trainer.model.projector],
+                        "ema_embeds": [lp.embeds_kept_channels(p) for p in trainer.ema.ema.projector]}))
 
     def epoch_end(trainer) -> None:
         seen["end"][trainer.epoch] = {**_snapshot(trainer), "loss": {k: float(v) for k, v in
@@ -255,6 +257,9 @@ def test_projectors_follow_every_prune(distill_run: dict, base: dict) -> None:
         assert end["state_fits"] and all(end["state_fits"]), epoch
         # the distillation loss is really computed (and reported) while training
         assert "dis_loss" in end["loss"] and end["loss"]["dis_loss"] > 0, end["loss"]
+    # the student is its teacher when the run starts: the projectors started as the identity, and the first prune
+    # left them embedding the kept channels at their places in the teacher's (live and EMA)
+    assert seen["start"][0]["embeds"] == seen["start"][0]["ema_embeds"] == [True] * 3
     # each step narrowed the levels the projectors read: yolov8n's neck outputs 64/128/256 channels unpruned
     widths = [seen["start"][epoch]["student"] for epoch in (0, 1, 2)]
     assert all(a > b for a, b in zip([64, 128, 256], widths[0])), widths

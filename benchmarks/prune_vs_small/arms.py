@@ -195,8 +195,9 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
 
     def spec_of(strategy: str, distill: bool, latency: bool = False) -> dict[str, Any]:
         out = {**spec, "setup": pruning_settings(strategy, distill, latency)}
-        if distill:  # runs whose selection counted the distillation projectors as model cost are superseded
-            out["projectors"] = "not model cost"
+        if distill:  # superseded: runs whose selection counted the distillation projectors as model cost, and
+            # runs whose projectors started random (ultralytics' init) although the student starts as its teacher
+            out["projectors"] = "not model cost, identity start"
         return out
 
     arms = [

@@ -24,7 +24,13 @@ from lightning_prune.pruning.config import (
     TargetMetric,
 )
 from lightning_prune.pruning.cost_table import CostTable, build_cost_table
-from lightning_prune.pruning.distill import DistillationConfig, Distiller, distill_step, distillation_loss
+from lightning_prune.pruning.distill import (
+    DistillationConfig,
+    Distiller,
+    distill_step,
+    distillation_loss,
+    identity_start,
+)
 from lightning_prune.pruning.importance import channel_scores, lowest_channels
 from lightning_prune.pruning.pruner import IterativePruner
 from lightning_prune.pruning.result import StepResult
@@ -52,6 +58,7 @@ __all__ = [
     "channel_scores",
     "distill_step",
     "distillation_loss",
+    "identity_start",
     "lowest_channels",
 ]
 

@@ -37,7 +37,7 @@ from lightning_prune.utils.model import call_model, eval_mode
 from lightning_prune.utils.tree import iter_tensors
 
 __all__ = ["DeclaredAttachments", "DistillationConfig", "Distiller", "OutputLoss", "declared_attachments",
-           "distill_step", "distillation_loss"]
+           "distill_step", "distillation_loss", "identity_start"]
 
 OutputLoss = Literal["kl", "mse"]
 ATTACHMENT_PREFIX = "distill"
@@ -127,14 +127,61 @@ def _projector(student: torch.Tensor, teacher: torch.Tensor) -> nn.Module:
     return conv(channels_in, channels_out, kernel_size=1)
 
 
+#: bias shift that carries a feature through a ReLU inside a projector unchanged: SiLU outputs are >= -0.279
+IDENTITY_SHIFT = 1.0
+
+
+@torch.no_grad()
+def identity_start(projector: nn.Module, shift: float = IDENTITY_SHIFT) -> bool:
+    """Make a distillation projector start as the identity, so that a student which *is* its teacher (the model
+    before its first prune) starts at zero distillation loss, and every prune leaves the projector embedding the
+    kept channels at their places in the teacher's (the graph slices its input columns).
+
+    ``projector``: one 1 x 1 convolution or linear layer, or a sequence of them with ReLUs between (ultralytics'
+    ``Conv-ReLU-Conv``), every layer mapping ``C`` channels to ``C``. A layer before a ReLU gets the bias ``+shift``
+    and the one after it ``-shift``, so features above ``-shift`` pass unchanged (every SiLU output does). Returns
+    False, changing nothing, where the projector is not of that form (e.g. the student is narrower).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> p = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1))
+        >>> x = nn.functional.silu(torch.randn(2, 4, 3, 3))
+        >>> identity_start(p), torch.allclose(p(x), x, atol=1e-6)
+        (True, True)
+        >>> identity_start(nn.Conv2d(4, 8, 1))   # the student has fewer channels than the teacher
+        False
+    """
+    layers = list(projector) if isinstance(projector, nn.Sequential) else [projector]
+    linear = [m for m in layers if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    shaped = all(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ReLU)) for m in layers)
+    square = all(m.weight.shape[0] == m.weight.shape[1] and m.weight[0, 0].numel() == 1
+                 and getattr(m, "groups", 1) == 1 for m in linear)
+    if not (linear and shaped and square) or isinstance(layers[0], nn.ReLU) or isinstance(layers[-1], nn.ReLU):
+        return False
+    relu = [isinstance(m, nn.ReLU) for m in layers]
+    sign = {i: int(i + 1 < len(layers) and relu[i + 1]) - int(i > 0 and relu[i - 1])
+            for i, m in enumerate(layers) if not relu[i]}
+    if any(layers[i].bias is None and (i + 1 < len(layers) and relu[i + 1] or i > 0 and relu[i - 1]) for i in sign):
+        return False  # a layer beside a ReLU needs a bias to carry negative features through it
+    for i, s in sign.items():
+        m = layers[i]
+        m.weight.copy_(torch.eye(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device).view(m.weight.shape))
+        if m.bias is not None:
+            m.bias.fill_(float(shift) * s)
+    return True
+
+
 class Distiller(nn.Module):
     """A frozen teacher, one projector per distilled feature, and the distillation loss.
 
     Args:
         student: the model being pruned and fine-tuned (its outputs and features are read, never changed).
         example_input: an input of the student's, to check the pair and size the projectors.
-        teacher: the frozen teacher; default: a deep copy of ``student`` as it is now (before the first prune).
-            It must give outputs of the same structure and shapes as the student.
+        teacher: the frozen teacher; default: a deep copy of ``student`` as it is now (before the first prune), and
+            then the projectors start as the identity (:func:`identity_start`): the loss starts at zero and pulls
+            the student back only where a prune moved it. It must give outputs of the same structure and shapes as
+            the student.
         features: student module names whose outputs are distilled, each through a 1 x 1 projector from the
             student's channels to the teacher's (so the loss keeps working as pruning narrows the student).
         teacher_features: the teacher's module for each feature (default: the same names).
@@ -169,7 +216,8 @@ class Distiller(nn.Module):
             raise ValueError(f"outputs must be None, 'kl' or 'mse', got {outputs!r}")
         for name in features:
             _submodule(student, name, "student")
-        if teacher is None:
+        own_copy = teacher is None
+        if own_copy:
             teacher = copy.deepcopy(student)
         for name in teacher_features:
             _submodule(teacher, name, "teacher")
@@ -190,6 +238,8 @@ class Distiller(nn.Module):
                 raise ValueError(f"feature {name!r}: student size {tuple(s.shape[2:])} differs from the teacher's "
                                  f"{tuple(t.shape[2:])} (a 1 x 1 projector cannot resize)")
             projectors.append(_projector(s, t))
+            if own_copy:
+                identity_start(projectors[-1])
         self.projectors = nn.ModuleList(projectors).to(_device(student))
         self.teacher_dtype = self._choose_dtype(teacher_dtype, example_input, teacher_out)
 

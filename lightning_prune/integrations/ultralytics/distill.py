@@ -26,6 +26,8 @@ from typing import Any
 
 from torch import nn
 
+from lightning_prune.pruning.distill import identity_start
+
 __all__ = ["DetectionProjectors", "prepare_teacher", "student_of", "teacher_problem"]
 
 
@@ -47,6 +49,18 @@ class DetectionProjectors:
     def attachments(self) -> dict[str, tuple[str, nn.Module]]:
         return {f"projector.{i}": (f"model.{level}", self.distillation.projector[i])
                 for i, level in enumerate(self.levels)}
+
+    def identity_start(self, ema: Any = None) -> None:
+        """Start every projector as the identity (:func:`~lightning_prune.pruning.distill.identity_start`), in the
+        live model and in ultralytics' EMA (``ModelEMA`` or None): for a student that is its teacher (``distill=True``,
+        before the first prune) the loss starts at zero instead of at ultralytics' random projection of it."""
+        copies = [self.distillation.projector]
+        ema_projector = getattr(getattr(ema, "ema", None), "projector", None)
+        if ema_projector is not None:
+            copies.append(ema_projector)
+        for projectors in copies:
+            for projector in projectors:
+                identity_start(projector)
 
     def ema_copies(self, ema: nn.Module) -> list[tuple[nn.Module, str]]:
         """``(copy, prefix)`` pairs for :meth:`IterativePruner.step`: the EMA's student and each of its projectors."""

@@ -28,6 +28,7 @@ from lightning_prune.checkpoint import PrunedCheckpointMixin
 from lightning_prune.integrations.ultralytics.build import build_yolo_model
 from lightning_prune.integrations.ultralytics.common import INSTALL_HINT
 from lightning_prune.integrations.ultralytics.ema import ModelEMA
+from lightning_prune.pruning.distill import identity_start
 
 __all__ = ["WarmupDecay", "YOLOModule", "coco_map"]
 
@@ -102,9 +103,11 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
         distill: distil while training with ultralytics' own distillation loss (``ultralytics.nn.distill_model``:
             score-weighted L2 between the teacher's neck features and the student's, each through a learned
             projector), added to the loss and logged as ``train/distill_loss``: ``True`` — the teacher is a frozen
-            copy of the model as built here (e.g. the unpruned ``best.pt`` about to be pruned), ``"teacher.pt"`` —
-            that model. The teacher runs under ``no_grad`` in eval mode and is never saved: checkpoints hold the
-            projectors, and ``load_from_checkpoint`` rebuilds the teacher from these arguments.
+            copy of the model as built here (e.g. the unpruned ``best.pt`` about to be pruned; the projectors then
+            start as the identity, so the loss starts at zero and pulls only where a prune moved the student),
+            ``"teacher.pt"`` — that model (ultralytics' projectors, randomly initialised). The teacher runs under
+            ``no_grad`` in eval mode and is never saved: checkpoints hold the projectors, and
+            ``load_from_checkpoint`` rebuilds the teacher from these arguments.
         distill_weight: the distillation loss weight (ultralytics' ``dis``).
 
     Nothing here caches channel counts, so pruning :attr:`model` in place (parameters keep their identity) between
@@ -176,6 +179,9 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
         self.model.args.dis = float(weight)
         distillation = DistillationModel(teacher_model=teacher.float(), student_model=self.model)
         distillation._remove_feature_hooks()  # hooked only inside training_step: the model stays picklable
+        if distill is True:  # the student is its teacher: zero loss at the start, the kept channels in place after
+            for projector in distillation.projector:
+                identity_start(projector)
         self._distillation = [distillation]
         self.distill_projector = distillation.projector
 

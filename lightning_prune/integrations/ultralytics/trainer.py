@@ -367,6 +367,8 @@ class UltralyticsPruning(SessionViews):
             resumed_state = dict(record.get("pruner", {}))
         else:
             self.prior = list(record.get("history", []))
+        if self._projectors is not None and self.distill is True and not trainer.resume:
+            self._projectors.identity_start(getattr(trainer, "ema", None))
         if self.config is None:
             self._stamp(trainer)
             return
@@ -664,8 +666,10 @@ def add_pruning(
         round_to: keep each group's channel count a multiple of this.
         distill: distil while fine-tuning, with ultralytics' own ``distill_model`` machinery (score-weighted L2
             on the projected neck features): ``True`` — the teacher is the model as the run starts (before the
-            first prune), ``"big.pt"`` — that model. The projectors follow every prune; checkpoints hold the
-            student alone, and ``train(resume=True)`` rebuilds the teacher from the recorded ``distill_model``.
+            first prune; its projectors start as the identity, so the loss starts at zero rather than at a random
+            projection of the student's own features), ``"big.pt"`` — that model (ultralytics' random
+            projectors). The projectors follow every prune; checkpoints hold the student alone, and
+            ``train(resume=True)`` rebuilds the teacher from the recorded ``distill_model``.
         distill_weight: ultralytics' ``dis`` (the distillation loss weight); default: its own (6.0).
         verbose: log the graph summary and each step's summary through ultralytics' logger.
         sensitivity, latency, limits, seed, config: as :class:`~lightning_prune.callbacks.IterativePruningCallback`
