@@ -28,7 +28,6 @@ from lightning_prune.checkpoint import PrunedCheckpointMixin
 from lightning_prune.integrations.ultralytics.build import build_yolo_model
 from lightning_prune.integrations.ultralytics.common import INSTALL_HINT
 from lightning_prune.integrations.ultralytics.ema import ModelEMA
-from lightning_prune.pruning.distill import identity_start
 
 __all__ = ["WarmupDecay", "YOLOModule", "coco_map"]
 
@@ -159,7 +158,7 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
     def _setup_distillation(self, distill: bool | str, weight: float) -> None:
         from ultralytics.nn.distill_model import DistillationModel
 
-        from lightning_prune.integrations.ultralytics.distill import teacher_problem
+        from lightning_prune.integrations.ultralytics.distill import DetectionProjectors, teacher_problem
 
         if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
             raise ValueError(f"distill_weight must be a positive number, got {weight!r}")
@@ -180,8 +179,7 @@ class YOLOModule(PrunedCheckpointMixin, pl.LightningModule):
         distillation = DistillationModel(teacher_model=teacher.float(), student_model=self.model)
         distillation._remove_feature_hooks()  # hooked only inside training_step: the model stays picklable
         if distill is True:  # the student is its teacher: zero loss at the start, the kept channels in place after
-            for projector in distillation.projector:
-                identity_start(projector)
+            DetectionProjectors(distillation).identity_start()
         self._distillation = [distillation]
         self.distill_projector = distillation.projector
 
