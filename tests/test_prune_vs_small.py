@@ -132,7 +132,7 @@ def test_train_runs_jobs_in_parallel_after_their_needs(monkeypatch: pytest.Monke
     monkeypatch.setattr(cli, "run_dir", lambda arm, seed, root=tmp_path: runs.run_dir(arm, seed, tmp_path))
     active, peak, order, lock = set(), [0], [], threading.Lock()
 
-    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path) -> int:
+    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path, started=None) -> int:
         with lock:
             active.add((arm, seed))
             peak[0] = max(peak[0], len(active))
@@ -215,31 +215,100 @@ def test_status_tells_reusable_superseded_and_missing_runs(tmp_path: Path) -> No
     assert "| tp | 0 | missing |" in text and "base seed 0 +0.00" in text
 
 
-def test_an_arm_that_measures_latency_while_it_trains_runs_alone(monkeypatch: pytest.MonkeyPatch,
-                                                                tmp_path: Path) -> None:
+def test_an_arm_that_measures_latency_runs_alone_until_its_last_measurement(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    """While the latency arm measures (before its marker) nothing starts and the run beside it is stopped; after
+    its marker that run continues and others start beside it; two latency arms never measure at once; nothing is
+    left stopped."""
+    import functools
+    import signal
     import threading
     import time
 
     from benchmarks.prune_vs_small import __main__ as cli
+    from benchmarks.prune_vs_small import runs
 
     assert ARMS["ours-latency-distill"].alone and not ARMS["ours-sens-distill"].alone
     monkeypatch.setattr(cli, "finished", lambda name, seed: name == "base" or None)
-    active, overlaps, lock = set(), [], threading.Lock()
+    monkeypatch.setattr(cli, "POLL_S", 0.02)
+    workdir = tmp_path / "w"
+    events, lock, keys, go = [], threading.Lock(), {}, {}
 
-    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path) -> int:
+    def fake_signal(pid: int, sig: int) -> None:  # a fake child works only while not stopped
         with lock:
-            if active and (arm == "ours-latency-distill" or any(a == "ours-latency-distill" for a, _ in active)):
-                overlaps.append((arm, seed, set(active)))
-            active.add((arm, seed))
-        time.sleep(0.15)
+            events.append(("signal", keys[pid], sig))
+            (go[pid].clear if sig == signal.SIGSTOP else go[pid].set)()
+
+    def work(pid: int, seconds: float, then: tuple[str, tuple[str, int], int]) -> None:
+        for _ in range(int(seconds / 0.01)):
+            go[pid].wait()
+            time.sleep(0.01)
+        while True:  # what it does next happens only while it runs, as with a real stop
+            go[pid].wait()
+            with lock:
+                if go[pid].is_set():
+                    events.append(then)
+                    return
+
+    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path, started=None) -> int:
         with lock:
-            active.discard((arm, seed))
+            pid = 1000 + len(keys)
+            keys[pid], go[pid] = (arm, seed), threading.Event()
+            go[pid].set()
+            events.append(("start", (arm, seed), 0))
+        started(pid)
+        if arm == "ours-latency-distill":
+            runs.measured_marker(workdir, arm, seed).parent.mkdir(parents=True, exist_ok=True)
+            work(pid, 0.3, ("measured", (arm, seed), 0))  # its pruning steps, measuring
+            runs.measured_marker(workdir, arm, seed).touch()
+        work(pid, 0.3, ("end", (arm, seed), 0))
         return 0
 
     monkeypatch.setattr(cli, "launch", fake_launch)
+    monkeypatch.setattr(cli, "Quiet", functools.partial(runs.Quiet, signal_group=fake_signal))
     rc = cli.main(["train", "--arms", "ours-sens-distill", "ours-latency-distill", "tp", "--seeds", "0", "1",
-                   "--jobs", "2", "--workdir", str(tmp_path / "w")])
-    assert rc == 0 and overlaps == []
+                   "--jobs", "2", "--workdir", str(workdir)])
+    assert rc == 0
+    measuring, stopped, stops = None, set(), 0
+    for kind, key, sig in events:
+        if kind == "start":
+            assert measuring is None, f"{key} started while {measuring} measured"
+            if key[0] == "ours-latency-distill":
+                measuring = key
+        elif kind == "measured":
+            assert measuring == key
+            measuring = None
+        elif kind == "end":
+            assert key not in stopped, f"{key} ended while stopped"
+        elif sig == signal.SIGSTOP:
+            assert measuring is not None and key != measuring
+            stopped.add(key)
+            stops += 1
+        else:
+            assert measuring is None and key in stopped
+            stopped.discard(key)
+    assert len([e for e in events if e[0] == "start"]) == 6 and not stopped
+    assert stops >= 1  # ours-sens-distill seed 0 ran beside the first latency arm and was stopped while it measured
+    beside = [i for i, (kind, key, _) in enumerate(events) if kind == "start" and key[0] == "tp"]
+    first_measured = next(i for i, e in enumerate(events) if e[0] == "measured")
+    first_latency_end = next(i for i, e in enumerate(events) if e[0] == "end" and e[1][0] == "ours-latency-distill")
+    assert beside[0] < first_latency_end and beside[0] > first_measured  # tp started beside it once it had measured
+
+
+def test_quiet_continues_what_it_stopped_when_the_command_ends(tmp_path: Path) -> None:
+    import signal
+
+    from benchmarks.prune_vs_small.runs import Quiet
+
+    sent = []
+    quiet = Quiet(tmp_path, signal_group=lambda pid, sig: sent.append((pid, sig)))
+    quiet.started((0, "ours-latency-distill"))(11)
+    quiet.started((0, "small-distill"))(12)
+    running = [(0, "ours-latency-distill"), (0, "small-distill")]
+    assert quiet.update(running, lambda name: ARMS[name].alone)
+    assert sent == [(12, signal.SIGSTOP)]
+    quiet.release()
+    assert sent[-1] == (12, signal.SIGCONT) and not quiet.stopped
 
 
 def test_a_stopped_plain_training_goes_on_only_with_its_own_configuration(tmp_path: Path) -> None:

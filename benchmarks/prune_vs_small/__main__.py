@@ -9,7 +9,10 @@ from pathlib import Path
 
 from benchmarks.prune_vs_small.arms import ARMS, arm_digest
 from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
-from benchmarks.prune_vs_small.runs import Record, launch, run_dir
+from benchmarks.prune_vs_small.runs import Quiet, Record, launch, measured_marker, run_dir
+
+#: how often ``train`` looks for a measuring arm's marker (seconds)
+POLL_S = 2.0
 
 
 def finished(name: str, seed: int) -> Record | None:
@@ -36,41 +39,56 @@ def _pending(args: argparse.Namespace) -> list[tuple[int, str]]:
 
 def train(args: argparse.Namespace) -> int:
     """Train what is not reusable, up to ``--jobs`` children at once (each with ``--threads``); a run starts once
-    the runs it needs (same seed) have finished, and one whose needs failed or are missing is skipped. An arm that
-    measures latency while it trains (``Arm.alone``) runs with nothing else beside it. A plain training (base, small,
-    small-distill) that a session's end stopped goes on from its last epoch when its configuration is unchanged."""
+    the runs it needs (same seed) have finished, and one whose needs failed or are missing is skipped. While an arm
+    that measures latency as it trains (``Arm.alone``) has not finished measuring (its last pruning step), nothing
+    else starts and the runs beside it are stopped (:class:`~benchmarks.prune_vs_small.runs.Quiet`); then they go on
+    and others may start beside it. A plain training (base, small, small-distill) that a session's end stopped goes
+    on from its last epoch when its configuration is unchanged."""
     todo, running, failed = _pending(args), {}, set()
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        while todo or running:
-            started = False
-            for seed, name in list(todo):
-                if len(running) >= max(1, args.jobs) or any(ARMS[n].alone for _, n in running):
-                    break
-                needs = [(seed, n) for n in ARMS[name].needs]
-                if any(need in running or need in todo for need in needs):
-                    continue  # waits for a run in this invocation
-                if ARMS[name].alone and running:
-                    break  # starts nothing more until the running ones are done, then runs alone
-                missing = [n for s, n in needs if (s, n) in failed or finished(n, s) is None]
-                todo.remove((seed, name))
-                if missing:
-                    print(f"{name} seed {seed}: skipped, needs {missing} first", flush=True)
-                    failed.add((seed, name))
+    jobs = max(1, args.jobs)
+    quiet = Quiet(args.workdir)
+
+    def alone(name: str) -> bool:
+        return ARMS[name].alone
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            while todo or running:
+                started = False
+                measuring = quiet.update(running, alone)
+                for seed, name in list(todo):
+                    if len(running) >= jobs or measuring:
+                        break
+                    needs = [(seed, n) for n in ARMS[name].needs]
+                    if any(need in running or need in todo for need in needs):
+                        continue  # waits for a run in this invocation
+                    missing = [n for s, n in needs if (s, n) in failed or finished(n, s) is None]
+                    todo.remove((seed, name))
+                    if missing:
+                        print(f"{name} seed {seed}: skipped, needs {missing} first", flush=True)
+                        failed.add((seed, name))
+                        continue
+                    print(f"{name} seed {seed}: training ...", flush=True)
+                    if alone(name):
+                        measured_marker(args.workdir, name, seed).unlink(missing_ok=True)
+                        measuring = True  # the others stop at the next update
+                    log = args.workdir / "logs" / f"{name}-seed{seed}.log"
+                    running[(seed, name)] = pool.submit(launch, name, seed, args.workdir, args.threads, log,
+                                                        started=quiet.started((seed, name)))
+                    started = True
+                if not running:
                     continue
-                print(f"{name} seed {seed}: training ...", flush=True)
-                log = args.workdir / "logs" / f"{name}-seed{seed}.log"
-                running[(seed, name)] = pool.submit(launch, name, seed, args.workdir, args.threads, log)
-                started = True
-            if not running:
-                continue
-            done, _ = wait(running.values(), return_when=FIRST_COMPLETED, timeout=None if not started else 0.1)
-            for key, future in list(running.items()):
-                if future in done:
-                    rc = future.result()
-                    print(f"{key[1]} seed {key[0]}: {'done' if rc == 0 else f'FAILED (exit {rc})'}", flush=True)
-                    if rc != 0:
-                        failed.add(key)
-                    del running[key]
+                timeout = 0.1 if started else POLL_S if measuring or quiet.stopped else None
+                done, _ = wait(running.values(), return_when=FIRST_COMPLETED, timeout=timeout)
+                for key, future in list(running.items()):
+                    if future in done:
+                        rc = future.result()
+                        print(f"{key[1]} seed {key[0]}: {'done' if rc == 0 else f'FAILED (exit {rc})'}", flush=True)
+                        if rc != 0:
+                            failed.add(key)
+                        del running[key]
+        finally:
+            quiet.release()
     return 1 if failed else 0
 
 

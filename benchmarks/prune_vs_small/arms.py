@@ -40,8 +40,9 @@ class Arm:
     needs: tuple[str, ...] = ()
     setup: Callable[[Any, dict], None] | None = field(default=None, compare=False)
     spec: dict = field(default_factory=dict)  # the arm's own settings, part of its digest
-    #: measures latency while it trains (its cost tables): ``train`` runs it alone, since a latency read beside
-    #: another training is biased (time slices stretch the longer model's runs more than the shorter one's)
+    #: measures latency while it trains (its cost tables, at its pruning steps): ``train`` keeps every other training
+    #: stopped until its last pruning step, since a latency read beside another training is biased (time slices
+    #: stretch the longer model's runs more than the shorter one's)
     alone: bool = field(default=False, compare=False)
 
 
@@ -145,6 +146,7 @@ def _pruning(strategy: str, distill: bool, latency: bool = False) -> Callable[[A
         goal = targets(PROTOCOL, context["out_root"])
         context.update(goal)
         schedule = [epoch for epoch in PRUNING.schedule if epoch < context["epochs"]] or [0]  # shorter smoke runs
+        context["schedule"] = schedule
         options: dict[str, Any] = {**settings, "schedule": schedule,
                                    "sensitivity": SensitivityConfig(**settings["sensitivity"])}
         if latency:

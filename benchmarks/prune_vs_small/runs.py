@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +51,73 @@ class Record:
                 and (self.path.parent / "weights.pt").is_file() and "test" in self.data)
 
 
-def launch(arm: str, seed: int, workdir: Path, threads: int, log: Path, extra: list[str] = ()) -> int:
-    """Train ``arm`` for ``seed`` in a child process (its own threads, its own failure); returns its exit code."""
+def measured_marker(workdir: Path, arm: str, seed: int) -> Path:
+    """The file an arm that measures latency while it trains (``Arm.alone``) writes once its last measurement is
+    done (after its last pruning step): from then on it is a plain training that others may run beside."""
+    return workdir / "train" / f"{arm}-seed{seed}" / "measured"
+
+
+def launch(arm: str, seed: int, workdir: Path, threads: int, log: Path, extra: list[str] = (),
+           started: Callable[[int], None] | None = None) -> int:
+    """Train ``arm`` for ``seed`` in a child process (its own threads, its own failure, its own process group, so
+    :class:`Quiet` can stop and continue it as a whole); ``started`` gets its pid. Returns its exit code."""
     env = dict(os.environ, YOLO_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "benchmarks.prune_vs_small.train", "--arm", arm, "--seed", str(seed),
            "--workdir", str(workdir), "--threads", str(threads), *extra]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
-        return subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        if started is not None:
+            started(child.pid)
+        return child.wait()
+
+
+class Quiet:
+    """Keeps the other trainings stopped (``SIGSTOP`` to their process groups) while an arm that measures latency
+    has not written its :func:`measured_marker`: its cost tables then read a quiet machine, and the other core is
+    not idle for the rest of its run. A stopped training loses nothing (CPU-minutes count process time)."""
+
+    def __init__(self, workdir: Path, signal_group: Callable[[int, int], None] = os.killpg) -> None:
+        self.workdir, self._signal = workdir, signal_group
+        self.pids: dict[tuple[int, str], int] = {}
+        self.stopped: set[tuple[int, str]] = set()
+
+    def started(self, key: tuple[int, str]) -> Callable[[int], None]:
+        return lambda pid: self.pids.__setitem__(key, pid)
+
+    def measuring(self, keys: Iterable[tuple[int, str]], alone: Callable[[str], bool]) -> list[tuple[int, str]]:
+        """The runs among ``keys`` that measure latency now (alone arms without their marker)."""
+        return [(seed, name) for seed, name in keys
+                if alone(name) and not measured_marker(self.workdir, name, seed).is_file()]
+
+    def update(self, keys: Iterable[tuple[int, str]], alone: Callable[[str], bool]) -> bool:
+        """Stop every run in ``keys`` but the measuring one while one measures, continue them after; returns
+        whether one measures."""
+        keys = list(keys)
+        holders = self.measuring(keys, alone)
+        for key in keys:
+            pid = self.pids.get(key)
+            if pid is None:
+                continue
+            if holders and key not in holders and key not in self.stopped:
+                self._send(pid, signal.SIGSTOP)
+                self.stopped.add(key)
+            elif not holders and key in self.stopped:
+                self._send(pid, signal.SIGCONT)
+                self.stopped.discard(key)
+        for key in [k for k in self.stopped if k not in keys]:  # ended while stopped (killed from outside)
+            self.stopped.discard(key)
+        return bool(holders)
+
+    def release(self) -> None:
+        """Continue every stopped run (the command ends or fails: nothing is left stopped)."""
+        for key in list(self.stopped):
+            self._send(self.pids[key], signal.SIGCONT)
+        self.stopped.clear()
+
+    def _send(self, pid: int, sig: int) -> None:
+        try:
+            self._signal(pid, sig)
+        except ProcessLookupError:  # it has just ended
+            pass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks.prune_vs_small.arms import ARMS, arm_digest, small_yaml
 from benchmarks.prune_vs_small.config import PROTOCOL, RESULTS
-from benchmarks.prune_vs_small.runs import git_state, run_dir
+from benchmarks.prune_vs_small.runs import git_state, measured_marker, run_dir
 from lightning_prune.utils.files import atomic_write
 
 
@@ -149,6 +149,17 @@ def main(argv: list[str] | None = None) -> None:
     lock = DataLock(data_yaml.parent)
     model.add_callback("on_pretrain_routine_end", lock.release)  # the trainer has built its data loaders
     model.add_callback("on_model_save", save_progress)
+    if arm.alone:  # the CLI keeps the other trainings stopped until this arm's last measurement (its last prune)
+        marker = measured_marker(workdir, arm.name, args.seed)
+        marker.unlink(missing_ok=True)
+        last_prune = max(context.get("schedule", [0]))
+
+        def measured(trainer) -> None:
+            if trainer.epoch >= last_prune:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+
+        model.add_callback("on_train_epoch_end", measured)
     if progress:
         print(f"{name}: going on after epoch {progress['epoch'] + 1} of {arm.train.epochs} "
               f"({before_cpu:.1f} CPU-min before)", flush=True)
