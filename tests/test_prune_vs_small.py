@@ -295,6 +295,35 @@ def test_an_arm_that_measures_latency_runs_alone_until_its_last_measurement(monk
     assert beside[0] < first_latency_end and beside[0] > first_measured  # tp started beside it once it had measured
 
 
+def test_sigterm_starts_nothing_more_and_waits_for_the_running_runs(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from benchmarks.prune_vs_small import __main__ as cli
+
+    monkeypatch.setattr(cli, "finished", lambda name, seed: name == "base" or None)
+    started, ended = [], []
+
+    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path, started_cb=None, **_: object) -> int:
+        started.append((arm, seed))
+        if len(started) == 1:
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        time.sleep(0.4)
+        ended.append((arm, seed))
+        return 0
+
+    monkeypatch.setattr(cli, "launch", fake_launch)
+    before = signal.getsignal(signal.SIGTERM)
+    rc = cli.main(["train", "--arms", "ours-sens", "tp", "--seeds", "0", "1", "--jobs", "1",
+                   "--workdir", str(tmp_path / "w")])
+    assert rc == 1  # three runs never started
+    assert started == ended == [("ours-sens", 0)]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_quiet_continues_what_it_stopped_when_the_command_ends(tmp_path: Path) -> None:
     import signal
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -43,7 +44,8 @@ def train(args: argparse.Namespace) -> int:
     that measures latency as it trains (``Arm.alone``) has not finished measuring (its last pruning step), nothing
     else starts and the runs beside it are stopped (:class:`~benchmarks.prune_vs_small.runs.Quiet`); then they go on
     and others may start beside it. A plain training (base, small, small-distill) that a session's end stopped goes
-    on from its last epoch when its configuration is unchanged."""
+    on from its last epoch when its configuration is unchanged. SIGTERM or SIGINT: nothing more starts and the
+    command waits for the running ones (exit 1: some runs did not start)."""
     todo, running, failed = _pending(args), {}, set()
     jobs = max(1, args.jobs)
     quiet = Quiet(args.workdir)
@@ -51,13 +53,14 @@ def train(args: argparse.Namespace) -> int:
     def alone(name: str) -> bool:
         return ARMS[name].alone
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    stop = _StopRequest()
+    with ThreadPoolExecutor(max_workers=jobs) as pool, stop:
         try:
-            while todo or running:
+            while (todo and not stop.requested) or running:
                 started = False
                 measuring = quiet.update(running, alone)
                 for seed, name in list(todo):
-                    if len(running) >= jobs or measuring:
+                    if len(running) >= jobs or measuring or stop.requested:
                         break
                     needs = [(seed, n) for n in ARMS[name].needs]
                     if any(need in running or need in todo for need in needs):
@@ -89,7 +92,33 @@ def train(args: argparse.Namespace) -> int:
                         del running[key]
         finally:
             quiet.release()
-    return 1 if failed else 0
+    if stop.requested and todo:
+        print(f"stopped: {len(todo)} run(s) not started", flush=True)
+    return 1 if failed or (stop.requested and todo) else 0
+
+
+class _StopRequest:
+    """SIGTERM or SIGINT while ``train`` runs: start nothing more and wait for the running ones, which finish and
+    write their run folders on their own (a run stopped beside a measuring arm goes on after its marker, as before).
+    ``nohup cmd &`` from a script ignores SIGINT, so SIGTERM is the one to send; a second signal is not caught."""
+
+    def __init__(self) -> None:
+        self.requested, self._previous = False, {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        print(f"{signal.Signals(signum).name}: starting nothing more; waiting for the running trainings", flush=True)
+        self.__exit__()
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def main(argv: list[str] | None = None) -> int:
