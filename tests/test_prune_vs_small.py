@@ -295,33 +295,43 @@ def test_an_arm_that_measures_latency_runs_alone_until_its_last_measurement(monk
     assert beside[0] < first_latency_end and beside[0] > first_measured  # tp started beside it once it had measured
 
 
-def test_sigterm_starts_nothing_more_and_waits_for_the_running_runs(monkeypatch: pytest.MonkeyPatch,
-                                                                    tmp_path: Path) -> None:
-    import os
+def test_a_stop_request_starts_nothing_more_and_waits_for_the_running_runs(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    """What SIGTERM/SIGINT do, without sending one to the test process: the request set while the first run trains
+    (its handler called as the signal would) leaves the other runs unstarted, the first finishes, exit 1."""
     import signal
-    import threading
     import time
 
     from benchmarks.prune_vs_small import __main__ as cli
 
     monkeypatch.setattr(cli, "finished", lambda name, seed: name == "base" or None)
-    started, ended = [], []
+    requests, started, ended, stop_request = [], [], [], cli._StopRequest
 
-    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path, started_cb=None, **_: object) -> int:
+    class Recorded(stop_request):
+        def __enter__(self) -> stop_request:
+            requests.append(self)
+            return self  # no process-wide handlers in a test
+
+    def fake_launch(arm: str, seed: int, workdir: Path, threads: int, log: Path, **_: object) -> int:
         started.append((arm, seed))
-        if len(started) == 1:
-            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        time.sleep(0.4)
+        requests[0].requested = True
+        time.sleep(0.2)
         ended.append((arm, seed))
         return 0
 
     monkeypatch.setattr(cli, "launch", fake_launch)
-    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_StopRequest", Recorded)
     rc = cli.main(["train", "--arms", "ours-sens", "tp", "--seeds", "0", "1", "--jobs", "1",
                    "--workdir", str(tmp_path / "w")])
     assert rc == 1  # three runs never started
     assert started == ended == [("ours-sens", 0)]
-    assert signal.getsignal(signal.SIGTERM) is before
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_request() as stop:  # the handler itself, called as the signal would call it
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop._handle(signal.SIGTERM, None)
+        assert stop.requested and signal.getsignal(signal.SIGTERM) == before  # a second signal is not caught
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_quiet_continues_what_it_stopped_when_the_command_ends(tmp_path: Path) -> None:
