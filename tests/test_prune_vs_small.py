@@ -340,11 +340,11 @@ def test_quiet_continues_what_it_stopped_when_the_command_ends(tmp_path: Path) -
     from benchmarks.prune_vs_small.runs import Quiet
 
     sent = []
-    quiet = Quiet(tmp_path, signal_group=lambda pid, sig: sent.append((pid, sig)))
+    quiet = Quiet(tmp_path, alone=lambda name: ARMS[name].alone, signal_group=lambda pid, sig: sent.append((pid, sig)))
     quiet.started((0, "ours-latency-distill"))(11)
     quiet.started((0, "small-distill"))(12)
     running = [(0, "ours-latency-distill"), (0, "small-distill")]
-    assert quiet.update(running, lambda name: ARMS[name].alone)
+    assert quiet.update(running)
     assert sent == [(12, signal.SIGSTOP)]
     quiet.release()
     assert sent[-1] == (12, signal.SIGCONT) and not quiet.stopped

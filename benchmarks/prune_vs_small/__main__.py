@@ -48,17 +48,13 @@ def train(args: argparse.Namespace) -> int:
     command waits for the running ones (exit 1: some runs did not start)."""
     todo, running, failed = _pending(args), {}, set()
     jobs = max(1, args.jobs)
-    quiet = Quiet(args.workdir)
-
-    def alone(name: str) -> bool:
-        return ARMS[name].alone
-
+    quiet = Quiet(args.workdir, alone=lambda name: ARMS[name].alone)
     stop = _StopRequest()
     with ThreadPoolExecutor(max_workers=jobs) as pool, stop:
         try:
             while (todo and not stop.requested) or running:
                 started = False
-                measuring = quiet.update(running, alone)
+                measuring = quiet.update(running)
                 for seed, name in list(todo):
                     if len(running) >= jobs or measuring or stop.requested:
                         break
@@ -72,7 +68,7 @@ def train(args: argparse.Namespace) -> int:
                         failed.add((seed, name))
                         continue
                     print(f"{name} seed {seed}: training ...", flush=True)
-                    if alone(name):
+                    if ARMS[name].alone:
                         measured_marker(args.workdir, name, seed).unlink(missing_ok=True)
                         measuring = True  # the others stop at the next update
                     log = args.workdir / "logs" / f"{name}-seed{seed}.log"

@@ -78,24 +78,25 @@ class Quiet:
     has not written its :func:`measured_marker`: its cost tables then read a quiet machine, and the other core is
     not idle for the rest of its run. A stopped training loses nothing (CPU-minutes count process time)."""
 
-    def __init__(self, workdir: Path, signal_group: Callable[[int, int], None] = os.killpg) -> None:
-        self.workdir, self._signal = workdir, signal_group
+    def __init__(self, workdir: Path, alone: Callable[[str], bool],
+                 signal_group: Callable[[int, int], None] = os.killpg) -> None:
+        self.workdir, self._alone, self._signal = workdir, alone, signal_group
         self.pids: dict[tuple[int, str], int] = {}
         self.stopped: set[tuple[int, str]] = set()
 
     def started(self, key: tuple[int, str]) -> Callable[[int], None]:
         return lambda pid: self.pids.__setitem__(key, pid)
 
-    def measuring(self, keys: Iterable[tuple[int, str]], alone: Callable[[str], bool]) -> list[tuple[int, str]]:
+    def measuring(self, keys: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
         """The runs among ``keys`` that measure latency now (alone arms without their marker)."""
         return [(seed, name) for seed, name in keys
-                if alone(name) and not measured_marker(self.workdir, name, seed).is_file()]
+                if self._alone(name) and not measured_marker(self.workdir, name, seed).is_file()]
 
-    def update(self, keys: Iterable[tuple[int, str]], alone: Callable[[str], bool]) -> bool:
+    def update(self, keys: Iterable[tuple[int, str]]) -> bool:
         """Stop every run in ``keys`` but the measuring one while one measures, continue them after; returns
         whether one measures."""
         keys = list(keys)
-        holders = self.measuring(keys, alone)
+        holders = self.measuring(keys)
         for key in keys:
             pid = self.pids.get(key)
             if pid is None:

@@ -149,9 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     lock = DataLock(data_yaml.parent)
     model.add_callback("on_pretrain_routine_end", lock.release)  # the trainer has built its data loaders
     model.add_callback("on_model_save", save_progress)
-    if arm.alone:  # the CLI keeps the other trainings stopped until this arm's last measurement (its last prune)
-        marker = measured_marker(workdir, arm.name, args.seed)
-        marker.unlink(missing_ok=True)
+    if arm.alone:  # the CLI (which removed a stale marker before launching this) keeps the other trainings stopped
+        marker = measured_marker(workdir, arm.name, args.seed)  # until this arm's last measurement (its last prune)
         last_prune = max(context.get("schedule", [0]))
 
         def measured(trainer) -> None:
