@@ -43,7 +43,7 @@ def train(args: argparse.Namespace) -> int:
     the runs it needs (same seed) have finished, and one whose needs failed or are missing is skipped. While an arm
     that measures latency as it trains (``Arm.alone``) has not finished measuring (its last pruning step), nothing
     else starts and the runs beside it are stopped (:class:`~benchmarks.prune_vs_small.runs.Quiet`); then they go on
-    and others may start beside it. A plain training (base, small, small-distill) that a session's end stopped goes
+    and others may start beside it. A plain training (base, small, small-distill*) that a session's end stopped goes
     on from its last epoch when its configuration is unchanged. SIGTERM or SIGINT: nothing more starts and the
     command waits for the running ones (exit 1: some runs did not start)."""
     todo, running, failed = _pending(args), {}, set()

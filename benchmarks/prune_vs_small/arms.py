@@ -211,6 +211,11 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
             f"({LENGTHS.small} epochs, from scratch)",
             TrainConfig(epochs=LENGTHS.small, extra={"distill_model": "arm:base"}), start="small-yaml",
             needs=("base",)),
+        Arm("small-distill-dis1", "small-distill at a sixth of ultralytics' default distillation weight (dis 1.0, "
+            "not 6.0): is the default weight why distillation does not help the small model? (asked after "
+            "small-distill seeds 0 and 1 fell below the small model from scratch; run for seed 0 first)",
+            TrainConfig(epochs=LENGTHS.small, extra={"distill_model": "arm:base", "dis": 1.0}), start="small-yaml",
+            needs=("base",)),
         Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
             TrainConfig(**finetune), start="base-weights", needs=("base",),
             setup=_pruning("sensitivity", distill=False), spec=spec_of("sensitivity", distill=False)),

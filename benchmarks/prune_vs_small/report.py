@@ -19,7 +19,7 @@ from benchmarks.prune_vs_small.arms import ARMS, ROUND_TO, arm_digest
 from benchmarks.prune_vs_small.config import LENGTHS, PROTOCOL, PRUNING, RESULTS
 from benchmarks.prune_vs_small.runs import Record, git_state, run_dir
 
-ALTERNATIVES = ("small", "small-distill")  # what a user could deploy instead of pruning
+ALTERNATIVES = ("small", "small-distill", "small-distill-dis1")  # what a user could deploy instead of pruning
 LATENCY_TOLERANCE = 0.03
 
 
