@@ -202,20 +202,22 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
             out["projectors"] = "not model cost, identity start"
         return out
 
+    small_distill = Arm(
+        "small-distill", f"the narrower sibling distilled from the base by ultralytics' distill_model "
+        f"({LENGTHS.small} epochs, from scratch)",
+        TrainConfig(epochs=LENGTHS.small, extra={"distill_model": "arm:base"}), start="small-yaml", needs=("base",))
     arms = [
         Arm("base", f"{protocol.base_model} from scratch to its plateau ({LENGTHS.base} epochs)",
             TrainConfig(epochs=LENGTHS.base), start="base-yaml"),
         Arm("small", f"the narrower sibling (width {protocol.small_width:g}) from scratch to its plateau "
             f"({LENGTHS.small} epochs)", TrainConfig(epochs=LENGTHS.small), start="small-yaml"),
-        Arm("small-distill", f"the narrower sibling distilled from the base by ultralytics' distill_model "
-            f"({LENGTHS.small} epochs, from scratch)",
-            TrainConfig(epochs=LENGTHS.small, extra={"distill_model": "arm:base"}), start="small-yaml",
-            needs=("base",)),
-        Arm("small-distill-dis1", "small-distill at a sixth of ultralytics' default distillation weight (dis 1.0, "
-            "not 6.0): is the default weight why distillation does not help the small model? (asked after "
-            "small-distill seeds 0 and 1 fell below the small model from scratch; run for seed 0 first)",
-            TrainConfig(epochs=LENGTHS.small, extra={"distill_model": "arm:base", "dis": 1.0}), start="small-yaml",
-            needs=("base",)),
+        small_distill,
+        dataclasses.replace(
+            small_distill, name="small-distill-dis1",
+            summary="small-distill at a sixth of ultralytics' default distillation weight (dis 1.0, not 6.0): is the "
+            "default weight why distillation does not help the small model? (asked after small-distill seeds 0 and 1 "
+            "fell below the small model from scratch; run for seed 0 first)",
+            train=dataclasses.replace(small_distill.train, extra={**small_distill.train.extra, "dis": 1.0})),
         Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
             TrainConfig(**finetune), start="base-weights", needs=("base",),
             setup=_pruning("sensitivity", distill=False), spec=spec_of("sensitivity", distill=False)),
