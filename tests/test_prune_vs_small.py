@@ -56,6 +56,8 @@ def test_compare_counts_a_win_only_outside_the_spreads_at_equal_latency() -> Non
     assert "slower" in rep.compare(runs, costs, "slow", "b")["verdict"]
     tie = {"a": runs["a"], "b": {s: _run(0.60 + 0.02 * s, FLAT) for s in range(3)}}
     assert rep.compare(tie, costs, "a", "b")["verdict"].startswith("tie")
+    one = {"a": runs["a"], "b": {0: runs["b"][0]}}
+    assert rep.compare(one, costs, "a", "b")["verdict"] == "provisional, 1 seed(s) of 3: a wins"
 
 
 def test_render_states_the_regime_and_the_costs() -> None:

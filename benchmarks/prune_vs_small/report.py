@@ -21,6 +21,7 @@ from benchmarks.prune_vs_small.runs import Record, git_state, run_dir
 
 ALTERNATIVES = ("small", "small-distill", "small-distill-dis1")  # what a user could deploy instead of pruning
 LATENCY_TOLERANCE = 0.03
+MIN_SEEDS = 3  # a verdict on fewer seeds is marked provisional
 
 
 def plateau(history: list[float], window: int = PROTOCOL.plateau_window) -> dict[str, Any]:
@@ -145,6 +146,8 @@ def compare(runs: dict, costs: dict, a: str, b: str) -> dict[str, Any]:
         verdict = f"{a} wins" if faster_or_equal else f"{a} is more accurate but slower: no win at equal latency"
     else:
         verdict = f"{b} wins" if slower_or_equal else f"{b} is more accurate but slower: no win at equal latency"
+    if min(len(ma), len(mb)) < MIN_SEEDS:
+        verdict = f"provisional, {min(len(ma), len(mb))} seed(s) of {MIN_SEEDS}: {verdict}"
     return {"a": a, "b": b, "gap": gap, "spread": spread, "paired": paired, "latency_ratio": lat, "verdict": verdict}
 
 
@@ -275,6 +278,9 @@ def report(args: argparse.Namespace) -> int:
         })
     comparisons = [compare(runs, costs, a, b) for a in runs if a not in (*ALTERNATIVES, "base")
                    for b in ALTERNATIVES if b in runs]
+    # does distillation make the small model better? (the user's alternative against itself from scratch)
+    comparisons += [compare(runs, costs, b, "small") for b in ALTERNATIVES if b != "small" and b in runs
+                    and "small" in runs]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plots = _plots(args.out_dir, rows) if rows else []
     payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
