@@ -216,7 +216,7 @@ def _arms(protocol: Protocol) -> dict[str, Arm]:
             small_distill, name="small-distill-dis1",
             summary="small-distill at a sixth of ultralytics' default distillation weight (dis 1.0, not 6.0): is the "
             "default weight why distillation does not help the small model? (asked after small-distill seeds 0 and 1 "
-            "fell below the small model from scratch; run for seed 0 first)",
+            "fell below the small model from scratch)",
             train=dataclasses.replace(small_distill.train, extra={**small_distill.train.extra, "dis": 1.0})),
         Arm("ours-sens", f"the paper's sensitivity method to the small model's FLOPs, {n} epochs fine-tuning",
             TrainConfig(**finetune), start="base-weights", needs=("base",),

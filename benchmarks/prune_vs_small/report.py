@@ -146,8 +146,8 @@ def compare(runs: dict, costs: dict, a: str, b: str) -> dict[str, Any]:
         verdict = f"{a} wins" if faster_or_equal else f"{a} is more accurate but slower: no win at equal latency"
     else:
         verdict = f"{b} wins" if slower_or_equal else f"{b} is more accurate but slower: no win at equal latency"
-    if min(len(ma), len(mb)) < MIN_SEEDS:
-        verdict = f"provisional, {min(len(ma), len(mb))} seed(s) of {MIN_SEEDS}: {verdict}"
+    if (fewest := min(len(ma), len(mb))) < MIN_SEEDS:
+        verdict = f"provisional, {fewest} seed(s) of {MIN_SEEDS}: {verdict}"
     return {"a": a, "b": b, "gap": gap, "spread": spread, "paired": paired, "latency_ratio": lat, "verdict": verdict}
 
 
